@@ -1,0 +1,105 @@
+"""The iterator that turns an image pipeline into dict batches of torch tensors on the device.
+
+It stays outside `accelerator.prepare`: each process builds its own with
+``shard_id = process_index``, ``num_shards = num_processes`` and
+``device_id = local_process_index`` (None on a machine without CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from dali_pipes.pipelines import CODEC_PLACEMENTS, READER_NAME, ImageGeometry, image_pipeline
+from dali_pipes.quality import QualitySpec
+
+
+def default_num_threads() -> int:
+    """CPU worker threads per pipeline: this process's cores shared with its peers on the node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+class ImageBatches:
+    """Epochs of ``{image, index, jpeg_quality, **targets}`` batches from one shard of `files`.
+
+    `targets` maps a name (``label``, ``soft_label``...) to a tensor indexed by sample index;
+    each batch carries ``targets[name][index]`` under that name, on the device.
+    The last batch of an epoch is partial, never padded: under sharding every sample is
+    seen exactly once across ranks. `checkpoint()` captures the reader and random state
+    after the last batch returned, and ``checkpoint=`` resumes exactly there.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        *,
+        batch_size: int,
+        training: bool,
+        spec: QualitySpec,
+        geometry: ImageGeometry = ImageGeometry(),
+        targets: Mapping[str, torch.Tensor] | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        device_id: int | None = None,
+        num_threads: int | None = None,
+        seed: int = 0,
+        prefetch_queue_depth: int = 2,
+        codec_placement: str = "native",
+        checkpoint: bytes | str | None = None,
+    ) -> None:
+        if not files:
+            raise ValueError("no files to read")
+        if codec_placement not in CODEC_PLACEMENTS:
+            raise ValueError(f"codec_placement {codec_placement!r} must be one of {CODEC_PLACEMENTS}")
+        self.device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
+        self.targets = {name: value.to(self.device) for name, value in (targets or {}).items()}
+        self.batch_size = batch_size
+        pipe = image_pipeline(
+            files=files,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            training=training,
+            spec=spec,
+            geometry=geometry,
+            on_gpu=device_id is not None,
+            codec_placement=codec_placement,
+            batch_size=batch_size,
+            num_threads=num_threads or default_num_threads(),
+            device_id=device_id,
+            seed=seed,
+            prefetch_queue_depth=prefetch_queue_depth,
+            checkpoint=checkpoint,
+        )
+        self._iterator = DALIGenericIterator(
+            [pipe],
+            ["image", "index", "jpeg_quality"],
+            reader_name=READER_NAME,
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=False,
+        )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this shard (the same on every shard)."""
+        return len(self._iterator)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch (the rest of it, after a resume); resets for the next epoch at the end."""
+        for (outputs,) in self._iterator:
+            index = outputs["index"].to(self.device, dtype=torch.long, non_blocking=True)
+            batch = {
+                "image": outputs["image"].to(self.device, non_blocking=True),
+                "index": index,
+                "jpeg_quality": outputs["jpeg_quality"].to(self.device, non_blocking=True),
+            }
+            for name, table in self.targets.items():
+                batch[name] = table[index]
+            yield batch
+        self._iterator.reset()
+
+    def checkpoint(self) -> bytes | str:
+        """Serialized reader + RNG state after the last batch this iterator returned."""
+        return self._iterator.checkpoints()[0]

@@ -1,0 +1,103 @@
+"""Image pipelines for training and evaluation: read -> decode -> codec -> geometry -> normalize.
+
+The graph functions (`decode`, `train_geometry`, `eval_geometry`) are pure functions of DALI
+nodes; `image_pipeline` is the `@pipeline_def` wrapper that attaches the sharded reader.
+The reader's "label" is the sample's index into the file list: the iterator turns it into
+whatever target the task holds for that sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nvidia.dali import fn, pipeline_def, types
+
+from dali_pipes.codec import jpeg_codec
+from dali_pipes.quality import QualitySpec
+
+READER_NAME = "Reader"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CODEC_PLACEMENTS = ("native", "after_resize")
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Crop size, eval resize, train crop scale and the normalization constants (0..1 units)."""
+
+    crop_size: int = 224
+    resize_size: int = 256
+    min_area: float = 0.08
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def decode(encoded, on_gpu: bool):
+    """Decode encoded images to RGB uint8 HWC, with nvJPEG ("mixed") on a GPU."""
+    return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+
+
+def train_geometry(images, geometry: ImageGeometry):
+    """Random-resized crop to `crop_size` (area `min_area`..1, aspect 3/4..4/3)."""
+    return fn.random_resized_crop(
+        images,
+        size=[geometry.crop_size, geometry.crop_size],
+        random_area=[geometry.min_area, 1.0],
+        random_aspect_ratio=[3 / 4, 4 / 3],
+        antialias=True,
+    )
+
+
+def eval_geometry(images, geometry: ImageGeometry):
+    """Resize the shorter side to `resize_size`; the center crop happens in `normalize`."""
+    return fn.resize(images, resize_shorter=geometry.resize_size, antialias=True)
+
+
+def normalize(images, geometry: ImageGeometry, mirror=None, center_crop: bool = False):
+    """To float CHW, (x/255 - mean)/std, with an optional per-sample mirror and center crop."""
+    return fn.crop_mirror_normalize(
+        images,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        crop=(geometry.crop_size, geometry.crop_size) if center_crop else None,
+        mean=[255.0 * value for value in geometry.mean],
+        std=[255.0 * value for value in geometry.std],
+        mirror=mirror if mirror is not None else 0,
+    )
+
+
+@pipeline_def(enable_conditionals=True, enable_checkpointing=True)
+def image_pipeline(
+    files: Sequence[str],
+    shard_id: int,
+    num_shards: int,
+    training: bool,
+    spec: QualitySpec,
+    geometry: ImageGeometry,
+    on_gpu: bool,
+    codec_placement: str = "native",
+):
+    """Sharded classification pipeline; outputs ``(image, index, jpeg_quality)``."""
+    encoded, index = fn.readers.file(
+        files=list(files),
+        labels=list(range(len(files))),
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=True,
+        random_shuffle=training,
+        name=READER_NAME,
+    )
+    images = decode(encoded, on_gpu)
+    if codec_placement == "native":
+        images, quality = jpeg_codec(images, spec)
+    if training:
+        images = train_geometry(images, geometry)
+    else:
+        images = eval_geometry(images, geometry)
+    if codec_placement == "after_resize":
+        images, quality = jpeg_codec(images, spec)
+    mirror = fn.random.coin_flip() if training else None
+    images = normalize(images, geometry, mirror=mirror, center_crop=not training)
+    return images, fn.reshape(index, shape=[]), quality
+

@@ -1,0 +1,1 @@
+"""The `codecloop` command line, YAML configs and launch recipes."""

@@ -1,0 +1,131 @@
+"""`codecloop`: codec-in-the-loop training, sweeps and the paper protocol from the shell.
+
+Every config key is a flag (``--batch_size 32`` or ``--batch_size=32``; dashes work too) and
+a YAML key (``--config run.yaml``); flags win over the file, the file over the defaults.
+The resolved config is saved as ``config.yaml`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dali_pipes.validate import BadImageError
+from trainers.config import Config, coerce, config_keys, load_yaml
+
+CONFIG_COMMANDS = {
+    "train": "train or fine-tune a task model with the JPEG codec in the loop",
+    "sweep": "evaluate a checkpoint clean and at each JPEG quality level: sweep.csv, sweep.png, report.md",
+    "experiment": "the paper protocol: baseline -> sweep -> retrain on compressed data -> sweep -> recovery",
+}
+PENDING = {
+    "transcode": "build the H.264 CRF ladder cache (issue #3, not implemented yet)",
+    "bench": "throughput benchmarks against peer pipelines (issue #5, not implemented yet)",
+}
+EXAMPLES = """examples:
+  codecloop demo
+  codecloop train --data ~/imagenette --model resnet50 --quality 5-95 --clean_prob 0.1 --epochs 5
+  codecloop sweep --data ~/imagenette --model resnet50 --checkpoint runs/train-X --levels 5,10,15,30,50
+  codecloop experiment --config launch/configs/imagenette.yaml --retrain_quality 5,10,15
+  accelerate launch --config_file launch/accelerate/single_node_multi_gpu.yaml -m launch.cli train ...
+"""
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config key, grouped as hyper-parameters and runtime settings."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (flags override it)")
+    groups = {
+        "hyper": parser.add_argument_group("hyper-parameters"),
+        "runtime": parser.add_argument_group("runtime settings"),
+    }
+    for name, item in config_keys().items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        help_text = f"{item.metadata['help']} (default: {item.default})"
+        group = groups[item.metadata["group"]]
+        if str(item.type).startswith("bool"):
+            group.add_argument(*flags, dest=name, nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
+        else:
+            group.add_argument(*flags, dest=name, default=None, metavar=name.upper(),
+                               choices=item.metadata["choices"], help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then the YAML file, then the flags given; every value type-checked."""
+    values = load_yaml(args.config) if args.config else {}
+    for name in config_keys():
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = coerce(name, given)
+    return Config(**values).validate()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `codecloop` parser with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="codecloop", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="the embedded default: packaged photos and clips, a pretrained network, sweep, retrain, recovery",
+        description="Runs the whole protocol offline on real photos and video frames shipped in pip packages "
+                    "with an ImageNet-pretrained EfficientNet-Lite0: JPEG sweep, distillation fine-tuning on "
+                    "compressed images, sweep again, recovery table and plot.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.add_argument("--retrain_steps", type=int, default=None, help="fine-tuning steps (default: the demo's own)")
+    demo.add_argument("--wandb", choices=("online", "offline", "disabled"), default="disabled", help="W&B mode")
+    for name, help_text in CONFIG_COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_config_flags(sub)
+    compress = commands.add_parser(
+        "compress", help="write a real JPEG copy of a dataset (layout kept), reporting bits per pixel",
+        description="Re-encode every image under --src as a real JPEG file under --dst, same layout. Files are "
+                    "written under a temporary name and renamed when whole; existing outputs are skipped.",
+    )
+    compress.add_argument("--codec", choices=("jpeg",), default="jpeg", help="codec (H.264 comes with issue #3)")
+    compress.add_argument("--quality", required=True, type=int, help="JPEG quality 1..100")
+    compress.add_argument("--src", required=True, type=Path, help="source dataset folder")
+    compress.add_argument("--dst", required=True, type=Path, help="destination folder")
+    compress.add_argument("--workers", type=int, default=None, help="encoding threads")
+    report = commands.add_parser("report", help="rebuild tables and plots of a run directory from its CSV files")
+    report.add_argument("run_dir", type=Path, help="run directory holding sweep.csv")
+    report.add_argument("--metric", default="top1", help="metric to plot and recover (default: top1)")
+    for name, help_text in PENDING.items():
+        commands.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse and dispatch; bad input exits with status 2 and a message naming the culprit."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in PENDING:
+            raise NotImplementedError(f"codecloop {args.command}: {PENDING[args.command]}")
+        if args.command in CONFIG_COMMANDS:
+            from trainers.commands import run_command
+
+            run_dir = run_command(args.command, config_from_args(args))
+            print(f"run directory: {run_dir}")
+        elif args.command == "demo":
+            from trainers.demo import run_demo
+
+            run_demo(Path(args.out), retrain_steps=args.retrain_steps, wandb=args.wandb)
+        elif args.command == "compress":
+            from dali_pipes.compress import compress_dataset
+
+            print(compress_dataset(args.src, args.dst, args.quality, workers=args.workers).summary())
+        elif args.command == "report":
+            from trainers.protocol import rebuild_report
+
+            rebuild_report(args.run_dir, args.metric)
+    except (ValueError, FileNotFoundError, NotADirectoryError, NotImplementedError, BadImageError) as error:
+        print(f"codecloop {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Image classification: ImageFolder reader, any timm model, cross-entropy, top-1 / top-5.
+
+Layout: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg``; classes are the sorted
+folder names of ``train``. A batch may carry ``soft_label`` (teacher probabilities per sample):
+the loss is then the KL divergence to them (distillation) and ``kl`` is reported too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+from dali_pipes.validate import scan_images
+from tasks.pretrained import load_pretrained
+from tasks.registry import register_task
+from tasks.sample_index import SampleIndex
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def list_image_folder(split_dir: Path) -> tuple[list[str], list[str], list[int]]:
+    """Classes, files and class ids of an ImageFolder split; errors name the empty folder."""
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"dataset split folder {split_dir} does not exist")
+    classes = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
+    if not classes:
+        raise ValueError(f"dataset split {split_dir} has no class folders (expected {split_dir}/<class>/*.jpg)")
+    files: list[str] = []
+    class_ids: list[int] = []
+    for class_id, name in enumerate(classes):
+        members = sorted(
+            str(path) for path in (split_dir / name).rglob("*")
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not members:
+            raise ValueError(f"class folder {split_dir / name} holds no image files")
+        files += members
+        class_ids += [class_id] * len(members)
+    return classes, files, class_ids
+
+
+@register_task("classification")
+class ClassificationTask:
+    """ImageFolder classification with a timm model; owns its loss and per-sample metrics."""
+
+    primary_metric = "top1"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        data: str | Path,
+        model: str = "resnet50",
+        pretrained: str | None = None,
+        num_classes: int | None = None,
+        label_smoothing: float = 0.0,
+        strict: bool = False,
+    ) -> None:
+        self.root = Path(data)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset path {self.root} does not exist")
+        self.model_name = model
+        self.pretrained = pretrained
+        self.label_smoothing = label_smoothing
+        self.strict = strict
+        self.classes, _, _ = list_image_folder(self.root / "train")
+        self.num_classes = num_classes or len(self.classes)
+        if self.num_classes < len(self.classes):
+            raise ValueError(f"num_classes {self.num_classes} is below the {len(self.classes)} class folders")
+
+    def sample_index(self, split: str) -> SampleIndex:
+        """Readable files of `split` with their class ids; unreadable files skipped (or strict)."""
+        classes, files, class_ids = list_image_folder(self.root / split)
+        unknown = sorted(set(classes) - set(self.classes))
+        if unknown:
+            raise ValueError(f"{self.root / split} has classes absent from train: {', '.join(unknown[:5])}")
+        remap = [self.classes.index(name) for name in classes]
+        scan = scan_images(files, strict=self.strict)
+        id_of = dict(zip(files, class_ids))
+        labels = torch.tensor([remap[id_of[path]] for path in scan.good], dtype=torch.long)
+        if not scan.good:
+            raise ValueError(f"dataset split {self.root / split} has no readable image")
+        return SampleIndex(split, scan.good, {"label": labels}, scan.skipped)
+
+    def create_model(self) -> torch.nn.Module:
+        """The timm model by name, with local weights from `pretrained` when given."""
+        try:
+            model = timm.create_model(self.model_name, pretrained=False, num_classes=self.num_classes)
+        except RuntimeError as error:
+            raise ValueError(f"model {self.model_name!r}: {error}") from error
+        if self.pretrained:
+            load_pretrained(model, self.pretrained)
+        return model
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss (mean over the batch) and logits."""
+        logits = model(batch["image"])
+        if "soft_label" in batch:
+            loss = distillation_kl(logits, batch["soft_label"]).mean()
+        else:
+            loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
+        return {"loss": loss, "outputs": logits}
+
+    def sample_metrics(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-sample metric values (means over the dataset are the reported metrics)."""
+        logits = logits.float()
+        label = batch["label"]
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        metrics = {
+            "top1": (top5[:, 0] == label).float(),
+            "top5": (top5 == label[:, None]).any(dim=1).float(),
+            "loss": F.cross_entropy(logits, label, reduction="none"),
+        }
+        if "soft_label" in batch:
+            metrics["kl"] = distillation_kl(logits, batch["soft_label"])
+        return metrics
+
+
+def distillation_kl(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(teacher || student) in nats."""
+    log_student = F.log_softmax(logits.float(), dim=1)
+    return F.kl_div(log_student, teacher_probs.float(), reduction="none").sum(dim=1)

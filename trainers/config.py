@@ -1,0 +1,171 @@
+"""Run configuration: one flat set of keys shared by YAML files and ``--key=value`` flags.
+
+Hyper-parameters (what is trained) and runtime settings (how and where it runs) live in
+separate groups; a key belongs to exactly one. Unknown keys and bad values stop the run
+before any work, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dali_pipes.quality import parse_levels, parse_quality_spec
+
+DEFAULT_LEVELS = "5,10,15,20,30,50,75,95"
+
+
+def _key(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
+@dataclass
+class Config:
+    """Every key a run accepts. See `codecloop train --help` for the same list with help."""
+
+    # --- data and model (hyper-parameters) ---
+    task: str = _key("classification", "task name", "hyper")
+    data: str | None = _key(None, "dataset root (ImageFolder: ROOT/train/<class>/, ROOT/val/<class>/)", "hyper")
+    model: str = _key("resnet50", "timm model name", "hyper")
+    pretrained: str | None = _key(None, "local weights file to start from (no hub download)", "hyper")
+    num_classes: int | None = _key(None, "classifier width; default: number of class folders", "hyper")
+    quality: str = _key("none", "training JPEG quality spec: none | 30 | 5-95 | 5,10,15", "hyper")
+    clean_prob: float = _key(0.0, "fraction of training samples left uncompressed", "hyper")
+    eval_quality: str = _key("none", "JPEG quality spec for evaluation during training", "hyper")
+    codec_placement: str = _key(
+        "native", "where the codec runs: native resolution, or after_resize (cheaper)", "hyper",
+        ("native", "after_resize"),
+    )
+    crop_size: int = _key(224, "network input size", "hyper")
+    resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper")
+    min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper")
+    normalize: str = _key("imagenet", "input normalization: imagenet mean/std or inception (0.5/0.5)", "hyper",
+                          ("imagenet", "inception"))
+    # --- optimization (hyper-parameters) ---
+    epochs: int = _key(1, "training epochs", "hyper")
+    max_steps: int | None = _key(None, "stop after this many optimizer steps", "hyper")
+    batch_size: int = _key(64, "samples per process per micro-batch", "hyper")
+    eval_batch_size: int | None = _key(None, "evaluation batch size; default: batch_size", "hyper")
+    grad_accum: int = _key(1, "micro-batches per optimizer step", "hyper")
+    optimizer: str = _key("adamw", "optimizer", "hyper", ("adamw", "sgd"))
+    lr: float = _key(1e-3, "peak learning rate", "hyper")
+    weight_decay: float = _key(0.05, "weight decay", "hyper")
+    momentum: float = _key(0.9, "SGD momentum", "hyper")
+    warmup_steps: int = _key(0, "linear warm-up steps before the cosine decay", "hyper")
+    label_smoothing: float = _key(0.0, "cross-entropy label smoothing", "hyper")
+    freeze_bn: bool = _key(False, "keep BatchNorm statistics fixed while training (fine-tuning)", "hyper")
+    seed: int = _key(0, "random seed (per rank and epoch streams derive from it)", "hyper")
+    # --- protocol (hyper-parameters) ---
+    levels: str = _key(DEFAULT_LEVELS, "sweep: JPEG qualities to evaluate (clean is always added)", "hyper")
+    retrain_quality: str = _key("5-95", "experiment: quality spec for fine-tuning on compressed data", "hyper")
+    retrain_clean_prob: float = _key(0.1, "experiment: clean share while fine-tuning", "hyper")
+    retrain_epochs: int | None = _key(None, "experiment: fine-tuning epochs; default: epochs", "hyper")
+    retrain_max_steps: int | None = _key(None, "experiment: fine-tuning step cap; default: max_steps", "hyper")
+    retrain_lr: float | None = _key(None, "experiment: fine-tuning learning rate; default: lr / 10", "hyper")
+    # --- runtime settings ---
+    out: str | None = _key(None, "run directory; default: runs/<command>-<time>", "runtime")
+    checkpoint: str | None = _key(None, "model checkpoint (run or checkpoint dir, or weights file) to evaluate / start from", "runtime")
+    resume: bool = _key(False, "continue from the last checkpoint in the run directory", "runtime")
+    checkpoint_every: int = _key(500, "save a checkpoint every N optimizer steps (0: only at the end)", "runtime")
+    keep_checkpoints: int = _key(2, "how many step checkpoints to keep", "runtime")
+    log_every: int = _key(10, "log training metrics every N optimizer steps", "runtime")
+    precision: str = _key("auto", "auto = bf16 autocast on GPU, fp32 on CPU", "runtime", ("auto", "bf16", "fp32"))
+    num_threads: int | None = _key(None, "DALI CPU threads per process; default: cores / local processes", "runtime")
+    prefetch: int = _key(2, "DALI prefetch queue depth", "runtime")
+    strict: bool = _key(False, "stop on the first unreadable image instead of skipping it", "runtime")
+    wandb: str = _key("online", "W&B mode (online falls back to offline without an API key)", "runtime",
+                      ("online", "offline", "disabled"))
+    wandb_project: str = _key("codecloop", "W&B project", "runtime")
+    progress: bool = _key(True, "show a progress bar on rank 0", "runtime")
+
+    def validate(self) -> "Config":
+        """Check every value; raise ValueError naming the key."""
+        for spec_key in ("quality", "eval_quality", "retrain_quality"):
+            try:
+                parse_quality_spec(getattr(self, spec_key))
+            except ValueError as error:
+                raise ValueError(f"config key {spec_key!r}: {error}") from error
+        for prob_key in ("clean_prob", "retrain_clean_prob"):
+            if not 0.0 <= getattr(self, prob_key) <= 1.0:
+                raise ValueError(f"config key {prob_key!r}: {getattr(self, prob_key)} is outside 0..1")
+        try:
+            parse_levels(self.levels)
+        except ValueError as error:
+            raise ValueError(f"config key 'levels': {error}") from error
+        for item in dataclasses.fields(self):
+            choices = item.metadata.get("choices")
+            if choices and getattr(self, item.name) not in choices:
+                raise ValueError(f"config key {item.name!r}: {getattr(self, item.name)!r} is not one of {choices}")
+        for positive in ("batch_size", "grad_accum", "crop_size", "resize_size", "prefetch"):
+            if getattr(self, positive) < 1:
+                raise ValueError(f"config key {positive!r}: must be >= 1, got {getattr(self, positive)}")
+        if self.epochs < 0:
+            raise ValueError(f"config key 'epochs': must be >= 0, got {self.epochs}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, for YAML and W&B."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def config_keys() -> dict[str, dataclasses.Field]:
+    """Field objects by key name."""
+    return {item.name: item for item in dataclasses.fields(Config)}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert a YAML or command-line value to the type `key` takes, or raise naming the key."""
+    item = config_keys()[key]
+    kind = str(item.type)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and "None" in kind):
+        return None
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{value!r} is not a boolean")
+            return text in ("true", "1", "yes")
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{value!r} is not an integer")
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config key {key!r}: {error}") from error
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML config; unknown keys are an error naming the key and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path}: expected a mapping of keys to values")
+    known = config_keys()
+    for key in values:
+        if key not in known:
+            raise ValueError(f"config file {path}: unknown key {key!r}")
+    return {key: coerce(key, value) for key, value in values.items()}
+
+
+def save_yaml(config: Config, path: str | Path) -> None:
+    """Write the resolved config (every key) atomically."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    temporary.replace(path)

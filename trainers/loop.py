@@ -1,0 +1,259 @@
+"""The accelerate training and evaluation loop, the one place it lives.
+
+Model, optimizer and scheduler go through `accelerator.prepare`; the DALI iterator does not:
+each process reads its own shard (``process_index`` / ``num_processes``) on its own GPU
+(``local_process_index``). Evaluation pads each rank's per-sample metrics to a common length,
+gathers them with `gather_for_metrics` and drops the padding, so every sample counts once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, QualitySpec, default_num_threads
+from tasks.sample_index import SampleIndex
+from trainers.checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
+from trainers.config import Config
+from trainers.logger import MetricsLogger, quality_histogram
+
+INCEPTION_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def make_accelerator(config: Config) -> Accelerator:
+    """An Accelerator with bf16 autocast on GPU (``precision=auto``) and manual scheduler steps."""
+    on_gpu = torch.cuda.is_available()
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and on_gpu)
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", step_scheduler_with_optimizer=False, cpu=not on_gpu)
+
+
+def geometry_of(config: Config) -> ImageGeometry:
+    """Crop, resize and normalization constants from the config."""
+    mean, std = INCEPTION_MEAN_STD if config.normalize == "inception" else (IMAGENET_MEAN, IMAGENET_STD)
+    return ImageGeometry(config.crop_size, config.resize_size, config.min_area, mean, std)
+
+
+def build_batches(
+    config: Config,
+    index: SampleIndex,
+    accelerator: Accelerator,
+    training: bool,
+    spec: QualitySpec,
+    checkpoint: bytes | str | None = None,
+) -> ImageBatches:
+    """This rank's shard of `index` as a DALI iterator on this rank's device."""
+    on_gpu = accelerator.device.type == "cuda"
+    return ImageBatches(
+        index.files,
+        batch_size=config.batch_size if training else (config.eval_batch_size or config.batch_size),
+        training=training,
+        spec=spec,
+        geometry=geometry_of(config),
+        targets=index.targets,
+        shard_id=accelerator.process_index,
+        num_shards=accelerator.num_processes,
+        device_id=accelerator.local_process_index if on_gpu else None,
+        num_threads=config.num_threads or default_num_threads(),
+        seed=(config.seed * 100_003 + accelerator.process_index) % 2**31,
+        prefetch_queue_depth=config.prefetch,
+        codec_placement=config.codec_placement,
+        checkpoint=checkpoint,
+    )
+
+
+def build_optimizer(config: Config, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and normalization parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the peak rate, then cosine decay to zero at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    """Train mode, with BatchNorm kept in eval mode (fixed statistics) when `freeze_bn`."""
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task, batches: ImageBatches, accelerator: Accelerator) -> dict[str, float]:
+    """Dataset means of the task's per-sample metrics, every sample counted once; adds ``n``."""
+    model.eval()
+    sums: torch.Tensor | None = None
+    names: list[str] = []
+    for batch in batches:
+        with accelerator.autocast():
+            logits = model(batch["image"])
+        metrics = task.sample_metrics(logits, batch)
+        names = list(metrics)
+        values = torch.stack([metrics[name].float() for name in names] + [torch.ones_like(metrics[names[0]])], 1)
+        values = accelerator.gather_for_metrics(accelerator.pad_across_processes(values, dim=0))
+        total = values.sum(dim=0)
+        sums = total if sums is None else sums + total
+    if sums is None:
+        return {"n": 0}
+    count = sums[-1].item()
+    result = {name: (sums[i] / count).item() for i, name in enumerate(names)}
+    result["n"] = int(count)
+    return result
+
+
+class Trainer:
+    """Trains `task`'s model on its ``train`` split into `run_dir`, resumable from checkpoints."""
+
+    def __init__(
+        self, config: Config, task, run_dir: Path, accelerator: Accelerator,
+        spec: QualitySpec, eval_spec: QualitySpec, lr: float | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        self.config, self.task, self.accelerator = config, task, accelerator
+        self.run_dir = Path(run_dir)
+        self.spec, self.eval_spec = spec, eval_spec
+        self.lr = lr if lr is not None else config.lr
+        self.model = model if model is not None else task.create_model()
+        self.train_index = task.sample_index("train")
+        self.val_index = task.sample_index("val") if (task.root / "val").is_dir() else None
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: shards are padded to equal size, the last batch is partial."""
+        shard = math.ceil(len(self.train_index) / self.accelerator.num_processes)
+        return math.ceil(math.ceil(shard / self.config.batch_size) / self.config.grad_accum)
+
+    def run(self) -> torch.nn.Module:
+        """Train until `epochs` or `max_steps`; returns the unwrapped model."""
+        config, accelerator = self.config, self.accelerator
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        total_steps = config.max_steps or config.epochs * self.steps_per_epoch()
+        optimizer = build_optimizer(config, self.model, self.lr)
+        scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
+        model, optimizer, scheduler = accelerator.prepare(self.model, optimizer, scheduler)
+        state, dali_state = TrainState(world_size=accelerator.num_processes), None
+        resume_from = checkpoint_dirs(self.run_dir)[-1:] if config.resume else []
+        if resume_from:
+            state, dali_state = load_checkpoint(accelerator, resume_from[0])
+            accelerator.print(f"resuming from {resume_from[0]} (step {state.step}, epoch {state.epoch})")
+        train_batches = build_batches(config, self.train_index, accelerator, True, self.spec, dali_state)
+        logger = MetricsLogger(self.run_dir, config.to_dict(), accelerator.is_main_process,
+                               config.wandb, config.wandb_project, state.wandb_run_id)
+        state.wandb_run_id = logger.wandb_run_id
+        bar = tqdm(total=total_steps, initial=state.step, disable=not (accelerator.is_main_process and config.progress),
+                   desc=f"train {self.run_dir.name}", dynamic_ncols=True)
+        interval = _Interval()
+        last_saved = state.step if resume_from else -1
+        while state.epoch < config.epochs and state.step < total_steps:
+            set_train_mode(model, config.freeze_bn)
+            batches_in_epoch = len(train_batches)
+            waited_from = time.perf_counter()
+            for batch in train_batches:
+                interval.wait += time.perf_counter() - waited_from
+                state.batch_in_epoch += 1
+                sync = state.batch_in_epoch % config.grad_accum == 0 or state.batch_in_epoch == batches_in_epoch
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss = self.task.forward(model, batch)["loss"]
+                    accelerator.backward(loss / config.grad_accum)
+                interval.add(loss.detach(), batch)
+                state.samples += batch["image"].shape[0] * accelerator.num_processes
+                if sync:
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    bar.update(1)
+                    if state.step % config.log_every == 0 or state.step == total_steps:
+                        metrics = interval.flush(accelerator, scheduler.get_last_lr()[0])
+                        logger.log(metrics, state.step)
+                        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
+                                        samples_s=f"{metrics['throughput/samples_per_sec']:.1f}")
+                    if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                        save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(), config.keep_checkpoints)
+                        last_saved = state.step
+                    if state.step >= total_steps:
+                        break
+                waited_from = time.perf_counter()
+            if state.batch_in_epoch >= batches_in_epoch:
+                self._end_epoch(model, logger, state)
+                state.epoch += 1
+                state.batch_in_epoch = 0
+        bar.close()
+        if state.batch_in_epoch:
+            self._end_epoch(model, logger, state)
+        if last_saved != state.step:
+            save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(), config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        accelerator.save_model(model, self.run_dir)
+        logger.close()
+        return accelerator.unwrap_model(model)
+
+    def _end_epoch(self, model: torch.nn.Module, logger: MetricsLogger, state: TrainState) -> None:
+        """Evaluate on ``val`` (if present) and log it with the skipped files of both splits."""
+        metrics: dict = {"epoch": state.epoch}
+        skipped = self.train_index.skipped + (self.val_index.skipped if self.val_index else [])
+        metrics["data/skipped_files"] = len(skipped)
+        if skipped:
+            metrics["data/skipped_paths"] = [f"{path}: {reason}" for path, reason in skipped]
+            self.accelerator.print(f"skipped {len(skipped)} unreadable files: " + "; ".join(p for p, _ in skipped[:5]))
+        if self.val_index is not None:
+            batches = build_batches(self.config, self.val_index, self.accelerator, False, self.eval_spec)
+            metrics.update({f"eval/{key}": value for key, value in evaluate(model, self.task, batches, self.accelerator).items()})
+            self.accelerator.print(f"epoch {state.epoch}: " + ", ".join(
+                f"{key}={value:.4f}" for key, value in metrics.items() if key.startswith("eval/")))
+        logger.log(metrics, state.step)
+        set_train_mode(model, self.config.freeze_bn)
+
+
+class _Interval:
+    """Loss, codec and timing statistics accumulated between two log lines."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.qualities: list[torch.Tensor] = []
+        self.samples = 0
+        self.wait = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        self.losses.append(loss)
+        self.qualities.append(batch["jpeg_quality"])
+        self.samples += batch["image"].shape[0]
+
+    def flush(self, accelerator: Accelerator, lr: float) -> dict:
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize(accelerator.device)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        qualities = torch.cat(self.qualities).cpu().numpy().astype(np.int64)
+        compressed = qualities[qualities > 0]
+        metrics = {
+            "train/loss": torch.stack(self.losses).float().mean().item(),
+            "train/lr": lr,
+            "codec/quality_mean": float(compressed.mean()) if compressed.size else 0.0,
+            "codec/clean_frac": float((qualities == 0).mean()),
+            "codec/quality_hist": quality_histogram(qualities),
+            "throughput/samples_per_sec": self.samples * accelerator.num_processes / elapsed,
+            "throughput/data_wait_frac": min(1.0, self.wait / elapsed),
+        }
+        self.__init__()
+        return metrics
