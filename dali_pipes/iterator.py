@@ -26,6 +26,7 @@ def default_num_threads() -> int:
 class ImageBatches:
     """Epochs of ``{image, index, jpeg_quality, **targets}`` batches from one shard of `files`.
 
+    With `with_clean`, batches also carry ``clean_image``: the same view without the codec.
     `targets` maps a name (``label``, ``soft_label``...) to a tensor indexed by sample index;
     each batch carries ``targets[name][index]`` under that name, on the device.
     The last batch of an epoch is partial, never padded: under sharding every sample is
@@ -50,6 +51,7 @@ class ImageBatches:
         prefetch_queue_depth: int = 2,
         codec_placement: str = "native",
         checkpoint: bytes | str | None = None,
+        with_clean: bool = False,
     ) -> None:
         if not files:
             raise ValueError("no files to read")
@@ -67,6 +69,7 @@ class ImageBatches:
             geometry=geometry,
             on_gpu=device_id is not None,
             codec_placement=codec_placement,
+            with_clean=with_clean,
             batch_size=batch_size,
             num_threads=num_threads or default_num_threads(),
             device_id=device_id,
@@ -76,7 +79,7 @@ class ImageBatches:
         )
         self._iterator = DALIGenericIterator(
             [pipe],
-            ["image", "index", "jpeg_quality"],
+            ["image", "index", "jpeg_quality"] + (["clean_image"] if with_clean else []),
             reader_name=READER_NAME,
             last_batch_policy=LastBatchPolicy.PARTIAL,
             auto_reset=False,
@@ -95,6 +98,8 @@ class ImageBatches:
                 "index": index,
                 "jpeg_quality": outputs["jpeg_quality"].to(self.device, non_blocking=True),
             }
+            if "clean_image" in outputs:
+                batch["clean_image"] = outputs["clean_image"].to(self.device, non_blocking=True)
             for name, table in self.targets.items():
                 batch[name] = table[index]
             yield batch

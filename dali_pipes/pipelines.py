@@ -24,13 +24,18 @@ CODEC_PLACEMENTS = ("native", "after_resize")
 
 @dataclass(frozen=True)
 class ImageGeometry:
-    """Crop size, eval resize, train crop scale and the normalization constants (0..1 units)."""
+    """Crop size, eval resize, train crop and the normalization constants (0..1 units).
+
+    ``train_crop="center"`` trains on the eval view (resize + center crop, no flip): the view a
+    cached teacher output was computed on, for distillation.
+    """
 
     crop_size: int = 224
     resize_size: int = 256
     min_area: float = 0.08
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    train_crop: str = "random_resized"
 
 
 def decode(encoded, on_gpu: bool):
@@ -54,15 +59,18 @@ def eval_geometry(images, geometry: ImageGeometry):
     return fn.resize(images, resize_shorter=geometry.resize_size, antialias=True)
 
 
-def normalize(images, geometry: ImageGeometry, mirror=None, center_crop: bool = False):
-    """To float CHW, (x/255 - mean)/std, with an optional per-sample mirror and center crop."""
+def normalize(images, geometry: ImageGeometry, mirror=None, center_crop: bool = False, copies: int = 1):
+    """To float CHW, (x/255 - mean)/std, with an optional per-sample mirror and center crop.
+
+    `copies` > 1 normalizes that many RGB images stacked along the channel axis.
+    """
     return fn.crop_mirror_normalize(
         images,
         dtype=types.FLOAT,
         output_layout="CHW",
         crop=(geometry.crop_size, geometry.crop_size) if center_crop else None,
-        mean=[255.0 * value for value in geometry.mean],
-        std=[255.0 * value for value in geometry.std],
+        mean=[255.0 * value for value in geometry.mean] * copies,
+        std=[255.0 * value for value in geometry.std] * copies,
         mirror=mirror if mirror is not None else 0,
     )
 
@@ -77,8 +85,13 @@ def image_pipeline(
     geometry: ImageGeometry,
     on_gpu: bool,
     codec_placement: str = "native",
+    with_clean: bool = False,
 ):
-    """Sharded classification pipeline; outputs ``(image, index, jpeg_quality)``."""
+    """Sharded classification pipeline; outputs ``(image, index, jpeg_quality[, clean_image])``.
+
+    With `with_clean`, the clean image goes through the very same crop and flip as the
+    compressed one (both are stacked along channels for the geometry), e.g. for a teacher.
+    """
     encoded, index = fn.readers.file(
         files=list(files),
         labels=list(range(len(files))),
@@ -89,15 +102,18 @@ def image_pipeline(
         name=READER_NAME,
     )
     images = decode(encoded, on_gpu)
+    random_view = training and geometry.train_crop == "random_resized"
+    view = train_geometry if random_view else eval_geometry
     if codec_placement == "native":
-        images, quality = jpeg_codec(images, spec)
-    if training:
-        images = train_geometry(images, geometry)
+        compressed, quality = jpeg_codec(images, spec)
+        images = view(fn.cat(compressed, images, axis=2) if with_clean else compressed, geometry)
     else:
-        images = eval_geometry(images, geometry)
-    if codec_placement == "after_resize":
-        images, quality = jpeg_codec(images, spec)
-    mirror = fn.random.coin_flip() if training else None
-    images = normalize(images, geometry, mirror=mirror, center_crop=not training)
-    return images, fn.reshape(index, shape=[]), quality
-
+        images = view(images, geometry)
+        compressed, quality = jpeg_codec(images, spec)
+        images = fn.cat(compressed, images, axis=2) if with_clean else compressed
+    mirror = fn.random.coin_flip() if random_view else None
+    images = normalize(images, geometry, mirror=mirror, center_crop=not random_view, copies=2 if with_clean else 1)
+    index = fn.reshape(index, shape=[])
+    if with_clean:
+        return images[0:3], index, quality, images[3:6]
+    return images, index, quality

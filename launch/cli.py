@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in CONFIG_COMMANDS:
             from trainers.commands import run_command
 
-            run_dir = run_command(args.command, config_from_args(args))
-            print(f"run directory: {run_dir}")
+            run_command(args.command, config_from_args(args))
         elif args.command == "demo":
             from trainers.demo import run_demo
 

@@ -13,6 +13,7 @@ import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 
+import safetensors.torch
 import timm
 import torch
 
@@ -85,7 +86,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            obj = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path} is not a loadable torch weights file: {error}") from error
     while isinstance(obj, Mapping):

@@ -30,7 +30,8 @@ CATS = {281, 282, 285}
 def _teacher_input(image: Image.Image) -> torch.Tensor:
     """Resize short side 256 (bicubic), center crop 224, normalize for the teacher."""
     scale = DEMO_TEACHER_RESIZE / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+    size = (round(image.width * scale), round(image.height * scale))
+    image = image.resize(size, Image.Resampling.BICUBIC)
     left, top = (image.width - DEMO_TEACHER_CROP) // 2, (image.height - DEMO_TEACHER_CROP) // 2
     image = image.crop((left, top, left + DEMO_TEACHER_CROP, top + DEMO_TEACHER_CROP))
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255

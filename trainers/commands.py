@@ -43,5 +43,6 @@ def run_command(command: str, config: Config) -> Path:
     else:
         run_experiment(config, run_dir, accelerator, task=task)
     accelerator.wait_for_everyone()
+    accelerator.print(f"run directory: {run_dir}")
     accelerator.end_training()
     return run_dir

@@ -43,6 +43,8 @@ class Config:
     crop_size: int = _key(224, "network input size", "hyper")
     resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper")
     min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper")
+    train_crop: str = _key("random_resized", "train view: random_resized crop + flip, or the eval center crop",
+                           "hyper", ("random_resized", "center"))
     normalize: str = _key("imagenet", "input normalization: imagenet mean/std or inception (0.5/0.5)", "hyper",
                           ("imagenet", "inception"))
     # --- optimization (hyper-parameters) ---
@@ -58,6 +60,8 @@ class Config:
     warmup_steps: int = _key(0, "linear warm-up steps before the cosine decay", "hyper")
     label_smoothing: float = _key(0.0, "cross-entropy label smoothing", "hyper")
     freeze_bn: bool = _key(False, "keep BatchNorm statistics fixed while training (fine-tuning)", "hyper")
+    train_layers: str | None = _key(None, "comma-separated parameter-name prefixes to train, the rest frozen "
+                                    "(e.g. conv_stem,bn1,blocks.0); default: all", "hyper")
     seed: int = _key(0, "random seed (per rank and epoch streams derive from it)", "hyper")
     # --- protocol (hyper-parameters) ---
     levels: str = _key(DEFAULT_LEVELS, "sweep: JPEG qualities to evaluate (clean is always added)", "hyper")
@@ -73,6 +77,7 @@ class Config:
     checkpoint_every: int = _key(500, "save a checkpoint every N optimizer steps (0: only at the end)", "runtime")
     keep_checkpoints: int = _key(2, "how many step checkpoints to keep", "runtime")
     log_every: int = _key(10, "log training metrics every N optimizer steps", "runtime")
+    eval_every: int = _key(1, "evaluate on val every N epochs (0: only at the end of training)", "runtime")
     precision: str = _key("auto", "auto = bf16 autocast on GPU, fp32 on CPU", "runtime", ("auto", "bf16", "fp32"))
     num_threads: int | None = _key(None, "DALI CPU threads per process; default: cores / local processes", "runtime")
     prefetch: int = _key(2, "DALI prefetch queue depth", "runtime")

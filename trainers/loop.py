@@ -37,7 +37,7 @@ def make_accelerator(config: Config) -> Accelerator:
 def geometry_of(config: Config) -> ImageGeometry:
     """Crop, resize and normalization constants from the config."""
     mean, std = INCEPTION_MEAN_STD if config.normalize == "inception" else (IMAGENET_MEAN, IMAGENET_STD)
-    return ImageGeometry(config.crop_size, config.resize_size, config.min_area, mean, std)
+    return ImageGeometry(config.crop_size, config.resize_size, config.min_area, mean, std, config.train_crop)
 
 
 def build_batches(
@@ -47,6 +47,7 @@ def build_batches(
     training: bool,
     spec: QualitySpec,
     checkpoint: bytes | str | None = None,
+    with_clean: bool = False,
 ) -> ImageBatches:
     """This rank's shard of `index` as a DALI iterator on this rank's device."""
     on_gpu = accelerator.device.type == "cuda"
@@ -65,6 +66,7 @@ def build_batches(
         prefetch_queue_depth=config.prefetch,
         codec_placement=config.codec_placement,
         checkpoint=checkpoint,
+        with_clean=with_clean,
     )
 
 
@@ -88,6 +90,19 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def freeze_all_but(model: torch.nn.Module, prefixes: str | None) -> None:
+    """Train only parameters whose name starts with one of the comma-separated `prefixes`."""
+    if not prefixes:
+        return
+    wanted = tuple(prefix.strip() for prefix in prefixes.split(",") if prefix.strip())
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [prefix for prefix in wanted if not any(name.startswith(prefix) for name in names)]
+    if unmatched:
+        raise ValueError(f"config key 'train_layers': no parameter of the model starts with {unmatched[0]!r}")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(wanted))
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
@@ -148,15 +163,20 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         self.run_dir.mkdir(parents=True, exist_ok=True)
         total_steps = config.max_steps or config.epochs * self.steps_per_epoch()
+        freeze_all_but(self.model, config.train_layers)
         optimizer = build_optimizer(config, self.model, self.lr)
         scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
         model, optimizer, scheduler = accelerator.prepare(self.model, optimizer, scheduler)
         state, dali_state = TrainState(world_size=accelerator.num_processes), None
         resume_from = checkpoint_dirs(self.run_dir)[-1:] if config.resume else []
+        if not config.resume and (checkpoint_dirs(self.run_dir) or (self.run_dir / "metrics.jsonl").exists()):
+            raise ValueError(f"run directory {self.run_dir} already holds a run: pass --resume to continue "
+                             "it, or choose another --out")
         if resume_from:
             state, dali_state = load_checkpoint(accelerator, resume_from[0])
             accelerator.print(f"resuming from {resume_from[0]} (step {state.step}, epoch {state.epoch})")
-        train_batches = build_batches(config, self.train_index, accelerator, True, self.spec, dali_state)
+        train_batches = build_batches(config, self.train_index, accelerator, True, self.spec, dali_state,
+                                      with_clean=getattr(self.task, "needs_clean_view", False))
         logger = MetricsLogger(self.run_dir, config.to_dict(), accelerator.is_main_process,
                                config.wandb, config.wandb_project, state.wandb_run_id)
         state.wandb_run_id = logger.wandb_run_id
@@ -195,12 +215,13 @@ class Trainer:
                         break
                 waited_from = time.perf_counter()
             if state.batch_in_epoch >= batches_in_epoch:
-                self._end_epoch(model, logger, state)
+                final = state.epoch + 1 >= config.epochs or state.step >= total_steps
+                self._end_epoch(model, logger, state, final)
                 state.epoch += 1
                 state.batch_in_epoch = 0
         bar.close()
         if state.batch_in_epoch:
-            self._end_epoch(model, logger, state)
+            self._end_epoch(model, logger, state, final=True)
         if last_saved != state.step:
             save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(), config.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -208,15 +229,16 @@ class Trainer:
         logger.close()
         return accelerator.unwrap_model(model)
 
-    def _end_epoch(self, model: torch.nn.Module, logger: MetricsLogger, state: TrainState) -> None:
-        """Evaluate on ``val`` (if present) and log it with the skipped files of both splits."""
+    def _end_epoch(self, model: torch.nn.Module, logger: MetricsLogger, state: TrainState, final: bool) -> None:
+        """Evaluate on ``val`` (when present and due) and log it with the skipped files of both splits."""
         metrics: dict = {"epoch": state.epoch}
         skipped = self.train_index.skipped + (self.val_index.skipped if self.val_index else [])
         metrics["data/skipped_files"] = len(skipped)
         if skipped:
             metrics["data/skipped_paths"] = [f"{path}: {reason}" for path, reason in skipped]
             self.accelerator.print(f"skipped {len(skipped)} unreadable files: " + "; ".join(p for p, _ in skipped[:5]))
-        if self.val_index is not None:
+        every = self.config.eval_every
+        if self.val_index is not None and (final or (every and (state.epoch + 1) % every == 0)):
             batches = build_batches(self.config, self.val_index, self.accelerator, False, self.eval_spec)
             metrics.update({f"eval/{key}": value for key, value in evaluate(model, self.task, batches, self.accelerator).items()})
             self.accelerator.print(f"epoch {state.epoch}: " + ", ".join(

@@ -1,0 +1,34 @@
+"""Shared fixtures: small real-JPEG datasets and an in-process `codecloop` runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.datasets import write_image_folder
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+TINY = ["--model", "test_efficientnet", "--crop_size", "32", "--resize_size", "40",
+        "--wandb", "disabled", "--progress", "false", "--num_threads", "2"]
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """Three classes of real JPEG crops: 8 train and 5 val images per class (15 val in all)."""
+    return write_image_folder(tmp_path_factory.mktemp("imagefolder"), {"train": 8, "val": 5})
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `codecloop ARGS` in this process; returns (exit status, stdout, stderr)."""
+    from launch.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run

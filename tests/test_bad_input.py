@@ -1,0 +1,87 @@
+"""Bad input stops before any work, with a message naming the culprit."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import TINY
+
+
+def _assert_fails(run_cli, out, *args, message):
+    status, _, err = run_cli(*args, "--out", out)
+    assert status == 2, err
+    assert message in err, err
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_missing_dataset_path(run_cli, tmp_path):
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", tmp_path / "nowhere", *TINY,
+                  message=f"dataset path {tmp_path / 'nowhere'} does not exist")
+
+
+def test_empty_split(run_cli, tmp_path, image_folder):
+    root = tmp_path / "data"
+    shutil.copytree(image_folder / "train", root / "train")
+    (root / "val").mkdir()
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", root, *TINY,
+                  message=f"dataset split {root / 'val'} has no class folders")
+
+
+def test_empty_class_folder(run_cli, tmp_path, image_folder):
+    root = tmp_path / "data"
+    shutil.copytree(image_folder, root)
+    (root / "train" / "empty_class").mkdir()
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", root, *TINY,
+                  message=f"class folder {root / 'train' / 'empty_class'} holds no image files")
+
+
+def test_checkpoint_from_another_model(run_cli, tmp_path, image_folder):
+    weights = tmp_path / "other.safetensors"
+    save_file({"fc.weight": torch.zeros(3, 8), "fc.bias": torch.zeros(3)}, str(weights))
+    _assert_fails(run_cli, tmp_path / "run", "sweep", "--data", image_folder, *TINY, "--checkpoint", weights,
+                  message=f"{weights}: checkpoint from another model")
+
+
+def test_unknown_config_key_in_yaml(run_cli, tmp_path, image_folder):
+    config = tmp_path / "run.yaml"
+    config.write_text("quality: 30\nlearning_rate: 0.1\n")
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, "--config", config,
+                  message="unknown key 'learning_rate'")
+
+
+def test_unknown_flag_is_named(tmp_path, image_folder):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--data", str(image_folder),
+                             "--learning_rate=0.1"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--learning_rate=0.1" in result.stderr
+
+
+@pytest.mark.parametrize(("key", "value"), [("quality", "0"), ("quality", "101"), ("eval_quality", "5-250"),
+                                            ("retrain_quality", "0,5"), ("levels", "5,0")])
+def test_quality_outside_range(run_cli, tmp_path, image_folder, key, value):
+    bad = value.split(",")[-1] if key == "levels" else value.split("-")[-1].split(",")[0]
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, f"--{key}={value}",
+                  message=f"config key '{key}'")
+    status, _, err = run_cli("train", "--data", image_folder, *TINY, f"--{key}={value}")
+    assert f"quality {bad}" in err
+
+
+def test_bad_typed_value(run_cli, tmp_path, image_folder):
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, "--batch_size", "many",
+                  message="config key 'batch_size'")
+
+
+def test_unknown_model(run_cli, tmp_path, image_folder):
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, "--model", "resnet9000",
+                  message="model 'resnet9000'")
+
+
+def test_pending_commands_name_their_issue(run_cli):
+    status, _, err = run_cli("transcode")
+    assert status == 2 and "issue #3" in err

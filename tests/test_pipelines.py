@@ -1,0 +1,88 @@
+"""Image pipelines through the real DALI CPU backend: layout, sharding, codec placement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from dali_pipes import ImageBatches, ImageGeometry, jpeg_roundtrip, parse_quality_spec
+
+GEOMETRY = ImageGeometry(crop_size=48, resize_size=56)
+
+
+@pytest.fixture(scope="module")
+def png_files(tmp_path_factory) -> list[str]:
+    """Lossless sources at their native (odd, varied) sizes, so only the codec stage compresses."""
+    folder = tmp_path_factory.mktemp("png")
+    paths = []
+    for index, name in enumerate(["astronaut", "chelsea", "coffee", "rocket"] * 3):
+        photo = getattr(skdata, name)()[: 151 + 10 * index, : 203 + 7 * index]
+        path = folder / f"{index:02d}_{name}.png"
+        Image.fromarray(photo).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _batches(files, training=False, spec="none", **kwargs) -> ImageBatches:
+    return ImageBatches(files, batch_size=5, training=training, spec=parse_quality_spec(spec),
+                        geometry=GEOMETRY, num_threads=2, **kwargs)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_layout(png_files, training):
+    labels = torch.arange(len(png_files)) * 10
+    batches = _batches(png_files, training, "5-95", targets={"label": labels})
+    assert len(batches) == 3
+    seen = []
+    for batch in batches:
+        assert batch["image"].dtype == torch.float32 and batch["image"].device.type == "cpu"
+        assert batch["image"].shape[1:] == (3, 48, 48)
+        assert batch["jpeg_quality"].dtype == torch.int32
+        assert ((batch["jpeg_quality"] >= 5) & (batch["jpeg_quality"] <= 95)).all()
+        assert torch.equal(batch["label"], batch["index"] * 10)
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(len(png_files)))
+    assert abs(float(batch["image"].mean())) < 3.0  # normalized, not raw 0..255
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 5])
+def test_eval_shards_count_every_sample_once(png_files, num_shards):
+    seen, lengths = [], []
+    for shard_id in range(num_shards):
+        batches = _batches(png_files, shard_id=shard_id, num_shards=num_shards)
+        lengths.append(len(batches))
+        seen += [index for batch in batches for index in batch["index"].tolist()]
+    assert sorted(seen) == list(range(len(png_files)))
+    assert len(set(lengths)) == 1  # every rank runs the same number of batches
+
+
+def test_codec_runs_at_native_resolution_before_resize(png_files, tmp_path):
+    quality = 10
+    in_loop = torch.cat([b["image"] for b in _batches(png_files, spec=str(quality))])
+    manual_files = []
+    for path in png_files:
+        compressed = jpeg_roundtrip([np.asarray(Image.open(path).convert("RGB"))], quality)[0]
+        manual_files.append(str(tmp_path / Path(path).name))
+        Image.fromarray(compressed).save(manual_files[-1])
+    manual = torch.cat([b["image"] for b in _batches(manual_files)])
+    torch.testing.assert_close(in_loop, manual)
+    after_resize = torch.cat([b["image"] for b in _batches(png_files, spec=str(quality), codec_placement="after_resize")])
+    clean = torch.cat([b["image"] for b in _batches(png_files)])
+    assert not torch.allclose(after_resize, in_loop)
+    assert (in_loop - clean).abs().mean() > 0.01
+
+
+def test_jpeg_roundtrip_checks_its_input():
+    image = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="quality 0"):
+        jpeg_roundtrip([image], 0)
+    with pytest.raises(ValueError, match="2 qualities given for 1 images"):
+        jpeg_roundtrip([image], [5, 6])
+    with pytest.raises(ValueError, match="expected HxWx3"):
+        jpeg_roundtrip([np.zeros((16, 16), np.uint8)], 5)
+    assert [out.shape for out in jpeg_roundtrip([image, image[:9, :7]], [5, 90])] == [(16, 16, 3), (9, 7, 3)]

@@ -1,0 +1,52 @@
+"""`--resume` continues from the last checkpoint, mid-epoch, without repeating or skipping samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import TINY
+
+ARGS = [*TINY, "--batch_size", "4", "--epochs", "2", "--quality", "5-95", "--clean_prob", "0.2",
+        "--checkpoint_every", "2", "--keep_checkpoints", "10", "--log_every", "1", "--warmup_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(image_folder, tmp_path_factory):
+    from launch.cli import main
+
+    out = tmp_path_factory.mktemp("resume") / "full"
+    assert main(["train", "--data", str(image_folder), *ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def _losses(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {record["step"]: record["train/loss"] for record in map(json.loads, lines) if "train/loss" in record}
+
+
+@pytest.mark.parametrize("resume_step", [4, 6])  # 6 steps per epoch: mid-epoch and at the epoch's end
+def test_resume_matches_uninterrupted(uninterrupted, image_folder, tmp_path, run_cli, resume_step):
+    resumed = tmp_path / "resumed"
+    source = uninterrupted / "checkpoints" / f"step_{resume_step:08d}"
+    shutil.copytree(source, resumed / "checkpoints" / source.name)
+    status, _, err = run_cli("train", "--data", image_folder, *ARGS, "--out", resumed, "--resume")
+    assert status == 0, err
+    full_losses, resumed_losses = _losses(uninterrupted), _losses(resumed)
+    assert min(resumed_losses) == resume_step + 1
+    for step, loss in resumed_losses.items():
+        assert loss == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step
+    expected, actual = load_file(uninterrupted / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_resume_without_checkpoint_starts_fresh(image_folder, tmp_path, run_cli):
+    out = tmp_path / "fresh"
+    status, _, err = run_cli("train", "--data", image_folder, *TINY, "--max_steps", "1", "--out", out, "--resume")
+    assert status == 0, err
+    assert (out / "checkpoints" / "step_00000001").is_dir()

@@ -1,0 +1,132 @@
+"""`codecloop demo`: the whole protocol offline, on packaged photos, clips and a pretrained network.
+
+The images carry no labels, so the metric is agreement with the pretrained teacher's top-1 on
+the clean image (``top1``), with the mean KL divergence to its clean-image output (``kl``).
+The teacher's clean outputs are computed once and cached; the fine-tuned copy learns to match
+them from compressed images (distillation) with BatchNorm statistics frozen and a clean share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from dali_pipes import parse_quality_spec
+from tasks.classification import ClassificationTask
+from tasks.packaged_data import write_demo_dataset
+from tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
+from tasks.sample_index import SampleIndex
+from trainers.commands import prepare_run
+from trainers.config import Config
+from trainers.loop import build_batches
+from trainers.protocol import run_experiment
+from trainers.report import markdown_table
+
+DEMO_CONFIG = dict(
+    task="classification",
+    model=DEMO_TEACHER_ARCH,
+    num_classes=1000,
+    normalize="inception",
+    crop_size=224,
+    resize_size=256,
+    min_area=0.25,
+    epochs=0,
+    batch_size=16,
+    eval_batch_size=25,
+    optimizer="adamw",
+    weight_decay=0.0,
+    warmup_steps=10,
+    freeze_bn=True,
+    retrain_quality="5-95",
+    retrain_clean_prob=0.2,
+    retrain_epochs=1000,
+    retrain_max_steps=150,
+    retrain_lr=5e-5,
+    checkpoint_every=0,
+    log_every=10,
+    eval_every=0,
+)
+
+
+class DistilledTask(ClassificationTask):
+    """Classification against a teacher: ``label`` is its clean top-1, ``soft_label`` its probabilities.
+
+    Evaluation uses the cached outputs on the clean eval view. Training asks the pipeline for
+    the clean copy of every (randomly cropped, flipped, compressed) view and runs the teacher
+    on it, so targets always match the view the student sees.
+    """
+
+    needs_clean_view = True
+
+    def __init__(self, teacher_outputs: dict[str, tuple[list[str], torch.Tensor]], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.teacher_outputs = teacher_outputs
+        self.teacher = self.create_model().eval().requires_grad_(False)
+
+    def sample_index(self, split: str) -> SampleIndex:
+        files, probs = self.teacher_outputs[split]
+        return SampleIndex(split, files, {"label": probs.argmax(dim=1), "soft_label": probs})
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "clean_image" in batch:
+            clean = batch["clean_image"]
+            self.teacher.to(clean.device)
+            with torch.no_grad(), torch.autocast(clean.device.type, torch.bfloat16, enabled=clean.is_cuda):
+                probs = self.teacher(clean).float().softmax(dim=1)
+            batch = {**batch, "soft_label": probs, "label": probs.argmax(dim=1)}
+        return super().forward(model, batch)
+
+
+@torch.no_grad()
+def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache: Path) -> dict:
+    """Teacher probabilities on the clean eval view of every train and val image, cached in `cache`."""
+    indexes = {split: task.sample_index(split) for split in ("train", "val")}
+    key = hashlib.sha256("\n".join(f for index in indexes.values() for f in index.files).encode()).hexdigest()
+    if cache.is_file():
+        stored = torch.load(cache, weights_only=True)
+        if stored.get("key") == key:
+            return {split: (indexes[split].files, stored[split]) for split in indexes}
+    teacher = task.create_model().to(accelerator.device).eval()
+    outputs = {"key": key}
+    for split, index in indexes.items():
+        probs = torch.zeros(len(index), task.num_classes)
+        for batch in build_batches(config, index, accelerator, False, parse_quality_spec("none")):
+            with accelerator.autocast():
+                probs[batch["index"].cpu()] = teacher(batch["image"]).float().softmax(dim=1).cpu()
+        outputs[split] = probs
+    temporary = cache.with_name(cache.name + ".tmp")
+    torch.save(outputs, temporary)
+    temporary.replace(cache)
+    return {split: (indexes[split].files, outputs[split]) for split in indexes}
+
+
+def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled") -> list[dict]:
+    """Build the dataset, sweep the teacher, fine-tune on compressed images, sweep, report recovery."""
+    started = time.perf_counter()
+    out = Path(out)
+    dataset = write_demo_dataset(out / "data")
+    print(f"demo data: {dataset.count('train')} train images, {dataset.count('val')} held-out frames "
+          f"({', '.join(dataset.sources('val'))}) in {out / 'data'}")
+    config = Config(**DEMO_CONFIG, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
+                    out=str(out), wandb=wandb)
+    if retrain_steps is not None:
+        config = config.replace(retrain_max_steps=retrain_steps)
+    accelerator, run_dir = prepare_run("demo", config)
+    for stage in ("baseline", "retrain"):
+        shutil.rmtree(run_dir / stage, ignore_errors=True)
+    plain = ClassificationTask(data=config.data, model=config.model, pretrained=config.pretrained,
+                               num_classes=config.num_classes)
+    targets = teacher_outputs(config, plain, accelerator, out / "data" / "teacher_outputs.pt")
+    task = DistilledTask(targets, data=config.data, model=config.model, pretrained=config.pretrained,
+                         num_classes=config.num_classes)
+    recovery = run_experiment(config, run_dir, accelerator, task=task)
+    minutes = (time.perf_counter() - started) / 60
+    if accelerator.is_main_process:
+        print("\nagreement with the teacher's clean-image top-1, before and after fine-tuning on JPEG:\n")
+        print(markdown_table(recovery))
+        print(f"\ndemo finished in {minutes:.1f} min; report: {run_dir / 'report.md'}, plot: {run_dir / 'experiment.png'}")
+    return recovery
