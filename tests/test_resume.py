@@ -50,3 +50,9 @@ def test_resume_without_checkpoint_starts_fresh(image_folder, tmp_path, run_cli)
     status, _, err = run_cli("train", "--data", image_folder, *TINY, "--max_steps", "1", "--out", out, "--resume")
     assert status == 0, err
     assert (out / "checkpoints" / "step_00000001").is_dir()
+
+
+def test_new_run_over_an_old_one_is_refused(uninterrupted, image_folder, run_cli):
+    status, _, err = run_cli("train", "--data", image_folder, *ARGS, "--out", uninterrupted)
+    assert status == 2
+    assert f"run directory {uninterrupted} already holds a training run" in err

@@ -38,6 +38,13 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(root.glob("step_*")) if root.is_dir() else []
 
 
+def ensure_fresh(run_dir: Path, resume: bool) -> None:
+    """Refuse to start a new training run over an earlier one unless resuming it."""
+    if not resume and (checkpoint_dirs(run_dir) or (Path(run_dir) / "metrics.jsonl").exists()):
+        raise ValueError(f"run directory {run_dir} already holds a training run: pass --resume to continue "
+                         "it, or choose another --out")
+
+
 def save_checkpoint(
     accelerator: Accelerator, run_dir: Path, state: TrainState, dali_state: bytes | str, keep: int
 ) -> Path:

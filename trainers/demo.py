@@ -26,6 +26,7 @@ from trainers.loop import build_batches
 from trainers.protocol import run_experiment
 from trainers.report import markdown_table
 
+HOLDOUT_CLIP = "bigbuckbunny"
 DEMO_CONFIG = dict(
     task="classification",
     model=DEMO_TEACHER_ARCH,
@@ -37,15 +38,16 @@ DEMO_CONFIG = dict(
     epochs=0,
     batch_size=16,
     eval_batch_size=25,
-    optimizer="adamw",
+    optimizer="sgd",
+    momentum=0.9,
     weight_decay=0.0,
     warmup_steps=10,
     freeze_bn=True,
     retrain_quality="5-95",
-    retrain_clean_prob=0.2,
+    retrain_clean_prob=0.3,
     retrain_epochs=1000,
-    retrain_max_steps=150,
-    retrain_lr=5e-5,
+    retrain_max_steps=200,
+    retrain_lr=3e-4,
     checkpoint_every=0,
     log_every=10,
     eval_every=0,
@@ -108,7 +110,7 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     """Build the dataset, sweep the teacher, fine-tune on compressed images, sweep, report recovery."""
     started = time.perf_counter()
     out = Path(out)
-    dataset = write_demo_dataset(out / "data")
+    dataset = write_demo_dataset(out / "data", holdout_clip=HOLDOUT_CLIP)
     print(f"demo data: {dataset.count('train')} train images, {dataset.count('val')} held-out frames "
           f"({', '.join(dataset.sources('val'))}) in {out / 'data'}")
     config = Config(**DEMO_CONFIG, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),

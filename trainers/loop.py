@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, QualitySpec, default_num_threads
 from tasks.sample_index import SampleIndex
-from trainers.checkpoint import TrainState, checkpoint_dirs, load_checkpoint, save_checkpoint
+from trainers.checkpoint import TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint
 from trainers.config import Config
 from trainers.logger import MetricsLogger, quality_histogram
 
@@ -147,6 +147,7 @@ class Trainer:
     ) -> None:
         self.config, self.task, self.accelerator = config, task, accelerator
         self.run_dir = Path(run_dir)
+        ensure_fresh(self.run_dir, config.resume)
         self.spec, self.eval_spec = spec, eval_spec
         self.lr = lr if lr is not None else config.lr
         self.model = model if model is not None else task.create_model()
@@ -162,16 +163,15 @@ class Trainer:
         """Train until `epochs` or `max_steps`; returns the unwrapped model."""
         config, accelerator = self.config, self.accelerator
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        total_steps = config.max_steps or config.epochs * self.steps_per_epoch()
+        total_steps = config.epochs * self.steps_per_epoch()
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
         freeze_all_but(self.model, config.train_layers)
         optimizer = build_optimizer(config, self.model, self.lr)
         scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
         model, optimizer, scheduler = accelerator.prepare(self.model, optimizer, scheduler)
         state, dali_state = TrainState(world_size=accelerator.num_processes), None
         resume_from = checkpoint_dirs(self.run_dir)[-1:] if config.resume else []
-        if not config.resume and (checkpoint_dirs(self.run_dir) or (self.run_dir / "metrics.jsonl").exists()):
-            raise ValueError(f"run directory {self.run_dir} already holds a run: pass --resume to continue "
-                             "it, or choose another --out")
         if resume_from:
             state, dali_state = load_checkpoint(accelerator, resume_from[0])
             accelerator.print(f"resuming from {resume_from[0]} (step {state.step}, epoch {state.epoch})")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from dali_pipes import parse_levels, parse_quality_spec
 from tasks import get_task_class
-from trainers.checkpoint import load_model_weights
+from trainers.checkpoint import ensure_fresh, load_model_weights
 from trainers.config import Config
 from trainers.loop import Trainer, build_batches, evaluate
 from trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
@@ -95,6 +95,8 @@ def run_experiment(config: Config, run_dir: Path, accelerator: Accelerator, task
     """`codecloop experiment`: baseline -> sweep -> retrain on compressed -> sweep -> recovery."""
     task = task or make_task(config)
     baseline_dir, retrain_dir = run_dir / BASELINE, run_dir / "retrain"
+    for stage_dir in (baseline_dir, retrain_dir):
+        ensure_fresh(stage_dir, config.resume)
     if config.checkpoint or config.epochs == 0:
         baseline = load_model(config, task)
     else:
@@ -116,7 +118,8 @@ def run_experiment(config: Config, run_dir: Path, accelerator: Accelerator, task
 
 
 def write_experiment(
-    run_dir: Path, baseline_rows: list, retrained_rows: list, recovery: list, metric: str, retrain_config: Config
+    run_dir: Path, baseline_rows: list, retrained_rows: list, recovery: list, metric: str,
+    retrain_config: Config | None,
 ) -> None:
     """``sweep.csv``, ``recovery.csv``, ``experiment.png`` and ``report.md`` of an experiment."""
     write_csv(baseline_rows + retrained_rows, run_dir / "sweep.csv")
@@ -152,8 +155,6 @@ def rebuild_report(run_dir: Path, metric: str = "top1") -> None:
     by_model = {model: [row for row in rows if row["model"] == model] for model in dict.fromkeys(r["model"] for r in rows)}
     if set(by_model) >= {BASELINE, RETRAINED}:
         recovery = recovery_rows(by_model[BASELINE], by_model[RETRAINED], metric)
-        write_csv(recovery, Path(run_dir) / "recovery.csv")
-        plot_levels({BASELINE: by_model[BASELINE], RETRAINED: by_model[RETRAINED]}, metric, Path(run_dir) / "experiment.png")
-        write_text(Path(run_dir) / "report.md", experiment_markdown(by_model[BASELINE], by_model[RETRAINED], recovery, None))
+        write_experiment(Path(run_dir), by_model[BASELINE], by_model[RETRAINED], recovery, metric, None)
     else:
         write_sweep(rows, Path(run_dir), metric)

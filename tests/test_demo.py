@@ -1,0 +1,28 @@
+"""`codecloop demo` end to end on the packaged assets, with few fine-tuning steps."""
+
+from __future__ import annotations
+
+import csv
+
+
+def test_demo_runs_offline(tmp_path, run_cli):
+    out = tmp_path / "demo"
+    status, stdout, err = run_cli("demo", "--out", out, "--retrain_steps", "4")
+    assert status == 0, err
+    assert "agreement with the teacher" in stdout and "recovery_pct" in stdout
+    with (out / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 18 and {row["model"] for row in rows} == {"baseline", "retrained"}
+    baseline = {row["level"]: row for row in rows if row["model"] == "baseline"}
+    assert float(baseline["clean"]["top1"]) == 1.0  # the teacher agrees with itself on clean input
+    assert all(row["n"] == "100" for row in rows)
+    assert float(baseline["95"]["top1"]) > float(baseline["5"]["top1"])  # compression hurts
+    assert float(baseline["5"]["kl"]) > float(baseline["95"]["kl"])
+    with (out / "recovery.csv").open() as handle:
+        recovery = list(csv.DictReader(handle))
+    assert [row["level"] for row in recovery] == ["5", "10", "15", "20", "30", "50", "75", "95"]
+    for name in ("report.md", "experiment.png", "config.yaml", "data/sources.csv", "data/teacher_outputs.pt",
+                 "retrain/model.safetensors"):
+        assert (out / name).exists(), name
+    status, _, err = run_cli("demo", "--out", out, "--retrain_steps", "1")  # data and teacher cache reused
+    assert status == 0, err
