@@ -27,7 +27,7 @@ EXAMPLES = """examples:
   codecloop demo
   codecloop train --data ~/imagenette --model resnet50 --quality 5-95 --clean_prob 0.1 --epochs 5
   codecloop sweep --data ~/imagenette --model resnet50 --checkpoint runs/train-X --levels 5,10,15,30,50
-  codecloop experiment --config launch/configs/imagenette.yaml --retrain_quality 5,10,15
+  codecloop experiment --config launch/configs/classification.yaml --data ~/imagenette --retrain_quality 5,10,15
   accelerate launch --config_file launch/accelerate/single_node_multi_gpu.yaml -m launch.cli train ...
 """
 
