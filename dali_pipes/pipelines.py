@@ -24,18 +24,13 @@ CODEC_PLACEMENTS = ("native", "after_resize")
 
 @dataclass(frozen=True)
 class ImageGeometry:
-    """Crop size, eval resize, train crop and the normalization constants (0..1 units).
-
-    ``train_crop="center"`` trains on the eval view (resize + center crop, no flip): the view a
-    cached teacher output was computed on, for distillation.
-    """
+    """Crop size, eval resize, train crop scale and the normalization constants (0..1 units)."""
 
     crop_size: int = 224
     resize_size: int = 256
     min_area: float = 0.08
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    train_crop: str = "random_resized"
 
 
 def decode(encoded, on_gpu: bool):
@@ -102,8 +97,7 @@ def image_pipeline(
         name=READER_NAME,
     )
     images = decode(encoded, on_gpu)
-    random_view = training and geometry.train_crop == "random_resized"
-    view = train_geometry if random_view else eval_geometry
+    view = train_geometry if training else eval_geometry
     if codec_placement == "native":
         compressed, quality = jpeg_codec(images, spec)
         images = view(fn.cat(compressed, images, axis=2) if with_clean else compressed, geometry)
@@ -111,8 +105,8 @@ def image_pipeline(
         images = view(images, geometry)
         compressed, quality = jpeg_codec(images, spec)
         images = fn.cat(compressed, images, axis=2) if with_clean else compressed
-    mirror = fn.random.coin_flip() if random_view else None
-    images = normalize(images, geometry, mirror=mirror, center_crop=not random_view, copies=2 if with_clean else 1)
+    mirror = fn.random.coin_flip() if training else None
+    images = normalize(images, geometry, mirror=mirror, center_crop=not training, copies=2 if with_clean else 1)
     index = fn.reshape(index, shape=[])
     if with_clean:
         return images[0:3], index, quality, images[3:6]

@@ -48,3 +48,23 @@ def test_gradient_accumulation_counts_optimizer_steps(image_folder, tmp_path, ru
     assert status == 0, err
     steps = [record["step"] for record in _records(tmp_path / "run") if "train/loss" in record]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_train_layers_freezes_the_rest(image_folder, tmp_path, run_cli):
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    status, _, err = run_cli("train", "--data", image_folder, *TINY, "--max_steps", "1", "--out", first)
+    assert status == 0, err
+    second = tmp_path / "second"
+    status, _, err = run_cli("train", "--data", image_folder, *TINY, "--max_steps", "2", "--lr", "0.1",
+                             "--pretrained", first / "model.safetensors", "--train_layers", "classifier",
+                             "--out", second)
+    assert status == 0, err
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    changed = {key for key in before if before[key].is_floating_point() and not key.startswith("bn")
+               and "running" not in key and not (before[key] == after[key]).all()}
+    assert changed == {"classifier.weight", "classifier.bias"}
+    status, _, err = run_cli("train", "--data", image_folder, *TINY, "--train_layers", "decoder",
+                             "--out", tmp_path / "third")
+    assert status == 2 and "no parameter of the model starts with 'decoder'" in err

@@ -43,8 +43,6 @@ class Config:
     crop_size: int = _key(224, "network input size", "hyper")
     resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper")
     min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper")
-    train_crop: str = _key("random_resized", "train view: random_resized crop + flip, or the eval center crop",
-                           "hyper", ("random_resized", "center"))
     normalize: str = _key("imagenet", "input normalization: imagenet mean/std or inception (0.5/0.5)", "hyper",
                           ("imagenet", "inception"))
     # --- optimization (hyper-parameters) ---

@@ -37,7 +37,7 @@ def make_accelerator(config: Config) -> Accelerator:
 def geometry_of(config: Config) -> ImageGeometry:
     """Crop, resize and normalization constants from the config."""
     mean, std = INCEPTION_MEAN_STD if config.normalize == "inception" else (IMAGENET_MEAN, IMAGENET_STD)
-    return ImageGeometry(config.crop_size, config.resize_size, config.min_area, mean, std, config.train_crop)
+    return ImageGeometry(config.crop_size, config.resize_size, config.min_area, mean, std)
 
 
 def build_batches(
