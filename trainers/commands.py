@@ -33,15 +33,14 @@ def run_command(command: str, config: Config) -> Path:
     """Run `train`, `sweep` or `experiment` with `config`; returns the run directory."""
     if command not in ("train", "sweep", "experiment"):
         raise ValueError(f"unknown command {command!r}")
-    config.validate()
     task = make_task(config)
     accelerator, run_dir = prepare_run(command, config)
     if command == "train":
         train(config, task, run_dir, accelerator)
     elif command == "sweep":
-        run_sweep(config, run_dir, accelerator, task=task)
+        run_sweep(config, task, run_dir, accelerator)
     else:
-        run_experiment(config, run_dir, accelerator, task=task)
+        run_experiment(config, task, run_dir, accelerator)
     accelerator.wait_for_everyone()
     accelerator.print(f"run directory: {run_dir}")
     accelerator.end_training()

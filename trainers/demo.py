@@ -125,7 +125,7 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     targets = teacher_outputs(config, plain, accelerator, out / "data" / "teacher_outputs.pt")
     task = DistilledTask(targets, data=config.data, model=config.model, pretrained=config.pretrained,
                          num_classes=config.num_classes)
-    recovery = run_experiment(config, run_dir, accelerator, task=task)
+    recovery = run_experiment(config, task, run_dir, accelerator)
     minutes = (time.perf_counter() - started) / 60
     if accelerator.is_main_process:
         print("\nagreement with the teacher's clean-image top-1, before and after fine-tuning on JPEG:\n")

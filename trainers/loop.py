@@ -70,14 +70,14 @@ def build_batches(
     )
 
 
-def build_optimizer(config: Config, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW or SGD; no weight decay on biases and normalization parameters."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, lr=config.lr)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
@@ -142,14 +142,12 @@ class Trainer:
 
     def __init__(
         self, config: Config, task, run_dir: Path, accelerator: Accelerator,
-        spec: QualitySpec, eval_spec: QualitySpec, lr: float | None = None,
-        model: torch.nn.Module | None = None,
+        spec: QualitySpec, eval_spec: QualitySpec, model: torch.nn.Module | None = None,
     ) -> None:
         self.config, self.task, self.accelerator = config, task, accelerator
         self.run_dir = Path(run_dir)
         ensure_fresh(self.run_dir, config.resume)
         self.spec, self.eval_spec = spec, eval_spec
-        self.lr = lr if lr is not None else config.lr
         self.model = model if model is not None else task.create_model()
         self.train_index = task.sample_index("train")
         self.val_index = task.sample_index("val") if (task.root / "val").is_dir() else None
@@ -167,7 +165,7 @@ class Trainer:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         freeze_all_but(self.model, config.train_layers)
-        optimizer = build_optimizer(config, self.model, self.lr)
+        optimizer = build_optimizer(config, self.model)
         scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
         model, optimizer, scheduler = accelerator.prepare(self.model, optimizer, scheduler)
         state, dali_state = TrainState(world_size=accelerator.num_processes), None

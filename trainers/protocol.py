@@ -82,18 +82,16 @@ def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
     write_text(run_dir / "report.md", f"# JPEG sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
 
 
-def run_sweep(config: Config, run_dir: Path, accelerator: Accelerator, task=None) -> list[dict[str, Any]]:
+def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator) -> list[dict[str, Any]]:
     """`codecloop sweep`: one model over the levels; files written by the main process."""
-    task = task or make_task(config)
     rows = sweep(config, task, load_model(config, task), accelerator)
     if accelerator.is_main_process:
         write_sweep(rows, run_dir, task.primary_metric)
     return rows
 
 
-def run_experiment(config: Config, run_dir: Path, accelerator: Accelerator, task=None) -> list[dict[str, Any]]:
+def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator) -> list[dict[str, Any]]:
     """`codecloop experiment`: baseline -> sweep -> retrain on compressed -> sweep -> recovery."""
-    task = task or make_task(config)
     baseline_dir, retrain_dir = run_dir / BASELINE, run_dir / "retrain"
     for stage_dir in (baseline_dir, retrain_dir):
         ensure_fresh(stage_dir, config.resume)
