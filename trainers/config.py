@@ -79,6 +79,8 @@ class Config:
     precision: str = _key("auto", "auto = bf16 autocast on GPU, fp32 on CPU", "runtime", ("auto", "bf16", "fp32"))
     num_threads: int | None = _key(None, "DALI CPU threads per process; default: cores / local processes", "runtime")
     prefetch: int = _key(2, "DALI prefetch queue depth", "runtime")
+    channels_last: bool = _key(True, "channels-last memory format for the model and image batches (faster "
+                               "convolutions on GPU and CPU)", "runtime")
     strict: bool = _key(False, "stop on the first unreadable image instead of skipping it", "runtime")
     wandb: str = _key("online", "W&B mode (online falls back to offline without an API key)", "runtime",
                       ("online", "offline", "disabled"))

@@ -2,8 +2,9 @@
 
 The images carry no labels, so the metric is agreement with the pretrained teacher's top-1 on
 the clean image (``top1``), with the mean KL divergence to its clean-image output (``kl``).
-The teacher's clean outputs are computed once and cached; the fine-tuned copy learns to match
-them from compressed images (distillation) with BatchNorm statistics frozen and a clean share.
+The teacher's outputs on the clean evaluation views are computed once and cached. The fine-tuned
+copy learns to match the teacher's output on the clean copy of each randomly cropped training view
+from its compressed copy (distillation), with BatchNorm statistics frozen and a clean share.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
 from tasks.sample_index import SampleIndex
 from trainers.commands import prepare_run
 from trainers.config import Config
-from trainers.loop import build_batches
+from trainers.loop import build_batches, channels_last
 from trainers.protocol import run_experiment
 from trainers.report import markdown_table
 
@@ -46,7 +47,7 @@ DEMO_CONFIG = dict(
     retrain_quality="5-95",
     retrain_clean_prob=0.3,
     retrain_epochs=1000,
-    retrain_max_steps=200,
+    retrain_max_steps=160,
     retrain_lr=3e-4,
     checkpoint_every=0,
     log_every=10,
@@ -67,7 +68,7 @@ class DistilledTask(ClassificationTask):
     def __init__(self, teacher_outputs: dict[str, tuple[list[str], torch.Tensor]], **kwargs) -> None:
         super().__init__(**kwargs)
         self.teacher_outputs = teacher_outputs
-        self.teacher = self.create_model().eval().requires_grad_(False)
+        self.teacher = self.create_model().eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
     def sample_index(self, split: str) -> SampleIndex:
         files, probs = self.teacher_outputs[split]
@@ -92,11 +93,12 @@ def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache
         stored = torch.load(cache, weights_only=True)
         if stored.get("key") == key:
             return {split: (indexes[split].files, stored[split]) for split in indexes}
-    teacher = task.create_model().to(accelerator.device).eval()
+    teacher = task.create_model().to(accelerator.device, memory_format=torch.channels_last).eval()
     outputs = {"key": key}
     for split, index in indexes.items():
         probs = torch.zeros(len(index), task.num_classes)
         for batch in build_batches(config, index, accelerator, False, parse_quality_spec("none")):
+            batch = channels_last(batch)
             with accelerator.autocast():
                 probs[batch["index"].cpu()] = teacher(batch["image"]).float().softmax(dim=1).cpu()
         outputs[split] = probs

@@ -105,6 +105,12 @@ def freeze_all_but(model: torch.nn.Module, prefixes: str | None) -> None:
         parameter.requires_grad_(name.startswith(wanted))
 
 
+def channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch with its 4-D float tensors (images) in channels-last memory format."""
+    return {key: value.contiguous(memory_format=torch.channels_last)
+            if value.ndim == 4 and value.is_floating_point() else value for key, value in batch.items()}
+
+
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
     """Train mode, with BatchNorm kept in eval mode (fixed statistics) when `freeze_bn`."""
     model.train()
@@ -115,12 +121,15 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task, batches: ImageBatches, accelerator: Accelerator) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, task, batches: ImageBatches, accelerator: Accelerator,
+             use_channels_last: bool = False) -> dict[str, float]:
     """Dataset means of the task's per-sample metrics, every sample counted once; adds ``n``."""
     model.eval()
     sums: torch.Tensor | None = None
     names: list[str] = []
     for batch in batches:
+        if use_channels_last:
+            batch = channels_last(batch)
         with accelerator.autocast():
             logits = model(batch["image"])
         metrics = task.sample_metrics(logits, batch)
@@ -165,6 +174,8 @@ class Trainer:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         freeze_all_but(self.model, config.train_layers)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(config, self.model)
         scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
         model, optimizer, scheduler = accelerator.prepare(self.model, optimizer, scheduler)
@@ -188,6 +199,8 @@ class Trainer:
             waited_from = time.perf_counter()
             for batch in train_batches:
                 interval.wait += time.perf_counter() - waited_from
+                if config.channels_last:
+                    batch = channels_last(batch)
                 state.batch_in_epoch += 1
                 sync = state.batch_in_epoch % config.grad_accum == 0 or state.batch_in_epoch == batches_in_epoch
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
@@ -238,7 +251,8 @@ class Trainer:
         every = self.config.eval_every
         if self.val_index is not None and (final or (every and (state.epoch + 1) % every == 0)):
             batches = build_batches(self.config, self.val_index, self.accelerator, False, self.eval_spec)
-            metrics.update({f"eval/{key}": value for key, value in evaluate(model, self.task, batches, self.accelerator).items()})
+            metrics.update({f"eval/{key}": value for key, value in evaluate(
+                model, self.task, batches, self.accelerator, self.config.channels_last).items()})
             self.accelerator.print(f"epoch {state.epoch}: " + ", ".join(
                 f"{key}={value:.4f}" for key, value in metrics.items() if key.startswith("eval/")))
         logger.log(metrics, state.step)

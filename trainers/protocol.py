@@ -65,11 +65,14 @@ def sweep(
     """Evaluate `model` on the val split clean and at every level of ``config.levels``."""
     index = task.sample_index("val")
     model = model.to(accelerator.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     levels: Sequence[int | None] = [None, *parse_levels(config.levels)]
     rows = []
     for level in tqdm(levels, desc=f"sweep {label}", disable=not (accelerator.is_main_process and config.progress)):
         spec = parse_quality_spec("none" if level is None else level)
-        metrics = evaluate(model, task, build_batches(config, index, accelerator, False, spec), accelerator)
+        batches = build_batches(config, index, accelerator, False, spec)
+        metrics = evaluate(model, task, batches, accelerator, config.channels_last)
         rows.append({"codec": "none" if level is None else "jpeg", "level": CLEAN if level is None else level,
                      "model": label, **metrics})
     return rows
