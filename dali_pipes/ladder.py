@@ -7,6 +7,7 @@ a constant frame rate. Layout under the ladder folder::
 
     ladder.json                 settings and the command that rebuilds the ladder
     manifest.csv                one row per clip x CRF (see `MANIFEST_COLUMNS`)
+    failed.csv                  clips whose source could not be read, and why
     <clip>/crf23.mp4            one file per rung, <clip> = source path without suffix
     <clip>/crf23.json           that rung's manifest row, written after the file is whole
     <clip>/frames.txt           image sequences only: the source frame files, in order
@@ -27,7 +28,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -43,7 +44,7 @@ from dali_pipes.crf import DEFAULT_LADDER, LOSSLESS_CRF, MAX_CRF, MIN_CRF
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv",
                             ".wmv", ".ts", ".3gp", ".ogv"})
 FRAME_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
-SETTINGS, MANIFEST, FRAME_LIST = "ladder.json", "manifest.csv", "frames.txt"
+SETTINGS, MANIFEST, FAILED, FRAME_LIST = "ladder.json", "manifest.csv", "failed.csv", "frames.txt"
 MANIFEST_COLUMNS = ("clip", "crf", "path", "frames", "fps", "width", "height", "source", "source_width",
                     "source_height", "source_pix_fmt", "retimed", "bytes", "bits_per_pixel", "psnr")
 DEFAULT_FPS = 25
@@ -90,13 +91,13 @@ class Rung:
 
 @dataclass
 class TranscodeReport:
-    """What a `transcode` run did; `failed` lists ``(source, reason)`` for clips it skipped."""
+    """What a `transcode` run did; `failed` maps each clip it skipped to ``(source, reason)``."""
 
     dst: Path
     clips: int = 0
     written: int = 0
     skipped_existing: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
     encoded_frames: int = 0
 
     def summary(self) -> str:
@@ -377,23 +378,31 @@ def transcode(src: Path, dst: Path, crfs: Sequence[int] = DEFAULT_LADDER, preset
             report.written += written
             report.encoded_frames += frames
             if error:
-                report.failed.append((str(jobs[job].path), error))
+                report.failed[jobs[job].clip] = (str(jobs[job].path), error)
             bar.update()
-    report.failed.sort()
-    write_manifest(dst)
+    write_manifest(dst, report.failed)
     return report
 
 
-def write_manifest(dst: Path) -> list[Rung]:
-    """Collect every finished rung's ``.json`` under `dst` into ``manifest.csv`` (atomically)."""
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def write_manifest(dst: Path, failed: dict[str, tuple[str, str]]) -> list[Rung]:
+    """Collect every finished rung's ``.json`` under `dst` into ``manifest.csv``, and `failed` clips
+    (clip -> source, reason) that have no rung into ``failed.csv``."""
     rungs = sorted((Rung.from_row(json.loads(path.read_text())) for path in Path(dst).rglob("crf*.json")),
                    key=lambda rung: (rung.clip, rung.crf))
-    temporary = Path(dst) / f".{MANIFEST}.tmp-{os.getpid()}"
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(asdict(rung) for rung in rungs)
-    os.replace(temporary, Path(dst) / MANIFEST)
+    _write_csv(Path(dst) / MANIFEST, MANIFEST_COLUMNS, (asdict(rung) for rung in rungs))
+    done = {rung.clip for rung in rungs}
+    _write_csv(Path(dst) / FAILED, ("clip", "source", "reason"),
+               ({"clip": clip, "source": source, "reason": reason}
+                for clip, (source, reason) in sorted(failed.items()) if clip not in done))
     return rungs
 
 
@@ -404,6 +413,7 @@ class Ladder:
     root: Path
     settings: dict
     rungs: dict[str, dict[int, Rung]]
+    failed: dict[str, str] = field(default_factory=dict)
 
     def crfs(self) -> list[int]:
         """The CRFs every clip has a rung for."""
@@ -445,4 +455,8 @@ def load_ladder(root: Path | str) -> Ladder:
             f"them with: {rebuild}")
     if not rungs:
         raise ValueError(f"ladder {root}: {MANIFEST} lists no rung")
-    return Ladder(root, settings, rungs)
+    failed = {}
+    if (root / FAILED).is_file():
+        with (root / FAILED).open(newline="") as handle:
+            failed = {row["clip"]: f"{row['source']}: {row['reason']}" for row in csv.DictReader(handle)}
+    return Ladder(root, settings, rungs, failed)

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = transcode(args.src, args.dst, crfs=parse_crf_levels(args.crfs), preset=args.preset,
                                keyint=args.keyint, fps=args.fps, workers=args.workers)
-            for source, reason in result.failed:
+            for source, reason in result.failed.values():
                 print(f"skipped {source}: {reason}", file=sys.stderr)
             print(result.summary())
         elif args.command == "report":

@@ -7,18 +7,21 @@ the loss is then the KL divergence to them (distillation) and ``kl`` is reported
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 
+from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, CrfSpec, ImageBatches, ImageGeometry, PipelineRuntime, QualitySpec
 from dali_pipes.validate import scan_images
 from tasks.pretrained import load_pretrained
 from tasks.registry import register_task
 from tasks.sample_index import SampleIndex
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": ((0.5,) * 3, (0.5,) * 3)}
 
 
 def list_image_folder(split_dir: Path) -> tuple[list[str], list[str], list[int]]:
@@ -48,6 +51,8 @@ class ClassificationTask:
 
     primary_metric = "top1"
     higher_is_better = True
+    memory_format = torch.channels_last
+    codecs = ("jpeg",)
 
     def __init__(
         self,
@@ -57,6 +62,11 @@ class ClassificationTask:
         num_classes: int | None = None,
         label_smoothing: float = 0.0,
         strict: bool = False,
+        crop_size: int = 224,
+        resize_size: int = 256,
+        min_area: float = 0.08,
+        normalize: str = "imagenet",
+        codec_placement: str = "native",
     ) -> None:
         self.root = Path(data)
         if not self.root.is_dir():
@@ -65,10 +75,18 @@ class ClassificationTask:
         self.pretrained = pretrained
         self.label_smoothing = label_smoothing
         self.strict = strict
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize {normalize!r} must be one of {sorted(NORMALIZATIONS)}")
+        self.geometry = ImageGeometry(crop_size, resize_size, min_area, *NORMALIZATIONS[normalize])
+        self.codec_placement = codec_placement
         self.classes, _, _ = list_image_folder(self.root / "train")
         self.num_classes = num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
             raise ValueError(f"num_classes {self.num_classes} is below the {len(self.classes)} class folders")
+
+    def has_split(self, split: str) -> bool:
+        """Whether the dataset has a folder for `split`."""
+        return (self.root / split).is_dir()
 
     def sample_index(self, split: str) -> SampleIndex:
         """Readable files of `split` with their class ids; unreadable files skipped (or strict)."""
@@ -84,6 +102,15 @@ class ClassificationTask:
             raise ValueError(f"dataset split {self.root / split} has no readable image")
         return SampleIndex(split, scan.good, {"label": labels}, scan.skipped)
 
+    def batches(self, index: SampleIndex, *, training: bool, spec: QualitySpec | CrfSpec, runtime: PipelineRuntime,
+                checkpoint: bytes | str | None = None, with_clean: bool = False) -> ImageBatches:
+        """One epoch after another of `index` through the codec stage, as dict batches on the device."""
+        if isinstance(spec, CrfSpec):
+            raise NotImplementedError("--codec h264 for image datasets is not there yet (issue #3)")
+        return ImageBatches(index.files, training=training, spec=spec, geometry=self.geometry, targets=index.targets,
+                            codec_placement=self.codec_placement, checkpoint=checkpoint, with_clean=with_clean,
+                            **dataclasses.asdict(runtime))
+
     def create_model(self) -> torch.nn.Module:
         """The timm model by name, with local weights from `pretrained` when given."""
         try:
@@ -94,9 +121,13 @@ class ClassificationTask:
             load_pretrained(model, self.pretrained)
         return model
 
+    def predict(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the batch's images."""
+        return model(batch["image"])
+
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss (mean over the batch) and logits."""
-        logits = model(batch["image"])
+        logits = self.predict(model, batch)
         if "soft_label" in batch:
             loss = distillation_kl(logits, batch["soft_label"]).mean()
         else:

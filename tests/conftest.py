@@ -21,6 +21,23 @@ def image_folder(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("imagefolder"), {"train": 8, "val": 5})
 
 
+@pytest.fixture(scope="module")
+def run_cli_module():
+    """`run_cli` for module-scoped fixtures: output captured with redirected streams."""
+    import contextlib
+    import io
+
+    from launch.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main([str(arg) for arg in args])
+        return status, out.getvalue(), err.getvalue()
+
+    return run
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run `codecloop ARGS` in this process; returns (exit status, stdout, stderr)."""

@@ -32,7 +32,7 @@ def real_ladder(tmp_path_factory):
         Image.fromarray(frame).save(src / "seq" / f"frame_{index}.png")
     dst = tmp_path_factory.mktemp("ladder")
     report = transcode(src, dst, crfs=CRFS, workers=2, progress=False)
-    assert report.failed == [] and report.written == 2 * len(CRFS)
+    assert report.failed == {} and report.written == 2 * len(CRFS)
     return dst
 
 
@@ -123,7 +123,7 @@ def test_odd_sizes_pixel_formats_and_variable_rate(tmp_path):
                 pix_fmt="yuv422p10le")
     write_video(tmp_path / "src" / "vfr.mkv", [f[:48, :64] for f in frames], pts=[i * i for i in range(20)])
     report = transcode(tmp_path / "src", tmp_path / "ladder", crfs=(23,), workers=2, progress=False)
-    assert report.failed == []
+    assert report.failed == {}
     ladder = load_ladder(tmp_path / "ladder")
     odd = ladder.rungs["odd"][23]
     assert (odd.width, odd.height, odd.source_width, odd.source_height) == (64, 48, 65, 49)
@@ -141,10 +141,10 @@ def test_unreadable_and_empty_sources_are_skipped_and_listed(tmp_path):
     (tmp_path / "src" / "garbage.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(200)))
     write_empty_video(tmp_path / "src" / "empty.avi")
     report = transcode(tmp_path / "src", tmp_path / "ladder", crfs=(28,), workers=1, progress=False)
-    failed = dict(report.failed)
-    assert set(failed) == {str(tmp_path / "src" / "garbage.mp4"), str(tmp_path / "src" / "empty.avi")}
-    assert "no video frames" in failed[str(tmp_path / "src" / "empty.avi")]
-    assert list(load_ladder(tmp_path / "ladder").rungs) == ["good"]
+    assert report.failed["empty"] == (str(tmp_path / "src" / "empty.avi"), "ValueError: the source holds no video frames")
+    assert report.failed["garbage"][0] == str(tmp_path / "src" / "garbage.mp4")
+    ladder = load_ladder(tmp_path / "ladder")
+    assert list(ladder.rungs) == ["good"] and sorted(ladder.failed) == ["empty", "garbage"]
     assert not list((tmp_path / "ladder").rglob("*.tmp-*"))
 
 

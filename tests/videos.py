@@ -48,3 +48,35 @@ def write_empty_video(path: Path) -> Path:
         stream.width, stream.height = 64, 48
         container.start_encoding()
     return path
+
+
+CLASS_PHOTOS = {"astronaut": skdata.astronaut, "chelsea": skdata.chelsea, "coffee": skdata.coffee}
+
+
+def write_video_dataset(root: Path, per_split: dict[str, int], frames: int = 12, ucf_splits: bool = False) -> Path:
+    """Three classes of short real-photo pans as H.264 MP4 files.
+
+    Layout ``root/<split>/<class>/<name>.mp4``, or with `ucf_splits` UCF101's ``root/<class>/<name>.avi``
+    (MPEG-4 part 2, as UCF101 ships) plus ``root/splits/{trainlist01,testlist01,classInd}.txt``.
+    """
+    rng = np.random.default_rng(0)
+    lists: dict[str, list[str]] = {split: [] for split in per_split}
+    for class_number, (name, load) in enumerate(CLASS_PHOTOS.items(), start=1):
+        photo = load()
+        for split, count in per_split.items():
+            for index in range(count):
+                top, left = int(rng.integers(0, photo.shape[0] - 48 - frames)), int(rng.integers(0, 40))
+                clip = [np.ascontiguousarray(photo[top + i:top + i + 48, left + 2 * i:left + 2 * i + 64])
+                        for i in range(frames)]
+                stem = f"v_{name}_g{index:02d}_c{len(lists[split]):02d}"
+                if ucf_splits:
+                    write_video(root / name / f"{stem}.avi", clip, codec="mpeg4")
+                    lists[split].append(f"{name}/{stem}.avi" + (f" {class_number}" if split == "train" else ""))
+                else:
+                    write_video(root / split / name / f"{stem}.mp4", clip)
+    if ucf_splits:
+        (root / "splits").mkdir()
+        (root / "splits" / "trainlist01.txt").write_text("\n".join(lists["train"]) + "\n")
+        (root / "splits" / "testlist01.txt").write_text("\n".join(lists["val"]) + "\n")
+        (root / "splits" / "classInd.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(CLASS_PHOTOS, 1)))
+    return root

@@ -14,9 +14,11 @@ from typing import Any
 
 import yaml
 
-from dali_pipes.quality import parse_levels, parse_quality_spec
+from dali_pipes.crf import DEFAULT_CRF_LEVELS, CrfSpec, parse_crf_levels, parse_crf_spec
+from dali_pipes.quality import QualitySpec, parse_levels, parse_quality_spec
 
-DEFAULT_LEVELS = "5,10,15,20,30,50,75,95"
+DEFAULT_LEVELS = {"jpeg": "5,10,15,20,30,50,75,95", "h264": DEFAULT_CRF_LEVELS}
+CODECS = ("jpeg", "h264")
 
 
 def _key(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -33,9 +35,21 @@ class Config:
     model: str = _key("resnet50", "timm model name", "hyper")
     pretrained: str | None = _key(None, "local weights file to start from (no hub download)", "hyper")
     num_classes: int | None = _key(None, "classifier width; default: number of class folders", "hyper")
+    codec: str = _key("jpeg", "codec in the loop: jpeg (quality keys) or h264 (crf keys)", "hyper", CODECS)
     quality: str = _key("none", "training JPEG quality spec: none | 30 | 5-95 | 5,10,15", "hyper")
+    crf: str = _key("none", "training H.264 CRF spec: none | 28 | 18-51 | 18,28,40 (snapped to ladder rungs)",
+                    "hyper")
     clean_prob: float = _key(0.0, "fraction of training samples left uncompressed", "hyper")
     eval_quality: str = _key("none", "JPEG quality spec for evaluation during training", "hyper")
+    eval_crf: str = _key("none", "H.264 CRF spec for evaluation during training", "hyper")
+    ladder: str | None = _key(None, "H.264 CRF ladder folder (`codecloop transcode` output) of a video dataset",
+                              "hyper")
+    splits: str | None = _key(None, "video: folder of UCF101-style split files (trainlist0N.txt, testlist0N.txt)",
+                              "hyper")
+    split: int = _key(1, "video: which split N of --splits", "hyper")
+    frames: int = _key(16, "video: frames per clip", "hyper")
+    frame_stride: int = _key(2, "video: source frames between two clip frames", "hyper")
+    eval_clips: int = _key(3, "video: clips per video at evaluation (video-level metrics average them)", "hyper")
     codec_placement: str = _key(
         "native", "where the codec runs: native resolution, or after_resize (cheaper)", "hyper",
         ("native", "after_resize"),
@@ -62,8 +76,10 @@ class Config:
                                     "(e.g. conv_stem,bn1,blocks.0); default: all", "hyper")
     seed: int = _key(0, "random seed (per rank and epoch streams derive from it)", "hyper")
     # --- protocol (hyper-parameters) ---
-    levels: str = _key(DEFAULT_LEVELS, "sweep: JPEG qualities to evaluate (clean is always added)", "hyper")
+    levels: str | None = _key(None, "sweep: JPEG qualities or H.264 CRFs to evaluate, clean always added "
+                              f"(default: jpeg {DEFAULT_LEVELS['jpeg']}; h264 {DEFAULT_LEVELS['h264']})", "hyper")
     retrain_quality: str = _key("5-95", "experiment: quality spec for fine-tuning on compressed data", "hyper")
+    retrain_crf: str = _key("18-51", "experiment: CRF spec for fine-tuning on compressed data (h264)", "hyper")
     retrain_clean_prob: float = _key(0.1, "experiment: clean share while fine-tuning", "hyper")
     retrain_epochs: int | None = _key(None, "experiment: fine-tuning epochs; default: epochs", "hyper")
     retrain_max_steps: int | None = _key(None, "experiment: fine-tuning step cap; default: max_steps", "hyper")
@@ -89,23 +105,25 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every value; raise ValueError naming the key."""
-        for spec_key in ("quality", "eval_quality", "retrain_quality"):
+        for spec_key in ("quality", "eval_quality", "retrain_quality", "crf", "eval_crf", "retrain_crf"):
+            parse = parse_crf_spec if "crf" in spec_key else parse_quality_spec
             try:
-                parse_quality_spec(getattr(self, spec_key))
+                parse(getattr(self, spec_key))
             except ValueError as error:
                 raise ValueError(f"config key {spec_key!r}: {error}") from error
         for prob_key in ("clean_prob", "retrain_clean_prob"):
             if not 0.0 <= getattr(self, prob_key) <= 1.0:
                 raise ValueError(f"config key {prob_key!r}: {getattr(self, prob_key)} is outside 0..1")
         try:
-            parse_levels(self.levels)
+            sweep_levels(self)
         except ValueError as error:
             raise ValueError(f"config key 'levels': {error}") from error
         for item in dataclasses.fields(self):
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:
                 raise ValueError(f"config key {item.name!r}: {getattr(self, item.name)!r} is not one of {choices}")
-        for positive in ("batch_size", "grad_accum", "crop_size", "resize_size", "prefetch"):
+        for positive in ("batch_size", "grad_accum", "crop_size", "resize_size", "prefetch", "frames", "frame_stride",
+                         "eval_clips"):
             if getattr(self, positive) < 1:
                 raise ValueError(f"config key {positive!r}: must be >= 1, got {getattr(self, positive)}")
         if self.epochs < 0:
@@ -119,6 +137,36 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         """A copy with `changes` applied."""
         return dataclasses.replace(self, **changes)
+
+
+def training_spec(config: Config) -> QualitySpec | CrfSpec:
+    """The spec training draws from: ``quality`` (jpeg) or ``crf`` (h264), with ``clean_prob``."""
+    if config.codec == "h264":
+        return parse_crf_spec(config.crf, config.clean_prob)
+    return parse_quality_spec(config.quality, config.clean_prob)
+
+
+def eval_spec(config: Config) -> QualitySpec | CrfSpec:
+    """The spec evaluation during training uses: ``eval_quality`` or ``eval_crf``."""
+    return parse_crf_spec(config.eval_crf) if config.codec == "h264" else parse_quality_spec(config.eval_quality)
+
+
+def level_spec(config: Config, level: int | None) -> QualitySpec | CrfSpec:
+    """The spec of one sweep level (None: clean)."""
+    text = "none" if level is None else str(level)
+    return parse_crf_spec(text) if config.codec == "h264" else parse_quality_spec(text)
+
+
+def sweep_levels(config: Config) -> list[int]:
+    """The sweep's levels: ``levels``, or the codec's default list."""
+    text = config.levels or DEFAULT_LEVELS[config.codec]
+    return parse_crf_levels(text) if config.codec == "h264" else parse_levels(text)
+
+
+def retrain_changes(config: Config) -> dict[str, Any]:
+    """The keys the experiment's fine-tuning stage changes: the compressed spec and its clean share."""
+    key, spec = ("crf", config.retrain_crf) if config.codec == "h264" else ("quality", config.retrain_quality)
+    return {key: spec, "clean_prob": config.retrain_clean_prob}
 
 
 def config_keys() -> dict[str, dataclasses.Field]:

@@ -24,7 +24,7 @@ from tasks.sample_index import SampleIndex
 from trainers.commands import prepare_run
 from trainers.config import Config
 from trainers.loop import build_batches, channels_last
-from trainers.protocol import run_experiment
+from trainers.protocol import run_experiment, task_options
 from trainers.report import markdown_table
 
 HOLDOUT_CLIP = "bigbuckbunny"
@@ -97,7 +97,7 @@ def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache
     outputs = {"key": key}
     for split, index in indexes.items():
         probs = torch.zeros(len(index), task.num_classes)
-        for batch in build_batches(config, index, accelerator, False, parse_quality_spec("none")):
+        for batch in build_batches(config, task, index, accelerator, False, parse_quality_spec("none")):
             batch = channels_last(batch)
             with accelerator.autocast():
                 probs[batch["index"].cpu()] = teacher(batch["image"]).float().softmax(dim=1).cpu()
@@ -122,11 +122,9 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     accelerator, run_dir = prepare_run("demo", config)
     for stage in ("baseline", "retrain"):
         shutil.rmtree(run_dir / stage, ignore_errors=True)
-    plain = ClassificationTask(data=config.data, model=config.model, pretrained=config.pretrained,
-                               num_classes=config.num_classes)
+    plain = ClassificationTask(**task_options(config, ClassificationTask))
     targets = teacher_outputs(config, plain, accelerator, out / "data" / "teacher_outputs.pt")
-    task = DistilledTask(targets, data=config.data, model=config.model, pretrained=config.pretrained,
-                         num_classes=config.num_classes)
+    task = DistilledTask(targets, **task_options(config, ClassificationTask))
     recovery = run_experiment(config, task, run_dir, accelerator)
     minutes = (time.perf_counter() - started) / 60
     if accelerator.is_main_process:

@@ -4,9 +4,11 @@
 | ------------------------------ | -------------------------------------------------------- |
 | ``train/loss``                 | mean training loss over the logging interval             |
 | ``train/lr``                   | learning rate at the logged step                         |
-| ``codec/quality_mean``         | mean JPEG quality of the compressed samples seen         |
-| ``codec/clean_frac``           | share of samples that passed through clean               |
+| ``codec/quality_mean``         | mean JPEG quality of the compressed samples seen (jpeg)  |
 | ``codec/quality_hist``         | counts of qualities in bins 1-10, 11-20, ..., 91-100     |
+| ``codec/crf_mean``             | mean H.264 CRF of the compressed samples seen (h264)     |
+| ``codec/crf_hist``             | counts of CRFs in bins 1-5, 6-10, ..., 46-50, 51         |
+| ``codec/clean_frac``           | share of samples that passed through clean               |
 | ``throughput/samples_per_sec`` | samples per second over all processes                    |
 | ``throughput/data_wait_frac``  | share of step time spent waiting for the next batch      |
 | ``eval/<metric>``              | evaluation metrics (``eval/top1``, ``eval/top5``, ...)   |
@@ -26,12 +28,23 @@ from typing import Any
 
 import numpy as np
 
-QUALITY_BIN_EDGES = np.arange(0.5, 101, 10.0)
+HISTOGRAM_EDGES = {"codec/quality_hist": np.arange(0.5, 101, 10.0), "codec/crf_hist": np.arange(0.5, 56, 5.0)}
+CODEC_KEYS = {"jpeg_quality": "quality", "h264_crf": "crf"}
 
 
-def quality_histogram(qualities: np.ndarray) -> list[int]:
-    """Counts of compressed-sample qualities (clean samples, quality 0, left out) in 10 bins."""
-    return np.histogram(qualities[qualities > 0], bins=QUALITY_BIN_EDGES)[0].tolist()
+def codec_metrics(levels: np.ndarray, batch_key: str) -> dict[str, Any]:
+    """Mean, clean share and histogram of the levels drawn (``jpeg_quality`` or ``h264_crf`` values).
+
+    Clean samples report a level <= 0 (JPEG quality 0; the CRF-0 rung or -1 for H.264) and are
+    left out of the mean and the histogram.
+    """
+    name = CODEC_KEYS[batch_key]
+    compressed = levels[levels > 0]
+    return {
+        f"codec/{name}_mean": float(compressed.mean()) if compressed.size else 0.0,
+        "codec/clean_frac": float((levels <= 0).mean()) if levels.size else 0.0,
+        f"codec/{name}_hist": np.histogram(compressed, bins=HISTOGRAM_EDGES[f"codec/{name}_hist"])[0].tolist(),
+    }
 
 
 def _has_wandb_key() -> bool:
@@ -89,8 +102,8 @@ class MetricsLogger:
 
             payload = {}
             for key, value in metrics.items():
-                if key == "codec/quality_hist":
-                    payload[key] = wandb.Histogram(np_histogram=(np.asarray(value), QUALITY_BIN_EDGES))
+                if key in HISTOGRAM_EDGES:
+                    payload[key] = wandb.Histogram(np_histogram=(np.asarray(value), HISTOGRAM_EDGES[key]))
                 elif isinstance(value, (int, float)):
                     payload[key] = value
             self._wandb.log(payload, step=step)

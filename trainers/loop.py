@@ -18,13 +18,11 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, QualitySpec, default_num_threads
+from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec, default_num_threads
 from tasks.sample_index import SampleIndex
 from trainers.checkpoint import TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint
 from trainers.config import Config
-from trainers.logger import MetricsLogger, quality_histogram
-
-INCEPTION_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+from trainers.logger import CODEC_KEYS, MetricsLogger, codec_metrics
 
 
 def make_accelerator(config: Config) -> Accelerator:
@@ -34,40 +32,28 @@ def make_accelerator(config: Config) -> Accelerator:
     return Accelerator(mixed_precision="bf16" if bf16 else "no", step_scheduler_with_optimizer=False, cpu=not on_gpu)
 
 
-def geometry_of(config: Config) -> ImageGeometry:
-    """Crop, resize and normalization constants from the config."""
-    mean, std = INCEPTION_MEAN_STD if config.normalize == "inception" else (IMAGENET_MEAN, IMAGENET_STD)
-    return ImageGeometry(config.crop_size, config.resize_size, config.min_area, mean, std)
-
-
 def build_batches(
     config: Config,
+    task,
     index: SampleIndex,
     accelerator: Accelerator,
     training: bool,
-    spec: QualitySpec,
+    spec: QualitySpec | CrfSpec,
     checkpoint: bytes | str | None = None,
     with_clean: bool = False,
-) -> ImageBatches:
-    """This rank's shard of `index` as a DALI iterator on this rank's device."""
-    on_gpu = accelerator.device.type == "cuda"
-    return ImageBatches(
-        index.files,
+):
+    """This rank's shard of `index`, through the task's pipeline, on this rank's device."""
+    runtime = PipelineRuntime(
         batch_size=config.batch_size if training else (config.eval_batch_size or config.batch_size),
-        training=training,
-        spec=spec,
-        geometry=geometry_of(config),
-        targets=index.targets,
         shard_id=accelerator.process_index,
         num_shards=accelerator.num_processes,
-        device_id=accelerator.local_process_index if on_gpu else None,
+        device_id=accelerator.local_process_index if accelerator.device.type == "cuda" else None,
         num_threads=config.num_threads or default_num_threads(),
         seed=(config.seed * 100_003 + accelerator.process_index) % 2**31,
         prefetch_queue_depth=config.prefetch,
-        codec_placement=config.codec_placement,
-        checkpoint=checkpoint,
-        with_clean=with_clean,
     )
+    return task.batches(index, training=training, spec=spec, runtime=runtime, checkpoint=checkpoint,
+                        with_clean=with_clean)
 
 
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -111,6 +97,16 @@ def channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if value.ndim == 4 and value.is_floating_point() else value for key, value in batch.items()}
 
 
+def uses_channels_last(config: Config, task) -> bool:
+    """Whether this run keeps model and images channels-last: asked for, and an image (4-D) task."""
+    return config.channels_last and getattr(task, "memory_format", None) == torch.channels_last
+
+
+def batch_size_of(batch: dict[str, torch.Tensor]) -> int:
+    """Samples in a batch (every batch carries their ``index``)."""
+    return int(batch["index"].shape[0])
+
+
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
     """Train mode, with BatchNorm kept in eval mode (fixed statistics) when `freeze_bn`."""
     model.train()
@@ -121,7 +117,7 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task, batches: ImageBatches, accelerator: Accelerator,
+def evaluate(model: torch.nn.Module, task, batches, accelerator: Accelerator,
              use_channels_last: bool = False) -> dict[str, float]:
     """Dataset means of the task's per-sample metrics, every sample counted once; adds ``n``."""
     model.eval()
@@ -130,11 +126,14 @@ def evaluate(model: torch.nn.Module, task, batches: ImageBatches, accelerator: A
     for batch in batches:
         if use_channels_last:
             batch = channels_last(batch)
-        with accelerator.autocast():
-            logits = model(batch["image"])
-        metrics = task.sample_metrics(logits, batch)
-        names = list(metrics)
-        values = torch.stack([metrics[name].float() for name in names] + [torch.ones_like(metrics[names[0]])], 1)
+        if batch_size_of(batch) == 0 and names:  # a rank's padding-only last batch: nothing to add, but gather
+            values = torch.zeros(0, len(names) + 1, device=accelerator.device)
+        else:
+            with accelerator.autocast():
+                outputs = task.predict(model, batch)
+            metrics = task.sample_metrics(outputs, batch)
+            names = list(metrics)
+            values = torch.stack([metrics[name].float() for name in names] + [torch.ones_like(metrics[names[0]])], 1)
         values = accelerator.gather_for_metrics(accelerator.pad_across_processes(values, dim=0))
         total = values.sum(dim=0)
         sums = total if sums is None else sums + total
@@ -151,7 +150,7 @@ class Trainer:
 
     def __init__(
         self, config: Config, task, run_dir: Path, accelerator: Accelerator,
-        spec: QualitySpec, eval_spec: QualitySpec, model: torch.nn.Module | None = None,
+        spec: QualitySpec | CrfSpec, eval_spec: QualitySpec | CrfSpec, model: torch.nn.Module | None = None,
     ) -> None:
         self.config, self.task, self.accelerator = config, task, accelerator
         self.run_dir = Path(run_dir)
@@ -159,7 +158,8 @@ class Trainer:
         self.spec, self.eval_spec = spec, eval_spec
         self.model = model if model is not None else task.create_model()
         self.train_index = task.sample_index("train")
-        self.val_index = task.sample_index("val") if (task.root / "val").is_dir() else None
+        self.val_index = task.sample_index("val") if task.has_split("val") else None
+        self.channels_last = uses_channels_last(config, task)
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch: shards are padded to equal size, the last batch is partial."""
@@ -174,7 +174,7 @@ class Trainer:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         freeze_all_but(self.model, config.train_layers)
-        if config.channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(config, self.model)
         scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
@@ -184,7 +184,7 @@ class Trainer:
         if resume_from:
             state, dali_state = load_checkpoint(accelerator, resume_from[0])
             accelerator.print(f"resuming from {resume_from[0]} (step {state.step}, epoch {state.epoch})")
-        train_batches = build_batches(config, self.train_index, accelerator, True, self.spec, dali_state,
+        train_batches = build_batches(config, self.task, self.train_index, accelerator, True, self.spec, dali_state,
                                       with_clean=getattr(self.task, "needs_clean_view", False))
         logger = MetricsLogger(self.run_dir, config.to_dict(), accelerator.is_main_process,
                                config.wandb, config.wandb_project, state.wandb_run_id)
@@ -199,7 +199,7 @@ class Trainer:
             waited_from = time.perf_counter()
             for batch in train_batches:
                 interval.wait += time.perf_counter() - waited_from
-                if config.channels_last:
+                if self.channels_last:
                     batch = channels_last(batch)
                 state.batch_in_epoch += 1
                 sync = state.batch_in_epoch % config.grad_accum == 0 or state.batch_in_epoch == batches_in_epoch
@@ -207,7 +207,7 @@ class Trainer:
                     loss = self.task.forward(model, batch)["loss"]
                     accelerator.backward(loss / config.grad_accum)
                 interval.add(loss.detach(), batch)
-                state.samples += batch["image"].shape[0] * accelerator.num_processes
+                state.samples += batch_size_of(batch) * accelerator.num_processes
                 if sync:
                     optimizer.step()
                     scheduler.step()
@@ -250,9 +250,9 @@ class Trainer:
             self.accelerator.print(f"skipped {len(skipped)} unreadable files: " + "; ".join(p for p, _ in skipped[:5]))
         every = self.config.eval_every
         if self.val_index is not None and (final or (every and (state.epoch + 1) % every == 0)):
-            batches = build_batches(self.config, self.val_index, self.accelerator, False, self.eval_spec)
+            batches = build_batches(self.config, self.task, self.val_index, self.accelerator, False, self.eval_spec)
             metrics.update({f"eval/{key}": value for key, value in evaluate(
-                model, self.task, batches, self.accelerator, self.config.channels_last).items()})
+                model, self.task, batches, self.accelerator, self.channels_last).items()})
             self.accelerator.print(f"epoch {state.epoch}: " + ", ".join(
                 f"{key}={value:.4f}" for key, value in metrics.items() if key.startswith("eval/")))
         logger.log(metrics, state.step)
@@ -264,28 +264,27 @@ class _Interval:
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
-        self.qualities: list[torch.Tensor] = []
+        self.levels: list[torch.Tensor] = []
+        self.codec_key = "jpeg_quality"
         self.samples = 0
         self.wait = 0.0
         self.started = time.perf_counter()
 
     def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         self.losses.append(loss)
-        self.qualities.append(batch["jpeg_quality"])
-        self.samples += batch["image"].shape[0]
+        self.codec_key = next(key for key in CODEC_KEYS if key in batch)
+        self.levels.append(batch[self.codec_key])
+        self.samples += batch_size_of(batch)
 
     def flush(self, accelerator: Accelerator, lr: float) -> dict:
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize(accelerator.device)
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        qualities = torch.cat(self.qualities).cpu().numpy().astype(np.int64)
-        compressed = qualities[qualities > 0]
+        levels = torch.cat(self.levels).cpu().numpy().astype(np.int64)
         metrics = {
             "train/loss": torch.stack(self.losses).float().mean().item(),
             "train/lr": lr,
-            "codec/quality_mean": float(compressed.mean()) if compressed.size else 0.0,
-            "codec/clean_frac": float((qualities == 0).mean()),
-            "codec/quality_hist": quality_histogram(qualities),
+            **codec_metrics(levels, self.codec_key),
             "throughput/samples_per_sec": self.samples * accelerator.num_processes / elapsed,
             "throughput/data_wait_frac": min(1.0, self.wait / elapsed),
         }

@@ -1,4 +1,4 @@
-"""The paper protocol: train, sweep a model over JPEG levels, retrain on compressed data, recover.
+"""The paper protocol: train, sweep a model over codec levels, retrain on compressed data, recover.
 
 Each command writes into one run directory:
 
@@ -7,7 +7,7 @@ Each command writes into one run directory:
 | ``config.yaml`` | every command     | the resolved configuration                             |
 | ``metrics.jsonl``| train stages     | training / evaluation metrics per step                 |
 | ``sweep.csv``   | sweep, experiment | codec, level, model, every metric, sample count        |
-| ``sweep.png``   | sweep             | primary metric against quality, clean as a dashed line |
+| ``sweep.png``   | sweep             | primary metric against the level, clean dashed          |
 | ``recovery.csv``| experiment        | per level: clean, baseline, retrained, recovery (%)    |
 | ``experiment.png`` | experiment     | baseline and retrained curves on one plot              |
 | ``report.md``   | sweep, experiment | the tables above in Markdown                           |
@@ -16,6 +16,7 @@ Each command writes into one run directory:
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,24 +25,32 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from dali_pipes import parse_levels, parse_quality_spec
 from tasks import get_task_class
 from trainers.checkpoint import ensure_fresh, load_model_weights
-from trainers.config import Config
-from trainers.loop import Trainer, build_batches, evaluate
+from trainers.config import Config, eval_spec, level_spec, retrain_changes, sweep_levels, training_spec
+from trainers.loop import Trainer, build_batches, evaluate, uses_channels_last
 from trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
 
 BASELINE, RETRAINED = "baseline", "retrained"
+CODEC_NAMES = {"jpeg": "JPEG", "h264": "H.264"}
+
+
+def task_options(config: Config, task_class: type) -> dict[str, Any]:
+    """The config keys `task_class`'s constructor takes, with their values (the rest dropped)."""
+    accepted = inspect.signature(task_class.__init__).parameters
+    values = config.to_dict()
+    return {key: values[key] for key in accepted if key in values}
 
 
 def make_task(config: Config):
-    """The task object named by ``config.task``, built from the config's data and model keys."""
+    """The task named by ``config.task``, built from the config keys it takes."""
     if not config.data:
         raise ValueError("config key 'data': a dataset root is required (--data DIR)")
-    return get_task_class(config.task)(
-        data=config.data, model=config.model, pretrained=config.pretrained,
-        num_classes=config.num_classes, label_smoothing=config.label_smoothing, strict=config.strict,
-    )
+    task_class = get_task_class(config.task)
+    if config.codec not in task_class.codecs:
+        raise ValueError(f"config key 'codec': task {config.task!r} takes {' or '.join(task_class.codecs)}, "
+                         f"not {config.codec}")
+    return task_class(**task_options(config, task_class))
 
 
 def load_model(config: Config, task) -> torch.nn.Module:
@@ -53,27 +62,26 @@ def load_model(config: Config, task) -> torch.nn.Module:
 
 
 def train(config: Config, task, run_dir: Path, accelerator: Accelerator, model=None) -> torch.nn.Module:
-    """Train with the config's quality spec into `run_dir`; returns the trained model."""
-    spec = parse_quality_spec(config.quality, config.clean_prob)
-    trainer = Trainer(config, task, run_dir, accelerator, spec, parse_quality_spec(config.eval_quality), model=model)
+    """Train with the config's codec spec into `run_dir`; returns the trained model."""
+    trainer = Trainer(config, task, run_dir, accelerator, training_spec(config), eval_spec(config), model=model)
     return trainer.run()
 
 
 def sweep(
     config: Config, task, model: torch.nn.Module, accelerator: Accelerator, label: str = BASELINE
 ) -> list[dict[str, Any]]:
-    """Evaluate `model` on the val split clean and at every level of ``config.levels``."""
+    """Evaluate `model` on the val split clean and at every level of the codec's sweep."""
     index = task.sample_index("val")
     model = model.to(accelerator.device)
-    if config.channels_last:
+    memory_last = uses_channels_last(config, task)
+    if memory_last:
         model = model.to(memory_format=torch.channels_last)
-    levels: Sequence[int | None] = [None, *parse_levels(config.levels)]
+    levels: Sequence[int | None] = [None, *sweep_levels(config)]
     rows = []
     for level in tqdm(levels, desc=f"sweep {label}", disable=not (accelerator.is_main_process and config.progress)):
-        spec = parse_quality_spec("none" if level is None else level)
-        batches = build_batches(config, index, accelerator, False, spec)
-        metrics = evaluate(model, task, batches, accelerator, config.channels_last)
-        rows.append({"codec": "none" if level is None else "jpeg", "level": CLEAN if level is None else level,
+        batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
+        metrics = evaluate(model, task, batches, accelerator, memory_last)
+        rows.append({"codec": "none" if level is None else config.codec, "level": CLEAN if level is None else level,
                      "model": label, **metrics})
     return rows
 
@@ -81,8 +89,9 @@ def sweep(
 def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
     """``sweep.csv``, ``sweep.png`` and ``report.md`` for one model's sweep."""
     write_csv(rows, run_dir / "sweep.csv")
-    plot_levels({rows[0]["model"]: rows}, metric, run_dir / "sweep.png")
-    write_text(run_dir / "report.md", f"# JPEG sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
+    codec = codec_of(rows)
+    plot_levels({rows[0]["model"]: rows}, metric, run_dir / "sweep.png", codec)
+    write_text(run_dir / "report.md", f"# {CODEC_NAMES[codec]} sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
 
 
 def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator) -> list[dict[str, Any]]:
@@ -101,11 +110,10 @@ def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator
     if config.checkpoint or config.epochs == 0:
         baseline = load_model(config, task)
     else:
-        baseline = train(config.replace(quality="none", clean_prob=0.0), task, baseline_dir, accelerator)
+        baseline = train(config.replace(quality="none", crf="none", clean_prob=0.0), task, baseline_dir, accelerator)
     baseline_rows = sweep(config, task, baseline, accelerator, BASELINE)
     retrain_config = config.replace(
-        quality=config.retrain_quality,
-        clean_prob=config.retrain_clean_prob,
+        **retrain_changes(config),
         epochs=config.retrain_epochs if config.retrain_epochs is not None else max(1, config.epochs),
         max_steps=config.retrain_max_steps if config.retrain_max_steps is not None else config.max_steps,
         lr=config.retrain_lr if config.retrain_lr is not None else config.lr / 10,
@@ -125,16 +133,21 @@ def write_experiment(
     """``sweep.csv``, ``recovery.csv``, ``experiment.png`` and ``report.md`` of an experiment."""
     write_csv(baseline_rows + retrained_rows, run_dir / "sweep.csv")
     write_csv(recovery, run_dir / "recovery.csv")
-    plot_levels({BASELINE: baseline_rows, RETRAINED: retrained_rows}, metric, run_dir / "experiment.png")
+    plot_levels({BASELINE: baseline_rows, RETRAINED: retrained_rows}, metric, run_dir / "experiment.png",
+                codec_of(baseline_rows))
     write_text(run_dir / "report.md", experiment_markdown(baseline_rows, retrained_rows, recovery, retrain_config))
 
 
 def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: list, retrain_config: Config | None) -> str:
     """The experiment's ``report.md``: how it retrained, recovery table, both sweeps, the plot."""
-    how = (f"Retrained on JPEG quality `{retrain_config.quality}` with clean share "
-           f"{retrain_config.clean_prob:g}, lr {retrain_config.lr:g}." if retrain_config else "")
+    codec = codec_of(baseline_rows)
+    how = ""
+    if retrain_config:
+        spec = retrain_config.crf if codec == "h264" else retrain_config.quality
+        how = (f"Retrained on {CODEC_NAMES[codec]} {'CRF' if codec == 'h264' else 'quality'} `{spec}` with clean "
+               f"share {retrain_config.clean_prob:g}, lr {retrain_config.lr:g}.")
     return "\n\n".join([
-        "# JPEG codec experiment",
+        f"# {CODEC_NAMES[codec]} codec experiment",
         how,
         "## Recovery\n\nrecovery = (retrained - baseline) / (clean - baseline) x 100, "
         "clean = baseline model on uncompressed input; empty where the baseline lost nothing.",
@@ -143,6 +156,11 @@ def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: lis
         markdown_table(baseline_rows + retrained_rows),
         "![experiment](experiment.png)",
     ]) + "\n"
+
+
+def codec_of(rows: Sequence[dict[str, Any]]) -> str:
+    """The codec a sweep's rows were compressed with (``jpeg`` when only clean rows exist)."""
+    return next((str(row["codec"]) for row in rows if str(row["codec"]) != "none"), "jpeg")
 
 
 def rebuild_report(run_dir: Path, metric: str = "top1") -> None:

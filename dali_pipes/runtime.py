@@ -1,0 +1,18 @@
+"""Where and how a pipeline runs, separate from what it computes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PipelineRuntime:
+    """This rank's shard, its device (None: CPU), CPU threads, seed, batch size and prefetch depth."""
+
+    batch_size: int
+    shard_id: int = 0
+    num_shards: int = 1
+    device_id: int | None = None
+    num_threads: int = 1
+    seed: int = 0
+    prefetch_queue_depth: int = 2
