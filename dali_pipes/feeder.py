@@ -1,114 +1,55 @@
-"""The Python side of the H.264 video pipelines: which clip, rung, frames and crop each sample gets.
+"""Python-fed pipelines: sharded, seeded external-source callables and the iterator that reads them.
 
-`LadderFeeder` is a DALI external-source callable (batch mode). For every batch it picks this
-rank's samples, draws per sample a CRF rung, the frames of a clip (T frames at a stride; several
-clips per video for evaluation), a crop position and a flip, all from a generator seeded by
-(seed, epoch, sample), so draws do not depend on the world size and a resumed run repeats them.
-On a GPU it hands DALI the rung's H.264 bytes and the frame indices (NVDEC decodes); without
-one it decodes those frames with PyAV itself, since DALI's CPU decoder does not read H.264.
-
-A clip shorter than its span loops: frame ``i`` of the span reads frame ``i mod n``.
+The H.264 pipelines draw per sample in Python what DALI's readers cannot: which CRF rung or
+online CRF, which frames, which crop. `ShardedFeeder` is the DALI external-source callable
+(batch mode) behind them: for every batch it picks this rank's samples and asks `load` for
+each one's outputs, using a generator seeded by (seed, epoch, sample), so draws do not depend
+on the world size and a resumed run repeats them. `FedBatches` turns such a pipeline into dict
+batches of torch tensors on the device and records where it stands for checkpoints.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-import av
 import numpy as np
-
-from dali_pipes.crf import CrfSpec
-from dali_pipes.ladder import Ladder
-
-
-@dataclass(frozen=True)
-class ClipSampling:
-    """How frames are taken from a clip: `frames` (T) at `stride`, `clips_per_video` spans (eval)."""
-
-    frames: int = 16
-    stride: int = 2
-    clips_per_video: int = 1
-
-    def span(self) -> int:
-        """Source frames one clip covers."""
-        return (self.frames - 1) * self.stride + 1
-
-    def frame_indices(self, count: int, rng: np.random.Generator | None) -> np.ndarray:
-        """Indices into a clip of `count` frames: one random span (`rng` given) or evenly spaced spans."""
-        room = max(0, count - self.span())
-        if rng is not None:
-            starts = [int(rng.integers(room + 1))]
-        else:
-            starts = np.linspace(0, room, self.clips_per_video).round().astype(int).tolist()
-        steps = np.arange(self.frames) * self.stride
-        return np.concatenate([(start + steps) % count for start in starts]).astype(np.int32)
+import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 
-def decode_frames(path: Path | str, indices: Sequence[int], fps: float) -> np.ndarray:
-    """Frames `indices` of an H.264 rung as RGB uint8 ``(len(indices), H, W, 3)``, decoded by PyAV.
+class ShardedFeeder:
+    """Base external-source callable: this rank's batches of one epoch after another.
 
-    Seeks to the keyframe before the first wanted frame (rungs have one every <= 15 frames).
-    """
-    wanted = sorted(set(int(i) for i in indices))
-    found: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        time_base = stream.time_base
-        if wanted[0] > 0:
-            container.seek(int(wanted[0] / fps / time_base), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            position = round(float(frame.pts * time_base) * fps)
-            if position in wanted:
-                found[position] = frame.to_ndarray(format="rgb24")
-            if position >= wanted[-1]:
-                break
-    missing = [i for i in wanted if i not in found]
-    if missing:
-        raise ValueError(f"{path}: frame {missing[0]} could not be decoded")
-    return np.stack([found[int(i)] for i in indices])
-
-
-class LadderFeeder:
-    """External-source callable producing this rank's batches of clips drawn from a CRF ladder.
-
-    Outputs per sample, named by `outputs()`: ``data`` (H.264 bytes for NVDEC, or frames decoded
-    here as FHWC), ``frame_indices`` (NVDEC only), ``crop_x``, ``crop_y``, ``mirror``, ``index``,
-    ``crf``, ``valid``.
-    Every rank runs the same number of batches; training pads a short shard with repeats,
-    evaluation pads with samples marked ``valid = 0`` that the iterator drops.
+    Every rank runs the same number of batches: training pads a short shard with repeats,
+    evaluation pads with samples marked ``valid = 0`` that `FedBatches` drops. Subclasses name
+    their outputs (`outputs`, ending with ``index`` and ``valid``) and produce one sample's in `load`.
+    Samples are loaded on `threads` threads (PyAV and Pillow release the GIL).
     """
 
-    def __init__(self, ladder: Ladder, clips: Sequence[str], spec: CrfSpec, sampling: ClipSampling, *,
-                 training: bool, batch_size: int, shard_id: int = 0, num_shards: int = 1, seed: int = 0,
-                 decode_on_cpu: bool = True, start_epoch: int = 0, start_batch: int = 0,
+    def __init__(self, num_samples: int, *, training: bool, batch_size: int, shard_id: int = 0,
+                 num_shards: int = 1, seed: int = 0, start_epoch: int = 0, start_batch: int = 0,
                  threads: int = 1) -> None:
-        if not clips:
-            raise ValueError("no clips to read")
-        unknown = [clip for clip in clips if clip not in ladder.rungs]
-        if unknown:
-            raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root} ({len(unknown)} missing); "
-                             f"rerun: {ladder.settings.get('command', 'codecloop transcode')}")
-        self.rungs = ladder.crfs()
-        spec.check_ladder(self.rungs, f"ladder {ladder.root}")
-        self.ladder, self.clips, self.spec, self.sampling = ladder, list(clips), spec, sampling
-        self.training, self.batch_size = training, batch_size
+        if num_samples < 1:
+            raise ValueError("no samples to read")
+        self.num_samples, self.training, self.batch_size = num_samples, training, batch_size
         self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
-        self.decode_on_cpu, self.start_epoch, self.start_batch = decode_on_cpu, start_epoch, start_batch
-        self.threads = threads
+        self.start_epoch, self.start_batch, self.threads = start_epoch, start_batch, threads
         self._pool: ThreadPoolExecutor | None = None
 
     def outputs(self) -> tuple[str, ...]:
         """Names of the per-sample outputs, in the order `__call__` returns them."""
-        head = ("data",) if self.decode_on_cpu else ("data", "frame_indices")
-        return head + ("crop_x", "crop_y", "mirror", "index", "crf", "valid")
+        raise NotImplementedError
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Every output but ``index`` and ``valid`` for sample `index`, drawing from `rng`."""
+        raise NotImplementedError
 
     def shard_size(self) -> int:
         """Sample slots per rank and epoch (the largest shard)."""
-        return math.ceil(len(self.clips) / self.num_shards)
+        return math.ceil(self.num_samples / self.num_shards)
 
     def batches_per_epoch(self) -> int:
         """Batches every rank runs per epoch."""
@@ -116,31 +57,16 @@ class LadderFeeder:
 
     def shard_order(self, epoch: int) -> list[tuple[int, bool]]:
         """``(sample index, valid)`` slots of this rank for `epoch`, padded to `shard_size`."""
-        order = np.arange(len(self.clips))
+        order = np.arange(self.num_samples)
         if self.training:
             order = np.random.default_rng([self.seed, epoch]).permutation(order)
         mine = [(int(i), True) for i in order[self.shard_id::self.num_shards]]
         padding = self.shard_size() - len(mine)
-        if padding:
-            mine += [(int(order[k % len(order)]), self.training) for k in range(padding)]
+        mine += [(int(order[k % len(order)]), self.training) for k in range(padding)]
         return mine
 
-    def draw(self, index: int, epoch: int) -> tuple[int, np.ndarray, float, float, int]:
-        """``(crf, frame indices, crop_x, crop_y, mirror)`` of one sample in one epoch."""
-        rng = np.random.default_rng([self.seed, epoch, index, 1])
-        crf = self.spec.draw(rng, self.rungs)
-        count = self.ladder.rungs[self.clips[index]][crf].frames
-        if not self.training:
-            return crf, self.sampling.frame_indices(count, None), 0.5, 0.5, 0
-        frames = self.sampling.frame_indices(count, rng)
-        return crf, frames, float(rng.random()), float(rng.random()), int(rng.random() < 0.5)
-
-    def _load(self, index: int, crf: int, frames: np.ndarray) -> np.ndarray:
-        clip = self.clips[index]
-        path = self.ladder.path(clip, crf)
-        if self.decode_on_cpu:
-            return decode_frames(path, frames, self.ladder.rungs[clip][crf].fps)
-        return np.fromfile(path, dtype=np.uint8)
+    def _load(self, index: int, epoch: int) -> dict[str, np.ndarray]:
+        return self.load(index, np.random.default_rng([self.seed, epoch, index, 1]))
 
     def __call__(self, info) -> tuple[list[np.ndarray], ...]:
         """The batch `info.iteration` of epoch `info.epoch_idx` (counted from the start position)."""
@@ -149,22 +75,65 @@ class LadderFeeder:
         if batch >= self.batches_per_epoch():
             raise StopIteration
         slots = self.shard_order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
-        draws = [self.draw(index, epoch) for index, _ in slots]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads))
-        data = list(self._pool.map(self._load, [index for index, _ in slots], [d[0] for d in draws],
-                                   [d[1] for d in draws]))
-        columns = {
-            "data": data,
-            "frame_indices": [d[1] for d in draws],
-            "crop_x": [np.float32(d[2]) for d in draws],
-            "crop_y": [np.float32(d[3]) for d in draws],
-            "mirror": [np.int32(d[4]) for d in draws],
-            "index": [np.int64(index) for index, _ in slots],
-            "crf": [np.int32(d[0]) for d in draws],
-            "valid": [np.int32(valid) for _, valid in slots],
-        }
-        return tuple(columns[name] for name in self.outputs())
+        samples = list(self._pool.map(self._load, [index for index, _ in slots], [epoch] * len(slots)))
+        for sample, (index, valid) in zip(samples, slots):
+            sample["index"], sample["valid"] = np.int64(index), np.int32(valid)
+        return tuple([sample[name] for sample in samples] for name in self.outputs())
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pool": None}
+
+
+class FedBatches:
+    """Epochs of dict batches from a pipeline fed by a `ShardedFeeder`, padding dropped.
+
+    `output_map` names the pipeline's outputs; ``valid`` must be one of them. `reshape` may
+    rewrite the batch (e.g. split frames into clips) before targets are added: ``targets[name]``
+    is indexed by each sample's ``index``. `checkpoint()` records the epoch and batch after the
+    last batch returned; ``checkpoint=`` given to the feeder resumes there with the same draws.
+    """
+
+    def __init__(self, pipe, feeder: ShardedFeeder, output_map: list[str], device: torch.device,
+                 targets: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.feeder, self.device = feeder, device
+        self.epoch, self.batch = feeder.start_epoch, feeder.start_batch
+        self.targets = {name: value.to(device) for name, value in (targets or {}).items()}
+        self._iterator = DALIGenericIterator([pipe], output_map, last_batch_policy=LastBatchPolicy.PARTIAL,
+                                             auto_reset=False)
+
+    @staticmethod
+    def start(checkpoint: bytes | str | None) -> tuple[int, int]:
+        """``(epoch, batch)`` to start from, given a `checkpoint()` value (or None)."""
+        position = json.loads(checkpoint) if checkpoint else {"epoch": 0, "batch": 0}
+        return position["epoch"], position["batch"]
+
+    def __len__(self) -> int:
+        """Batches per epoch on this shard (the same on every shard)."""
+        return self.feeder.batches_per_epoch()
+
+    def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hook for subclasses: rearrange the pipeline's tensors."""
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of the current epoch; then the position moves to the next epoch."""
+        for (outputs,) in self._iterator:
+            keep = outputs.pop("valid").reshape(-1).bool()
+            batch = {}
+            for name, value in outputs.items():
+                value = value.reshape(-1) if value.ndim == 2 and value.shape[1] == 1 else value
+                batch[name] = value[keep.to(value.device)].to(self.device, non_blocking=True)
+            batch = self.reshape(batch)
+            batch["index"] = batch["index"].long()
+            for name, table in self.targets.items():
+                batch[name] = table[batch["index"]]
+            self.batch += 1
+            yield batch
+        self._iterator.reset()
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def checkpoint(self) -> bytes:
+        """The epoch and batch after the last batch this iterator returned."""
+        return json.dumps({"epoch": self.epoch, "batch": self.batch}).encode()

@@ -424,6 +424,18 @@ class Ladder:
         """The rung file of `clip` at `crf`."""
         return self.root / self.rungs[clip][crf].path
 
+    def check_source(self, root: Path | str) -> None:
+        """Raise ValueError unless this ladder was transcoded from the folder `root`."""
+        source = self.settings.get("src")
+        if source and Path(source).resolve() != Path(root).resolve():
+            raise ValueError(f"ladder {self.root} was transcoded from {source}, not from the dataset {root}; "
+                             f"build one from it with: codecloop transcode --src {root} --dst NEW_LADDER")
+
+    def frame_index(self) -> dict[str, tuple[str, int]]:
+        """``<clip>/<frame file>`` -> ``(clip, frame)`` for every frame of the image-sequence clips."""
+        return {f"{clip}/{name}": (clip, number) for clip in self.rungs
+                for number, name in enumerate(self.frame_files(clip))}
+
     def frame_files(self, clip: str) -> list[str]:
         """Source frame file names of an image-sequence clip, in encoding order ([] for a video)."""
         listing = self.root / clip / FRAME_LIST

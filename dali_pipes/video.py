@@ -1,30 +1,79 @@
 """Video pipelines on an H.264 CRF ladder: rung drawn per clip -> decode -> resize -> crop -> normalize.
 
-The graph functions are pure functions of DALI nodes; `video_pipeline` attaches the
-`LadderFeeder` external source. On a GPU the rung's bytes are decoded by NVDEC
-(``fn.decoders.video``, device "mixed") at the frame indices the feeder drew; on a CPU the feeder
-decodes them with PyAV and the rest of the graph is the same, so both yield identical layouts.
-`VideoBatches` turns the pipeline into dict batches
-``{video, index, h264_crf, **targets}`` with ``video`` float ``(B, C, T, H, W)``, or
-``(B, K, C, T, H, W)`` when evaluating K clips per video.
+`LadderFeeder` draws per clip and epoch a CRF rung, the frames of a clip (T frames at a stride;
+several evenly spaced clips per video for evaluation), a crop position and a flip. On a GPU it
+hands DALI the rung's H.264 bytes and the frame indices, decoded by NVDEC (``fn.decoders.video``,
+device "mixed"); without one it decodes those frames with PyAV itself, since DALI's CPU decoder
+does not read H.264, and the rest of the graph is the same, so both yield identical layouts.
+A clip shorter than its span loops: frame ``i`` of the span reads frame ``i mod n``.
+`VideoBatches` yields ``{video, index, h264_crf, **targets}`` with ``video`` float
+``(B, C, T, H, W)``, or ``(B, K, C, T, H, W)`` when evaluating K clips per video.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import av
+import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from dali_pipes.crf import CrfSpec
-from dali_pipes.feeder import ClipSampling, LadderFeeder
+from dali_pipes.feeder import FedBatches, ShardedFeeder
 from dali_pipes.ladder import Ladder
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How frames are taken from a clip: `frames` (T) at `stride`, `clips_per_video` spans (eval)."""
+
+    frames: int = 16
+    stride: int = 2
+    clips_per_video: int = 1
+
+    def span(self) -> int:
+        """Source frames one clip covers."""
+        return (self.frames - 1) * self.stride + 1
+
+    def frame_indices(self, count: int, rng: np.random.Generator | None) -> np.ndarray:
+        """Indices into a clip of `count` frames: one random span (`rng` given) or evenly spaced spans."""
+        room = max(0, count - self.span())
+        if rng is not None:
+            starts = [int(rng.integers(room + 1))]
+        else:
+            starts = np.linspace(0, room, self.clips_per_video).round().astype(int).tolist()
+        steps = np.arange(self.frames) * self.stride
+        return np.concatenate([(start + steps) % count for start in starts]).astype(np.int32)
+
+
+def decode_frames(path: Path | str, indices: Sequence[int], fps: float) -> np.ndarray:
+    """Frames `indices` of an H.264 rung as RGB uint8 ``(len(indices), H, W, 3)``, decoded by PyAV.
+
+    Seeks to the keyframe before the first wanted frame (rungs have one every <= 15 frames).
+    """
+    wanted = sorted(set(int(i) for i in indices))
+    found: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        if wanted[0] > 0:
+            container.seek(int(wanted[0] / fps / time_base), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            position = round(float(frame.pts * time_base) * fps)
+            if position in wanted:
+                found[position] = frame.to_ndarray(format="rgb24")
+            if position >= wanted[-1]:
+                break
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise ValueError(f"{path}: frame {missing[0]} could not be decoded")
+    return np.stack([found[int(i)] for i in indices])
 
 
 @dataclass(frozen=True)
@@ -35,6 +84,44 @@ class VideoGeometry:
     resize_size: int = 128
     mean: tuple[float, float, float] = KINETICS_MEAN
     std: tuple[float, float, float] = KINETICS_STD
+
+
+class LadderFeeder(ShardedFeeder):
+    """This rank's clips drawn from a CRF ladder: outputs ``data`` (H.264 bytes for NVDEC, or frames
+    decoded here as FHWC), ``frame_indices`` (NVDEC only), ``crop_x``, ``crop_y``, ``mirror``,
+    ``crf``, ``index``, ``valid``."""
+
+    def __init__(self, ladder: Ladder, clips: Sequence[str], spec: CrfSpec, sampling: ClipSampling, *,
+                 decode_on_cpu: bool = True, **sharding) -> None:
+        super().__init__(len(clips), **sharding)
+        unknown = [clip for clip in clips if clip not in ladder.rungs]
+        if unknown:
+            raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root} ({len(unknown)} missing); "
+                             f"rerun: {ladder.settings.get('command', 'codecloop transcode')}")
+        self.rungs = ladder.crfs()
+        spec.check_ladder(self.rungs, f"ladder {ladder.root}")
+        self.ladder, self.clips, self.spec, self.sampling = ladder, list(clips), spec, sampling
+        self.decode_on_cpu = decode_on_cpu
+
+    def outputs(self) -> tuple[str, ...]:
+        head = ("data",) if self.decode_on_cpu else ("data", "frame_indices")
+        return head + ("crop_x", "crop_y", "mirror", "crf", "index", "valid")
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        clip = self.clips[index]
+        crf = self.spec.draw(rng, self.rungs)
+        rung = self.ladder.rungs[clip][crf]
+        frames = self.sampling.frame_indices(rung.frames, rng if self.training else None)
+        path = self.ladder.path(clip, crf)
+        crop_x, crop_y, mirror = (rng.random(), rng.random(), rng.random() < 0.5) if self.training else (0.5, 0.5, 0)
+        return {
+            "data": decode_frames(path, frames, rung.fps) if self.decode_on_cpu else np.fromfile(path, np.uint8),
+            "frame_indices": frames,
+            "crop_x": np.float32(crop_x),
+            "crop_y": np.float32(crop_y),
+            "mirror": np.int32(mirror),
+            "crf": np.int32(crf),
+        }
 
 
 def decode_clips(encoded, frame_indices):
@@ -69,12 +156,11 @@ def video_pipeline(feeder: LadderFeeder, geometry: VideoGeometry, on_gpu: bool):
     return video, nodes["index"], nodes["crf"], nodes["valid"]
 
 
-class VideoBatches:
+class VideoBatches(FedBatches):
     """Epochs of ``{video, index, h264_crf, **targets}`` batches from one shard of a ladder's clips.
 
     `targets` maps a name to a tensor indexed by sample index (position in `clips`).
-    `checkpoint()` records the epoch and batch after the last batch returned; ``checkpoint=``
-    resumes there with the same draws.
+    ``checkpoint=`` (a `checkpoint()` value) resumes at that epoch and batch with the same draws.
     """
 
     def __init__(
@@ -96,48 +182,22 @@ class VideoBatches:
         prefetch_queue_depth: int = 2,
         checkpoint: bytes | str | None = None,
     ) -> None:
-        position = json.loads(checkpoint) if checkpoint else {"epoch": 0, "batch": 0}
-        self.epoch, self.batch = position["epoch"], position["batch"]
-        self.device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
-        self.targets = {name: value.to(self.device) for name, value in (targets or {}).items()}
+        start_epoch, start_batch = FedBatches.start(checkpoint)
         self.sampling = sampling
-        self.feeder = LadderFeeder(
-            ladder, clips, spec, sampling, training=training, batch_size=batch_size, shard_id=shard_id,
-            num_shards=num_shards, seed=seed, decode_on_cpu=device_id is None, start_epoch=self.epoch,
-            start_batch=self.batch, threads=num_threads)
-        pipe = video_pipeline(
-            feeder=self.feeder, geometry=geometry, on_gpu=device_id is not None, batch_size=batch_size,
-            num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth,
-            )
-        self._iterator = DALIGenericIterator([pipe], ["video", "index", "h264_crf", "valid"],
-                                             last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        feeder = LadderFeeder(
+            ladder, clips, spec, sampling, decode_on_cpu=device_id is None, training=training,
+            batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, start_epoch=start_epoch,
+            start_batch=start_batch, threads=num_threads)
+        pipe = video_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None, batch_size=batch_size,
+                              num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
+        device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
+        super().__init__(pipe, feeder, ["video", "index", "h264_crf", "valid"], device, targets)
 
-    def __len__(self) -> int:
-        """Batches per epoch on this shard (the same on every shard)."""
-        return self.feeder.batches_per_epoch()
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The rest of the current epoch; then the position moves to the next epoch."""
-        for (outputs,) in self._iterator:
-            keep = outputs["valid"].reshape(-1).bool()
-            video = outputs["video"][keep.to(outputs["video"].device)]
-            count, frames, channels, height, width = video.shape
-            clips = self.sampling.clips_per_video
-            video = video.reshape(count, clips, frames // clips, channels, height, width).permute(0, 1, 3, 2, 4, 5)
-            video = video[:, 0] if clips == 1 else video
-            index = outputs["index"].reshape(-1)[keep].to(self.device, dtype=torch.long)
-            batch = {
-                "video": video.contiguous().to(self.device, non_blocking=True),
-                "index": index,
-                "h264_crf": outputs["h264_crf"].reshape(-1)[keep].to(self.device, non_blocking=True),
-            }
-            for name, table in self.targets.items():
-                batch[name] = table[index]
-            self.batch += 1
-            yield batch
-        self._iterator.reset()
-        self.epoch, self.batch = self.epoch + 1, 0
-
-    def checkpoint(self) -> bytes:
-        """The epoch and batch after the last batch this iterator returned."""
-        return json.dumps({"epoch": self.epoch, "batch": self.batch}).encode()
+    def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``(B, K*T, C, H, W)`` frames to ``(B, C, T, H, W)`` clips, or ``(B, K, C, T, H, W)``."""
+        video = batch["video"]
+        count, frames, channels, height, width = video.shape
+        clips = self.sampling.clips_per_video
+        video = video.reshape(count, clips, frames // clips, channels, height, width).permute(0, 1, 3, 2, 4, 5)
+        batch["video"] = (video[:, 0] if clips == 1 else video).contiguous()
+        return batch

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torchvision.models import get_model
 
 from dali_pipes import CrfSpec, PipelineRuntime
-from dali_pipes.feeder import ClipSampling
 from dali_pipes.ladder import VIDEO_SUFFIXES, load_ladder
-from dali_pipes.video import VideoBatches, VideoGeometry
+from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
 from tasks.pretrained import load_pretrained
 from tasks.registry import register_task
 from tasks.sample_index import SampleIndex
@@ -64,6 +63,7 @@ class ActionTask:
             raise ValueError(f"config key 'ladder': the action task reads clips from an H.264 CRF ladder; build "
                              f"it with `codecloop transcode --src {self.root} --dst LADDER` and pass --ladder LADDER")
         self.ladder = load_ladder(ladder)
+        self.ladder.check_source(self.root)
         self.model_name, self.pretrained, self.label_smoothing = model, pretrained, label_smoothing
         self.splits = Path(splits) if splits else None
         self.split = split

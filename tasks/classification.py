@@ -1,7 +1,9 @@
 """Image classification: ImageFolder reader, any timm model, cross-entropy, top-1 / top-5.
 
 Layout: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg``; classes are the sorted
-folder names of ``train``. A batch may carry ``soft_label`` (teacher probabilities per sample):
+folder names of ``train``. JPEG runs in the DALI pipeline; H.264 encodes each image online, or,
+when the folders hold frame sequences transcoded with ``codecloop transcode --src ROOT``, reads
+each image's frame from the ladder (``ladder``). A batch may carry ``soft_label`` (teacher probabilities per sample):
 the loss is then the KL divergence to them (distillation) and ``kl`` is reported too.
 """
 
@@ -15,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, CrfSpec, ImageBatches, ImageGeometry, PipelineRuntime, QualitySpec
+from dali_pipes.h264_image import H264ImageBatches
+from dali_pipes.ladder import load_ladder
 from dali_pipes.validate import scan_images
 from tasks.pretrained import load_pretrained
 from tasks.registry import register_task
@@ -52,7 +56,7 @@ class ClassificationTask:
     primary_metric = "top1"
     higher_is_better = True
     memory_format = torch.channels_last
-    codecs = ("jpeg",)
+    codecs = ("jpeg", "h264")
 
     def __init__(
         self,
@@ -67,6 +71,7 @@ class ClassificationTask:
         min_area: float = 0.08,
         normalize: str = "imagenet",
         codec_placement: str = "native",
+        ladder: str | Path | None = None,
     ) -> None:
         self.root = Path(data)
         if not self.root.is_dir():
@@ -79,6 +84,9 @@ class ClassificationTask:
             raise ValueError(f"normalize {normalize!r} must be one of {sorted(NORMALIZATIONS)}")
         self.geometry = ImageGeometry(crop_size, resize_size, min_area, *NORMALIZATIONS[normalize])
         self.codec_placement = codec_placement
+        self.ladder = load_ladder(ladder) if ladder else None
+        if self.ladder is not None:
+            self.ladder.check_source(self.root)
         self.classes, _, _ = list_image_folder(self.root / "train")
         self.num_classes = num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
@@ -103,13 +111,31 @@ class ClassificationTask:
         return SampleIndex(split, scan.good, {"label": labels}, scan.skipped)
 
     def batches(self, index: SampleIndex, *, training: bool, spec: QualitySpec | CrfSpec, runtime: PipelineRuntime,
-                checkpoint: bytes | str | None = None, with_clean: bool = False) -> ImageBatches:
-        """One epoch after another of `index` through the codec stage, as dict batches on the device."""
+                checkpoint: bytes | str | None = None,
+                with_clean: bool = False) -> ImageBatches | H264ImageBatches:
+        """One epoch after another of `index` through the codec stage, as dict batches on the device.
+
+        H.264 encodes each image online, or, with a ladder, reads its frame of the drawn rung.
+        """
         if isinstance(spec, CrfSpec):
-            raise NotImplementedError("--codec h264 for image datasets is not there yet (issue #3)")
+            samples = self.ladder_frames(index.files) if self.ladder else index.files
+            return H264ImageBatches(samples, training=training, spec=spec, geometry=self.geometry, ladder=self.ladder,
+                                    targets=index.targets, checkpoint=checkpoint, with_clean=with_clean,
+                                    **dataclasses.asdict(runtime))
         return ImageBatches(index.files, training=training, spec=spec, geometry=self.geometry, targets=index.targets,
                             codec_placement=self.codec_placement, checkpoint=checkpoint, with_clean=with_clean,
                             **dataclasses.asdict(runtime))
+
+    def ladder_frames(self, files: list[str]) -> list[tuple[str, int]]:
+        """The ladder frame of each image file (the ladder is built from the dataset root's sequences)."""
+        frames = self.ladder.frame_index()
+        keys = [Path(path).relative_to(self.root).as_posix() for path in files]
+        missing = [key for key in keys if key not in frames]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) are not frames of the ladder {self.ladder.root} (first: "
+                             f"{', '.join(missing[:3])}); build it from the sequence folders with: codecloop "
+                             f"transcode --src {self.root} --dst {self.ladder.root}")
+        return [frames[key] for key in keys]
 
     def create_model(self) -> torch.nn.Module:
         """The timm model by name, with local weights from `pretrained` when given."""

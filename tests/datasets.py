@@ -30,3 +30,18 @@ def write_image_folder(root: Path, per_class: dict[str, int], size: int = 64, se
                     (size + int(rng.integers(0, 16)), size), Image.BILINEAR)
                 crop.save(folder / f"{class_name}_{index:03d}.jpg", quality=95)
     return root
+
+
+def write_sequence_folder(root: Path, frames: dict[str, int], size: tuple[int, int] = (72, 48)) -> Path:
+    """An ImageFolder whose class folders are frame sequences (PNG): a pan across one photo per class."""
+    width, height = size
+    for class_name, load in CLASS_PHOTOS.items():
+        photo = load()
+        for split, count in frames.items():
+            folder = root / split / class_name
+            folder.mkdir(parents=True, exist_ok=True)
+            top = 20 if split == "train" else 120
+            for index in range(count):
+                crop = photo[top + index:top + index + height, 10 + 3 * index:10 + 3 * index + width]
+                Image.fromarray(crop).save(folder / f"frame{index}.png")
+    return root

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from dali_pipes.crf import parse_crf_spec
-from dali_pipes.feeder import ClipSampling, decode_frames
 from dali_pipes.ladder import load_ladder, transcode
-from dali_pipes.video import VideoBatches, VideoGeometry
+from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry, decode_frames
 from tests.videos import moving_frames, write_video
 
 SAMPLING = ClipSampling(frames=4, stride=2)

@@ -1,0 +1,203 @@
+"""H.264 for image datasets: a CRF drawn per image, online or from a CRF ladder of sequences.
+
+Two kinds of sample share one pipeline:
+
+- an image file (online mode): decoded, encoded by libx264 as one intra frame at the drawn CRF
+  and decoded back, on a pool of CPU threads (x264 has no GPU encoder); a clean sample is the
+  untouched image (`CLEAN_CRF`). Odd sizes are edge-padded for 4:2:0 and cropped back;
+- a ``(clip, frame)`` of a CRF ladder (`codecloop transcode` on sequence folders or videos):
+  that frame of the drawn rung, decoded by NVDEC on a GPU or by PyAV on a CPU; clean is rung 0.
+
+Then, as for JPEG: random-resized crop + flip (train) or resize + center crop (eval), normalize.
+Crop boxes and flips are drawn in Python, so a resumed run repeats them. With ``with_clean``
+the clean image goes through the very same crop and flip (a teacher's view).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def
+from PIL import Image
+
+from dali_pipes.crf import CLEAN_CRF, LOSSLESS_CRF, MAX_CRF, MIN_CRF, CrfSpec
+from dali_pipes.feeder import FedBatches, ShardedFeeder
+from dali_pipes.ladder import Ladder
+from dali_pipes.pipelines import ImageGeometry, normalize
+from dali_pipes.video import decode_frames
+
+LadderFrame = tuple[str, int]
+
+
+def h264_intra_roundtrip(image: np.ndarray, crf: int, preset: str = "veryfast") -> np.ndarray:
+    """Encode an RGB uint8 HxWx3 image as one intra H.264 frame (4:2:0) at `crf` and decode it back."""
+    if not MIN_CRF <= crf <= MAX_CRF:
+        raise ValueError(f"CRF {crf} is outside {MIN_CRF}..{MAX_CRF}")
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = padded.shape[1], padded.shape[0], "yuv420p"
+    encoder.time_base = Fraction(1, 25)
+    rate = "qp=1" if crf == LOSSLESS_CRF else f"crf={crf}"
+    encoder.options = {"preset": preset, "x264-params": f"{rate}:keyint=1:threads=1"}
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(format="yuv420p")
+    packets = encoder.encode(frame) + encoder.encode(None)
+    decoder = av.CodecContext.create("h264", "r")
+    decoded = [out for packet in packets for out in decoder.decode(packet)] + decoder.decode(None)
+    return np.ascontiguousarray(decoded[0].to_ndarray(format="rgb24")[:height, :width])
+
+
+def h264_roundtrip(images: Sequence[np.ndarray], crf: int | Sequence[int], preset: str = "veryfast") -> list[np.ndarray]:
+    """The online H.264 stage outside training: each HxWx3 uint8 image at `crf` (one, or one per image)."""
+    crfs = [crf] * len(images) if isinstance(crf, (int, np.integer)) else list(crf)
+    if len(crfs) != len(images):
+        raise ValueError(f"{len(crfs)} CRFs given for {len(images)} images")
+    return [h264_intra_roundtrip(np.asarray(image, dtype=np.uint8), int(value), preset)
+            for image, value in zip(images, crfs)]
+
+
+def random_resized_box(width: int, height: int, rng: np.random.Generator, min_area: float) -> tuple[float, ...]:
+    """A random-resized-crop box (area `min_area`..1, aspect 3/4..4/3) as relative (y0, x0, y1, x1)."""
+    for _ in range(10):
+        area = width * height * rng.uniform(min_area, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            x, y = int(rng.integers(width - w + 1)), int(rng.integers(height - h + 1))
+            return y / height, x / width, (y + h) / height, (x + w) / width
+    side = min(width, height)
+    y, x = (height - side) // 2, (width - side) // 2
+    return y / height, x / width, (y + side) / height, (x + side) / width
+
+
+class ImageFeeder(ShardedFeeder):
+    """This rank's images at drawn CRFs: outputs ``data`` (an image, or H.264 bytes for NVDEC),
+    ``frame_indices`` (NVDEC only), ``clean`` / ``clean_data`` (with `with_clean`), ``roi_start``,
+    ``roi_end``, ``mirror``, ``crf``, ``index``, ``valid``."""
+
+    def __init__(self, samples: Sequence[str | LadderFrame], spec: CrfSpec, min_area: float, *,
+                 ladder: Ladder | None = None, decode_on_cpu: bool = True, with_clean: bool = False,
+                 preset: str = "veryfast", **sharding) -> None:
+        super().__init__(len(samples), **sharding)
+        self.samples, self.spec, self.min_area, self.ladder = list(samples), spec, min_area, ladder
+        self.decode_on_gpu = ladder is not None and not decode_on_cpu
+        self.with_clean, self.preset = with_clean, preset
+        self.rungs = ladder.crfs() if ladder is not None else None
+        if ladder is not None:
+            spec.check_ladder(self.rungs, f"ladder {ladder.root}")
+            unknown = [clip for clip, _ in self.samples if clip not in ladder.rungs]
+            if unknown:
+                raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root}")
+
+    def outputs(self) -> tuple[str, ...]:
+        names = ["data", "frame_indices"] if self.decode_on_gpu else ["data"]
+        if self.with_clean:
+            names.append("clean_data" if self.decode_on_gpu else "clean")
+        roi = ("roi_start", "roi_end") if self.training else ()
+        return (*names, *roi, "mirror", "crf", "index", "valid")
+
+    def _ladder_frame(self, clip: str, frame: int, crf: int) -> np.ndarray:
+        path = self.ladder.path(clip, crf)
+        if self.decode_on_gpu:
+            return np.fromfile(path, np.uint8)
+        return decode_frames(path, [frame], self.ladder.rungs[clip][crf].fps)[0]
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        sample = self.samples[index]
+        crf = self.spec.draw(rng, self.rungs)
+        out: dict[str, np.ndarray] = {"crf": np.int32(crf)}
+        if self.ladder is not None:
+            clip, frame = sample
+            rung = self.ladder.rungs[clip][crf]
+            width, height = rung.width, rung.height
+            out["data"], out["frame_indices"] = self._ladder_frame(clip, frame, crf), np.array([frame], np.int32)
+            if self.with_clean:
+                out["clean_data" if self.decode_on_gpu else "clean"] = self._ladder_frame(clip, frame, LOSSLESS_CRF)
+        else:
+            with Image.open(sample) as image:
+                clean = np.asarray(image.convert("RGB"))
+            height, width = clean.shape[:2]
+            out["data"] = clean if crf == CLEAN_CRF else h264_intra_roundtrip(clean, crf, self.preset)
+            out["clean"] = clean
+        box = random_resized_box(width, height, rng, self.min_area) if self.training else (0.0, 0.0, 1.0, 1.0)
+        out["roi_start"], out["roi_end"] = np.array(box[:2], np.float32), np.array(box[2:], np.float32)
+        out["mirror"] = np.int32(self.training and rng.random() < 0.5)
+        return out
+
+
+def decode_ladder_frames(encoded, frame_indices):
+    """The one frame `frame_indices` of each H.264 stream, decoded by NVDEC, as HWC on the GPU."""
+    return fn.decoders.video(encoded, device="mixed", frames=frame_indices)[0]
+
+
+def image_view(images, roi_start, roi_end, geometry: ImageGeometry):
+    """Train: the crop box (`roi_start`, `roi_end`) resized to `crop_size`; eval (no box): the shorter
+    side resized to `resize_size`."""
+    if roi_start is not None:
+        return fn.resize(images, roi_start=roi_start, roi_end=roi_end, roi_relative=True,
+                         size=[geometry.crop_size, geometry.crop_size], antialias=True)
+    return fn.resize(images, resize_shorter=geometry.resize_size, antialias=True)
+
+
+@pipeline_def
+def h264_image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, on_gpu: bool):
+    """Images from `feeder`; outputs ``(image, index, crf, valid[, clean_image])``."""
+    names = feeder.outputs()
+    layouts = ["HWC" if name in ("data", "clean") and not feeder.decode_on_gpu else "" for name in names]
+    nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
+                                               layout=layouts)))
+    views = []
+    for data, clean in (("data", False), ("clean", True)):
+        if clean and not feeder.with_clean:
+            continue
+        if feeder.decode_on_gpu:
+            images = decode_ladder_frames(nodes["clean_data" if clean else "data"], nodes["frame_indices"])
+        else:
+            images = nodes[data].gpu() if on_gpu else nodes[data]
+        view = image_view(images, nodes.get("roi_start"), nodes.get("roi_end"), geometry)
+        views.append(normalize(view, geometry, mirror=nodes["mirror"], center_crop=not feeder.training))
+    return views[0], nodes["index"], nodes["crf"], nodes["valid"], *views[1:]
+
+
+class H264ImageBatches(FedBatches):
+    """Epochs of ``{image, index, h264_crf[, clean_image], **targets}`` batches of images at drawn CRFs.
+
+    `samples` are image files (online encode) or ``(clip, frame)`` pairs of `ladder`.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[str | LadderFrame],
+        *,
+        batch_size: int,
+        training: bool,
+        spec: CrfSpec,
+        geometry: ImageGeometry = ImageGeometry(),
+        ladder: Ladder | None = None,
+        targets: Mapping[str, torch.Tensor] | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        device_id: int | None = None,
+        num_threads: int = 1,
+        seed: int = 0,
+        prefetch_queue_depth: int = 2,
+        checkpoint: bytes | str | None = None,
+        with_clean: bool = False,
+        preset: str = "veryfast",
+    ) -> None:
+        start_epoch, start_batch = FedBatches.start(checkpoint)
+        feeder = ImageFeeder(samples, spec, geometry.min_area, ladder=ladder, decode_on_cpu=device_id is None,
+                             with_clean=with_clean, preset=preset, training=training, batch_size=batch_size,
+                             shard_id=shard_id, num_shards=num_shards, seed=seed, start_epoch=start_epoch,
+                             start_batch=start_batch, threads=num_threads)
+        pipe = h264_image_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None,
+                                   batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                                   prefetch_queue_depth=prefetch_queue_depth)
+        device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
+        names = ["image", "index", "h264_crf", "valid"] + (["clean_image"] if with_clean else [])
+        super().__init__(pipe, feeder, names, device, targets)
