@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue #2 in one run, for a lent GPU machine that has torch, torchvision, timm,
+# The GPU checks of issues #2 and #3 in one run, for a lent GPU machine that has torch, torchvision, timm,
 # accelerate, numpy and pytest but no DALI, PyAV or wandb, and no registry access.
 #
 # Here (with registry access), fetch the wheels into the git-ignored .wheels/ folder:
@@ -23,3 +23,4 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt"
 python3 -m dali_pipes.fidelity --device gpu --out "$OUT/fidelity_gpu.md"
 python3 bench/gpu_epoch.py --out "$OUT/resnet50_epoch.json"
+python3 bench/gpu_video.py --out "$OUT/nvdec_video.json"

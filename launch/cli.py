@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the embedded default: packaged photos and clips, a pretrained network, sweep, retrain, recovery",
         description="Runs the whole protocol offline on real photos and video frames shipped in pip packages "
-                    "with an ImageNet-pretrained EfficientNet-Lite0: JPEG sweep, distillation fine-tuning on "
-                    "compressed images, sweep again, recovery table and plot.",
+                    "with an ImageNet-pretrained EfficientNet-Lite0: JPEG (or H.264 CRF) sweep, distillation "
+                    "fine-tuning on compressed images, sweep again, recovery table and plot.",
     )
-    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.add_argument("--codec", choices=("jpeg", "h264"), default="jpeg",
+                      help="jpeg: photos, crops and frames; h264: frame sequences through a CRF ladder")
+    demo.add_argument("--out", default=None, help="run directory (default: runs/demo, or runs/demo-h264)")
     demo.add_argument("--retrain_steps", type=int, default=None, help="fine-tuning steps (default: the demo's own)")
     demo.add_argument("--wandb", choices=("online", "offline", "disabled"), default="disabled", help="W&B mode")
     for name, help_text in CONFIG_COMMANDS.items():
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from trainers.demo import run_demo
 
-            run_demo(Path(args.out), retrain_steps=args.retrain_steps, wandb=args.wandb)
+            out = args.out or ("runs/demo-h264" if args.codec == "h264" else "runs/demo")
+            run_demo(Path(out), retrain_steps=args.retrain_steps, wandb=args.wandb, codec=args.codec)
         elif args.command == "compress":
             from dali_pipes.compress import compress_dataset
 

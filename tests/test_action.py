@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 import torch
 
 from tasks.action import ActionTask
@@ -101,3 +102,18 @@ def test_missing_rung_files_stop_with_the_rebuild_command(videos, tmp_path, run_
     next(broken.rglob("crf40.mp4")).unlink()
     status, _, err = run_cli("train", "--data", root, "--ladder", broken, *VIDEO_ARGS, "--out", tmp_path / "run")
     assert status == 2 and "missing or changed" in err and "codecloop transcode --src" in err
+
+
+def test_experiment_with_h264(videos, tmp_path, run_cli):
+    root, ladder = videos
+    out = tmp_path / "experiment"
+    status, _, err = run_cli("experiment", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--epochs", "1",
+                             "--levels", "23,51", "--retrain_crf", "23-51", "--retrain_max_steps", "2", "--out", out)
+    assert status == 0, err
+    with (out / "recovery.csv").open() as handle:
+        assert [(row["codec"], row["level"]) for row in csv.DictReader(handle)] == [("h264", "23"), ("h264", "51")]
+    retrain = yaml.safe_load((out / "config.yaml").read_text())
+    assert retrain["retrain_crf"] == "23-51" and retrain["codec"] == "h264"
+    records = [json.loads(line) for line in (out / "retrain" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["codec/crf_mean"] >= 23 for r in records if r.get("codec/clean_frac", 1) < 1)
+    assert "Retrained on H.264 CRF `23-51`" in (out / "report.md").read_text()

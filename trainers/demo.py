@@ -1,7 +1,10 @@
 """`codecloop demo`: the whole protocol offline, on packaged photos, clips and a pretrained network.
 
-The images carry no labels, so the metric is agreement with the pretrained teacher's top-1 on
-the clean image (``top1``), with the mean KL divergence to its clean-image output (``kl``).
+``--codec jpeg`` (default) compresses photos, crops and frames with JPEG in the loop; ``--codec
+h264`` writes the clips and slow pans across the photos as frame sequences, transcodes them into a
+CRF ladder and draws a rung per frame. The images carry no labels, so the metric is agreement with
+the pretrained teacher's top-1 on the clean image (``top1``), with the mean KL divergence to its
+clean-image output (``kl``).
 The teacher's outputs on the clean evaluation views are computed once and cached. The fine-tuned
 copy learns to match the teacher's output on the clean copy of each randomly cropped training view
 from its compressed copy (distillation), with BatchNorm statistics frozen and a clean share.
@@ -16,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from dali_pipes import parse_quality_spec
+from dali_pipes.ladder import transcode
 from tasks.classification import ClassificationTask
 from tasks.packaged_data import write_demo_dataset
 from tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
 from tasks.sample_index import SampleIndex
 from trainers.commands import prepare_run
-from trainers.config import Config
+from trainers.config import Config, level_spec, sweep_levels
 from trainers.loop import build_batches, channels_last
 from trainers.protocol import run_experiment, task_options
 from trainers.report import markdown_table
@@ -53,6 +56,9 @@ DEMO_CONFIG = dict(
     log_every=10,
     eval_every=0,
 )
+
+
+H264_CONFIG = dict(retrain_crf="18-43", retrain_lr=1e-4)  # CRF 46-51 destroy the frames; 3e-4 drifts more
 
 
 class DistilledTask(ClassificationTask):
@@ -88,7 +94,8 @@ class DistilledTask(ClassificationTask):
 def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache: Path) -> dict:
     """Teacher probabilities on the clean eval view of every train and val image, cached in `cache`."""
     indexes = {split: task.sample_index(split) for split in ("train", "val")}
-    key = hashlib.sha256("\n".join(f for index in indexes.values() for f in index.files).encode()).hexdigest()
+    files = [config.codec] + [f for index in indexes.values() for f in index.files]
+    key = hashlib.sha256("\n".join(files).encode()).hexdigest()
     if cache.is_file():
         stored = torch.load(cache, weights_only=True)
         if stored.get("key") == key:
@@ -97,7 +104,7 @@ def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache
     outputs = {"key": key}
     for split, index in indexes.items():
         probs = torch.zeros(len(index), task.num_classes)
-        for batch in build_batches(config, task, index, accelerator, False, parse_quality_spec("none")):
+        for batch in build_batches(config, task, index, accelerator, False, level_spec(config, None)):
             batch = channels_last(batch)
             with accelerator.autocast():
                 probs[batch["index"].cpu()] = teacher(batch["image"]).float().softmax(dim=1).cpu()
@@ -108,15 +115,22 @@ def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache
     return {split: (indexes[split].files, outputs[split]) for split in indexes}
 
 
-def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled") -> list[dict]:
-    """Build the dataset, sweep the teacher, fine-tune on compressed images, sweep, report recovery."""
+def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled", codec: str = "jpeg") -> list[dict]:
+    """Build the dataset (and the CRF ladder), sweep the teacher, fine-tune on compressed images, sweep,
+    report recovery."""
     started = time.perf_counter()
     out = Path(out)
-    dataset = write_demo_dataset(out / "data", holdout_clip=HOLDOUT_CLIP)
+    dataset = write_demo_dataset(out / "data", holdout_clip=HOLDOUT_CLIP,
+                                 layout="sequences" if codec == "h264" else "images")
     print(f"demo data: {dataset.count('train')} train images, {dataset.count('val')} held-out frames "
           f"({', '.join(dataset.sources('val'))}) in {out / 'data'}")
-    config = Config(**DEMO_CONFIG, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
-                    out=str(out), wandb=wandb)
+    settings = {**DEMO_CONFIG, **(H264_CONFIG if codec == "h264" else {})}
+    config = Config(**settings, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
+                    out=str(out), wandb=wandb, codec=codec)
+    if codec == "h264":
+        ladder = transcode(out / "data", out / "ladder", crfs=[0, *sweep_levels(config)])
+        print(f"CRF ladder: {ladder.summary()}")
+        config = config.replace(ladder=str(out / "ladder"))
     if retrain_steps is not None:
         config = config.replace(retrain_max_steps=retrain_steps)
     accelerator, run_dir = prepare_run("demo", config)
@@ -128,7 +142,8 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     recovery = run_experiment(config, task, run_dir, accelerator)
     minutes = (time.perf_counter() - started) / 60
     if accelerator.is_main_process:
-        print("\nagreement with the teacher's clean-image top-1, before and after fine-tuning on JPEG:\n")
+        print(f"\nagreement with the teacher's clean-image top-1, before and after fine-tuning on "
+              f"{'H.264' if codec == 'h264' else 'JPEG'}:\n")
         print(markdown_table(recovery))
         print(f"\ndemo finished in {minutes:.1f} min; report: {run_dir / 'report.md'}, plot: {run_dir / 'experiment.png'}")
     return recovery
