@@ -13,6 +13,7 @@ from its compressed copy (distillation), with BatchNorm statistics frozen and a 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -130,6 +131,9 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
                     out=str(out), wandb=wandb, codec=codec)
     if codec == "h264":
         # a keyframe every 5 frames: a random frame costs the CPU decoder 3 frames on average, not 8
+        built = out / "ladder" / "ladder.json"
+        if built.is_file() and json.loads(built.read_text()).get("keyint") != DEMO_KEYINT:
+            shutil.rmtree(out / "ladder")  # from an earlier version of the demo
         ladder = transcode(out / "data", out / "ladder", crfs=[0, *sweep_levels(config)], keyint=DEMO_KEYINT)
         print(f"CRF ladder: {ladder.summary()}")
         config = config.replace(ladder=str(out / "ladder"))
