@@ -45,6 +45,13 @@ class QualitySpec:
         """The qualities as an int32 array, the form `fn.random.choice` takes."""
         return np.asarray(self.qualities, dtype=np.int32)
 
+    def draw(self, rng: np.random.Generator) -> int:
+        """One quality drawn in Python (for pipelines fed from Python): ``CLEAN_QUALITY`` with
+        probability `clean_prob`, else uniform over the spec's qualities."""
+        if self.is_none or (self.clean_prob > 0 and rng.random() < self.clean_prob):
+            return CLEAN_QUALITY
+        return int(self.qualities[rng.integers(len(self.qualities))])
+
     def __str__(self) -> str:
         return self.text if not self.clean_prob else f"{self.text} (clean_prob={self.clean_prob:g})"
 

@@ -16,8 +16,8 @@ from dali_pipes.validate import BadImageError
 from trainers.config import Config, coerce, config_keys, load_yaml
 
 CONFIG_COMMANDS = {
-    "train": "train or fine-tune a task model with the JPEG codec in the loop",
-    "sweep": "evaluate a checkpoint clean and at each JPEG quality level: sweep.csv, sweep.png, report.md",
+    "train": "train or fine-tune a task model with the codec (JPEG or H.264) in the loop",
+    "sweep": "evaluate a checkpoint clean and at each JPEG quality or H.264 CRF: sweep.csv, sweep.png, report.md",
     "experiment": "the paper protocol: baseline -> sweep -> retrain on compressed data -> sweep -> recovery",
 }
 PENDING = {
@@ -32,8 +32,30 @@ EXAMPLES = """examples:
 """
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config key, grouped as hyper-parameters and runtime settings."""
+def task_in(argv: list[str]) -> str | None:
+    """The value of ``--task`` among `argv`, if any (so ``--help`` can list that task's models)."""
+    for position, token in enumerate(argv):
+        if token == "--task" and position + 1 < len(argv):
+            return argv[position + 1]
+        if token.startswith("--task="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def model_help(task_name: str) -> str:
+    """The ``--model`` help of one task: its model names and default."""
+    import inspect
+
+    from tasks import get_task_class
+
+    task_class = get_task_class(task_name)
+    default = inspect.signature(task_class.__init__).parameters["model"].default
+    return f"{task_name} model: {task_class.model_help} (default: {default})"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, task: str | None = None) -> None:
+    """One flag per config key, grouped as hyper-parameters and runtime settings; with `task`, the
+    ``--model`` help lists that task's models."""
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (flags override it)")
     groups = {
         "hyper": parser.add_argument_group("hyper-parameters"),
@@ -42,6 +64,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, item in config_keys().items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         help_text = f"{item.metadata['help']} (default: {item.default})"
+        if name == "model" and task:
+            help_text = model_help(task)
         group = groups[item.metadata["group"]]
         if str(item.type).startswith("bool"):
             group.add_argument(*flags, dest=name, nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
@@ -60,8 +84,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values).validate()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `codecloop` parser with all subcommands."""
+def build_parser(task: str | None = None) -> argparse.ArgumentParser:
+    """The `codecloop` parser with all subcommands (`task`: whose models ``--model`` lists)."""
     parser = argparse.ArgumentParser(
         prog="codecloop", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -78,9 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retrain_steps", type=int, default=None, help="fine-tuning steps (default: the demo's own)")
     demo.add_argument("--wandb", choices=("online", "offline", "disabled"), default="disabled", help="W&B mode")
     for name, help_text in CONFIG_COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        add_config_flags(sub)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_config_flags(sub, task)
     compress = commands.add_parser(
         "compress", help="write a real JPEG copy of a dataset (layout kept), reporting bits per pixel",
         description="Re-encode every image under --src as a real JPEG file under --dst, same layout. Files are "
@@ -106,9 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     transcode.add_argument("--keyint", type=int, default=15, help="frames between keyframes (1..15)")
     transcode.add_argument("--fps", default="25", help="frame rate given to image sequences")
     transcode.add_argument("--workers", type=int, default=None, help="clips encoded in parallel (default: cores)")
+    synthetic = commands.add_parser(
+        "make-synthetic", help="write a small dataset in a dense task's real format (to check an install)",
+        description="Shapes with known boxes, masks and keypoints, and rendered depth, with fine textures that "
+                    "compression visibly hurts, written as PNGs in the task's real on-disk format: COCO JSON "
+                    "(detection, pose), image + mask PNG folders (segmentation), image + 16-bit depth PNGs "
+                    "(depth). Written to a temporary folder and renamed when whole.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    synthetic.add_argument("--task", required=True, choices=("detection", "segmentation", "pose", "depth"))
+    synthetic.add_argument("--out", required=True, type=Path, help="dataset folder to create (must not hold files)")
+    synthetic.add_argument("--train", type=int, default=24, help="training images")
+    synthetic.add_argument("--val", type=int, default=8, help="validation images")
+    synthetic.add_argument("--size", default="96x128", help="image height x width")
+    synthetic.add_argument("--seed", type=int, default=0, help="random seed")
     report = commands.add_parser("report", help="rebuild tables and plots of a run directory from its CSV files")
     report.add_argument("run_dir", type=Path, help="run directory holding sweep.csv")
-    report.add_argument("--metric", default="top1", help="metric to plot and recover (default: top1)")
+    report.add_argument("--metric", default=None,
+                        help="metric to plot and recover (default: the primary metric of the run's task)")
     for name, help_text in PENDING.items():
         commands.add_parser(name, help=help_text, description=help_text)
     return parser
@@ -116,7 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse and dispatch; bad input exits with status 2 and a message naming the culprit."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    task = task_in(argv) if any(token in ("-h", "--help") for token in argv) else None
+    try:
+        parser = build_parser(task)
+    except ValueError as error:
+        print(f"codecloop: error: {error}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         if args.command in PENDING:
@@ -142,11 +186,21 @@ def main(argv: list[str] | None = None) -> int:
             for source, reason in result.failed.values():
                 print(f"skipped {source}: {reason}", file=sys.stderr)
             print(result.summary())
+        elif args.command == "make-synthetic":
+            from tasks.dense_common import parse_input_size
+            from tasks.synthetic import make_synthetic
+
+            height, width = parse_input_size(args.size, 0)
+            out = make_synthetic(args.task, args.out, train=args.train, val=args.val, height=height, width=width,
+                                 seed=args.seed)
+            print(f"wrote a synthetic {args.task} dataset to {out}; try: codecloop experiment --task {args.task} "
+                  f"--data {out} --input_size {args.size} --max_steps 100")
         elif args.command == "report":
             from trainers.protocol import rebuild_report
 
             rebuild_report(args.run_dir, args.metric)
-    except (ValueError, FileNotFoundError, NotADirectoryError, NotImplementedError, BadImageError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NotImplementedError,
+            BadImageError) as error:
         print(f"codecloop {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

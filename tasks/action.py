@@ -42,6 +42,7 @@ class ActionTask:
     higher_is_better = True
     memory_format = None
     codecs = ("h264",)
+    model_help = ", ".join(VIDEO_MODELS)
 
     def __init__(self, data: str | Path, ladder: str | Path | None = None, model: str = "r3d_18",
                  pretrained: str | None = None, num_classes: int | None = None, label_smoothing: float = 0.0,

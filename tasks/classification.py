@@ -57,6 +57,7 @@ class ClassificationTask:
     higher_is_better = True
     memory_format = torch.channels_last
     codecs = ("jpeg", "h264")
+    model_help = "any timm model name (timm.list_models()), e.g. resnet50, efficientnet_lite0, vit_small_patch16_224"
 
     def __init__(
         self,

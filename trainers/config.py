@@ -30,9 +30,12 @@ class Config:
     """Every key a run accepts. See `codecloop train --help` for the same list with help."""
 
     # --- data and model (hyper-parameters) ---
-    task: str = _key("classification", "task name", "hyper")
+    task: str = _key("classification", "task: classification, action, detection, segmentation, pose or depth",
+                     "hyper")
     data: str | None = _key(None, "dataset root (ImageFolder: ROOT/train/<class>/, ROOT/val/<class>/)", "hyper")
-    model: str = _key("resnet50", "timm model name", "hyper")
+    model: str | None = _key(None, "model name; `codecloop train --task T --help` lists each task's (default: the "
+                             "task's own: resnet50, r3d_18, fasterrcnn_mobilenet_v3_large_fpn, unet_resnet18, "
+                             "simplebaseline_resnet18, unet_resnet18)", "hyper")
     pretrained: str | None = _key(None, "local weights file to start from (no hub download)", "hyper")
     num_classes: int | None = _key(None, "classifier width; default: number of class folders", "hyper")
     codec: str = _key("jpeg", "codec in the loop: jpeg (quality keys) or h264 (crf keys)", "hyper", CODECS)
@@ -55,6 +58,13 @@ class Config:
         ("native", "after_resize"),
     )
     crop_size: int = _key(224, "network input size", "hyper")
+    input_size: str | None = _key(None, "detection / segmentation / pose / depth: network input as S or HxW "
+                                  "(default: crop_size square)", "hyper")
+    min_scale: float = _key(0.35, "dense tasks: train crop's smallest area, as a fraction of the image (pose: of "
+                            "the person box)", "hyper")
+    min_depth: float = _key(1e-3, "depth: smallest valid depth in metres", "hyper")
+    max_depth: float = _key(80.0, "depth: largest valid depth in metres (prediction clamped to it)", "hyper")
+    eigen_crop: bool = _key(False, "depth: evaluate inside the Garg/Eigen KITTI crop only", "hyper")
     resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper")
     min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper")
     normalize: str = _key("imagenet", "input normalization: imagenet mean/std or inception (0.5/0.5)", "hyper",

@@ -2,8 +2,8 @@
 
 Model, optimizer and scheduler go through `accelerator.prepare`; the DALI iterator does not:
 each process reads its own shard (``process_index`` / ``num_processes``) on its own GPU
-(``local_process_index``). Evaluation pads each rank's per-sample metrics to a common length,
-gathers them with `gather_for_metrics` and drops the padding, so every sample counts once.
+(``local_process_index``). Evaluation sums each rank's per-sample metrics (the pipelines drop
+their padding) and gathers the sums once, so every sample counts once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec, default_num_threads
@@ -119,29 +120,44 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task, batches, accelerator: Accelerator,
              use_channels_last: bool = False) -> dict[str, float]:
-    """Dataset means of the task's per-sample metrics, every sample counted once; adds ``n``."""
+    """Dataset means of the task's per-sample metrics, plus its dataset-level metrics; adds ``n``.
+
+    Each rank sums its own samples (padding was dropped by the pipeline); the sums, and the
+    state of the task's `metric_accumulator` when it has one (COCO AP, confusion matrices),
+    are gathered once at the end, so every sample counts exactly once. A per-sample value
+    that is NaN (say, an image without valid depth) is left out of that metric's mean.
+    """
     model.eval()
-    sums: torch.Tensor | None = None
-    names: list[str] = []
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    samples = 0
+    accumulator = task.metric_accumulator() if hasattr(task, "metric_accumulator") else None
     for batch in batches:
+        if batch_size_of(batch) == 0:
+            continue
         if use_channels_last:
             batch = channels_last(batch)
-        if batch_size_of(batch) == 0 and names:  # a rank's padding-only last batch: nothing to add, but gather
-            values = torch.zeros(0, len(names) + 1, device=accelerator.device)
-        else:
-            with accelerator.autocast():
-                outputs = task.predict(model, batch)
-            metrics = task.sample_metrics(outputs, batch)
-            names = list(metrics)
-            values = torch.stack([metrics[name].float() for name in names] + [torch.ones_like(metrics[names[0]])], 1)
-        values = accelerator.gather_for_metrics(accelerator.pad_across_processes(values, dim=0))
-        total = values.sum(dim=0)
-        sums = total if sums is None else sums + total
-    if sums is None:
-        return {"n": 0}
-    count = sums[-1].item()
-    result = {name: (sums[i] / count).item() for i, name in enumerate(names)}
-    result["n"] = int(count)
+        with accelerator.autocast():
+            outputs = task.predict(model, batch)
+        samples += batch_size_of(batch)
+        if accumulator is not None:
+            accumulator.update(outputs, batch)
+        for name, values in task.sample_metrics(outputs, batch).items():
+            values = values.float()
+            finite = ~values.isnan()
+            sums[name] = sums.get(name, 0) + values.nan_to_num(0.0).sum()
+            counts[name] = counts.get(name, 0) + finite.sum()
+    local = ({name: (float(sums[name]), int(counts[name])) for name in sums}, samples,
+             accumulator.state() if accumulator is not None else None)
+    shards = gather_object([local]) if accelerator.num_processes > 1 else [local]
+    result: dict[str, float] = {}
+    for name in dict.fromkeys(name for totals, _, _ in shards for name in totals):
+        total = sum(totals[name][0] for totals, _, _ in shards if name in totals)
+        count = sum(totals[name][1] for totals, _, _ in shards if name in totals)
+        result[name] = total / count if count else float("nan")
+    if accumulator is not None:
+        result.update(accumulator.compute([state for _, _, state in shards]))
+    result["n"] = sum(count for _, count, _ in shards)
     return result
 
 
@@ -160,6 +176,11 @@ class Trainer:
         self.train_index = task.sample_index("train")
         self.val_index = task.sample_index("val") if task.has_split("val") else None
         self.channels_last = uses_channels_last(config, task)
+        for index in (self.train_index, self.val_index):
+            fixed = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in getattr(index, "counts", {}).items()
+                              if count)
+            if fixed:
+                accelerator.print(f"{index.split} split: {fixed}")
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch: shards are padded to equal size, the last batch is partial."""
@@ -245,6 +266,9 @@ class Trainer:
         metrics: dict = {"epoch": state.epoch}
         skipped = self.train_index.skipped + (self.val_index.skipped if self.val_index else [])
         metrics["data/skipped_files"] = len(skipped)
+        for index in (self.train_index, self.val_index):
+            for name, count in getattr(index, "counts", {}).items():
+                metrics[f"data/{index.split}_{name}"] = count
         if skipped:
             metrics["data/skipped_paths"] = [f"{path}: {reason}" for path, reason in skipped]
             self.accelerator.print(f"skipped {len(skipped)} unreadable files: " + "; ".join(p for p, _ in skipped[:5]))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from tasks import get_task_class
 from trainers.checkpoint import ensure_fresh, load_model_weights
-from trainers.config import Config, eval_spec, level_spec, retrain_changes, sweep_levels, training_spec
+from trainers.config import Config, eval_spec, load_yaml, level_spec, retrain_changes, sweep_levels, training_spec
 from trainers.loop import Trainer, build_batches, evaluate, uses_channels_last
 from trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
 
@@ -36,10 +36,11 @@ CODEC_NAMES = {"jpeg": "JPEG", "h264": "H.264"}
 
 
 def task_options(config: Config, task_class: type) -> dict[str, Any]:
-    """The config keys `task_class`'s constructor takes, with their values (the rest dropped)."""
+    """The config keys `task_class`'s constructor takes, with their values; unset (None) keys and the
+    rest are dropped, so the task's own defaults apply."""
     accepted = inspect.signature(task_class.__init__).parameters
     values = config.to_dict()
-    return {key: values[key] for key in accepted if key in values}
+    return {key: values[key] for key in accepted if values.get(key) is not None}
 
 
 def make_task(config: Config):
@@ -163,11 +164,16 @@ def codec_of(rows: Sequence[dict[str, Any]]) -> str:
     return next((str(row["codec"]) for row in rows if str(row["codec"]) != "none"), "jpeg")
 
 
-def rebuild_report(run_dir: Path, metric: str = "top1") -> None:
-    """`codecloop report`: tables and plots again from a run directory's ``sweep.csv``."""
+def rebuild_report(run_dir: Path, metric: str | None = None) -> None:
+    """`codecloop report`: tables and plots again from a run directory's ``sweep.csv``; the metric
+    defaults to the primary metric of the task in its ``config.yaml``."""
     path = Path(run_dir) / "sweep.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `codecloop sweep` or `experiment` first")
+    if metric is None:
+        config_file = Path(run_dir) / "config.yaml"
+        task_name = load_yaml(config_file).get("task", "classification") if config_file.is_file() else "classification"
+        metric = get_task_class(task_name).primary_metric
     rows = read_csv(path)
     if rows and metric not in rows[0]:
         raise ValueError(f"metric {metric!r} is not a column of {path} (columns: {', '.join(rows[0])})")

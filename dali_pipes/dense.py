@@ -1,0 +1,257 @@
+"""Pipelines for dense and structured targets: codec on the whole image, then one view all targets follow.
+
+Detection, segmentation, pose and depth share this graph. Per sample, Python draws the codec
+level (JPEG quality or H.264 CRF), a crop box inside the sample's region (the whole image, or a
+person box for top-down pose) and a flip, so a resumed run repeats them. DALI then
+
+- decodes the image (nvJPEG on a GPU) and applies the JPEG codec stage at native resolution
+  (H.264 is encoded per image on CPU threads, as for classification: there is no GPU encoder);
+- resizes the crop box to the output size (images with antialiasing, raster targets such as
+  masks and depth maps by nearest neighbour) and flips images and rasters alike;
+- moves point targets (box corners, keypoints; pixel coordinates) by the same crop, scale and
+  flip with `fn.coord_transform`, and pads them to the batch's longest list.
+
+Output pixel ``j`` covers input ``x0 + (j + 0.5) * (x1 - x0) / width``: a point at input ``x``
+lands at ``(x - x0) * width / (x1 - x0)`` (mirrored: ``width`` minus that), the same convention.
+Reordering flipped box corners, clipping and flipping keypoint identities belong to the task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from PIL import Image
+
+from dali_pipes.codec import jpeg_stage
+from dali_pipes.crf import CLEAN_CRF, CrfSpec
+from dali_pipes.feeder import FedBatches, ShardedFeeder
+from dali_pipes.h264_image import h264_intra_roundtrip
+from dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize
+from dali_pipes.quality import CLEAN_QUALITY, QualitySpec
+
+Box = tuple[float, float, float, float]
+TargetLoader = Callable[[int], Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class DenseGeometry:
+    """Output size, the train crop's smallest area (fraction of the region), flips, normalization."""
+
+    height: int = 256
+    width: int = 256
+    min_scale: float = 0.35
+    flip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def normalization(self) -> ImageGeometry:
+        """The mean/std holder `normalize` takes."""
+        return ImageGeometry(mean=self.mean, std=self.std)
+
+
+@dataclass(frozen=True)
+class DenseLayout:
+    """Which targets a task's samples carry.
+
+    `rasters`: HxW arrays the size of the image (masks, depth), resized by nearest neighbour.
+    `points`: a ``(P, 2)`` float array of pixel coordinates under ``points``.
+    `extras`: per-sample arrays passed through untouched, padded along their first axis.
+    """
+
+    rasters: tuple[str, ...] = ()
+    points: bool = False
+    extras: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DenseSample:
+    """An image file and the region (x0, y0, x1, y1 pixels) its view is taken from; None: whole image."""
+
+    path: str
+    region: Box | None = None
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file header."""
+    with Image.open(path) as image:
+        return image.size
+
+
+def crop_box(region: Box, width: int, height: int, geometry: DenseGeometry, rng: np.random.Generator | None) -> Box:
+    """The region clamped to the image; in training a random sub-box of it (area `min_scale`..1,
+    aspect within 3/4..4/3 of the region's)."""
+    x0, y0 = max(0.0, region[0]), max(0.0, region[1])
+    x1, y1 = min(float(width), region[2]), min(float(height), region[3])
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        x0, y0, x1, y1 = 0.0, 0.0, float(width), float(height)
+    if rng is None:
+        return x0, y0, x1, y1
+    region_w, region_h = x1 - x0, y1 - y0
+    for _ in range(10):
+        area = rng.uniform(geometry.min_scale, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = region_w * math.sqrt(area * aspect), region_h * math.sqrt(area / aspect)
+        if 1 <= w <= region_w and 1 <= h <= region_h:
+            left, top = x0 + rng.uniform(0, region_w - w), y0 + rng.uniform(0, region_h - h)
+            return left, top, left + w, top + h
+    return x0, y0, x1, y1
+
+
+def point_matrix(box: Box, geometry: DenseGeometry, mirror: bool) -> np.ndarray:
+    """The 2x3 ``[M T]`` taking input pixel coordinates to the output view of `box` (mirrored or not)."""
+    x0, y0, x1, y1 = box
+    scale_x, scale_y = geometry.width / (x1 - x0), geometry.height / (y1 - y0)
+    if mirror:
+        return np.array([[-scale_x, 0, geometry.width + x0 * scale_x], [0, scale_y, -y0 * scale_y]], np.float32)
+    return np.array([[scale_x, 0, -x0 * scale_x], [0, scale_y, -y0 * scale_y]], np.float32)
+
+
+class DenseFeeder(ShardedFeeder):
+    """This rank's images and targets with a drawn codec level, crop box and flip per sample."""
+
+    def __init__(self, samples: Sequence[DenseSample], layout: DenseLayout, load_targets: TargetLoader,
+                 spec: QualitySpec | CrfSpec, geometry: DenseGeometry, preset: str = "veryfast", **sharding) -> None:
+        super().__init__(len(samples), **sharding)
+        self.samples, self.layout, self.load_targets = list(samples), layout, load_targets
+        self.spec, self.geometry, self.preset = spec, geometry, preset
+        self.h264 = isinstance(spec, CrfSpec)
+
+    @property
+    def level_name(self) -> str:
+        """The batch key of the drawn codec level."""
+        return "h264_crf" if self.h264 else "jpeg_quality"
+
+    def outputs(self) -> tuple[str, ...]:
+        points = ("points", "num_points") if self.layout.points else ()
+        return ("image" if self.h264 else "encoded", "roi_start", "roi_end", "mirror", "points_mt", "level",
+                *self.layout.rasters, *points, *self.layout.extras, "index", "valid")
+
+    def _image(self, path: str, level: int) -> tuple[np.ndarray, int, int]:
+        """The encoded file (JPEG: decoded by DALI) or the H.264-roundtripped pixels, and the size."""
+        if not self.h264:
+            width, height = image_size(path)
+            return np.fromfile(path, np.uint8), width, height
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        if level != CLEAN_CRF:
+            pixels = h264_intra_roundtrip(pixels, level, self.preset)
+        return pixels, pixels.shape[1], pixels.shape[0]
+
+    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        sample = self.samples[index]
+        level = self.spec.draw(rng)
+        image, width, height = self._image(sample.path, level)
+        targets = self.load_targets(index)
+        out: dict[str, np.ndarray] = {"encoded" if not self.h264 else "image": image, "level": np.int32(level)}
+        for name in self.layout.rasters:
+            raster = np.asarray(targets[name])
+            if raster.shape[:2] != (height, width):
+                raise ValueError(f"{name} of {sample.path} is {raster.shape[1]}x{raster.shape[0]}, the image "
+                                 f"{width}x{height}")
+            out[name] = np.ascontiguousarray(raster.reshape(height, width, 1))
+        region = sample.region or (0.0, 0.0, float(width), float(height))
+        box = crop_box(region, width, height, self.geometry, rng if self.training else None)
+        mirror = self.training and self.geometry.flip and rng.random() < 0.5
+        out["roi_start"] = np.array([box[1], box[0]], np.float32)
+        out["roi_end"] = np.array([box[3], box[2]], np.float32)
+        out["mirror"] = np.int32(mirror)
+        out["points_mt"] = point_matrix(box, self.geometry, mirror)
+        if self.layout.points:
+            points = np.asarray(targets["points"], np.float32).reshape(-1, 2)
+            out["points"], out["num_points"] = points, np.int32(len(points))
+        for name in self.layout.extras:
+            out[name] = np.asarray(targets[name])
+        return out
+
+
+def view(images, roi_start, roi_end, geometry: DenseGeometry, nearest: bool = False):
+    """The crop box (`roi_start`, `roi_end`: y, x pixels) resized to the output size."""
+    if nearest:
+        return fn.resize(images, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                         size=[geometry.height, geometry.width], interp_type=types.INTERP_NN, antialias=False)
+    return fn.resize(images, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                     size=[geometry.height, geometry.width], antialias=True)
+
+
+def move_points(points, matrix):
+    """Pixel coordinates through the view's ``[M T]``, padded to the batch's longest list."""
+    return fn.pad(fn.coord_transform(points, MT=matrix), axes=(0,), fill_value=0.0)
+
+
+@pipeline_def(enable_conditionals=True)
+def dense_pipeline(feeder: DenseFeeder, on_gpu: bool):
+    """Outputs ``(image, index, level, valid, points_mt, mirror, *rasters[, points, num_points], *extras)``."""
+    names = feeder.outputs()
+    layouts = ["HWC" if name in ("image", *feeder.layout.rasters) else "" for name in names]
+    nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
+                                               layout=layouts)))
+    geometry = feeder.geometry
+    if feeder.h264:
+        images = nodes["image"].gpu() if on_gpu else nodes["image"]
+    else:
+        images = decode(nodes["encoded"], on_gpu)
+        if nodes["level"] != CLEAN_QUALITY:
+            images = jpeg_stage(images, nodes["level"])
+    roi = nodes["roi_start"], nodes["roi_end"]
+    images = normalize(view(images, *roi, geometry), geometry.normalization(), mirror=nodes["mirror"])
+    rasters = []
+    for name in feeder.layout.rasters:
+        raster = nodes[name].gpu() if on_gpu else nodes[name]
+        rasters.append(fn.flip(view(raster, *roi, geometry, nearest=True), horizontal=nodes["mirror"]))
+    points = (move_points(nodes["points"], nodes["points_mt"]), nodes["num_points"]) if feeder.layout.points else ()
+    extras = [fn.pad(nodes[name], axes=(0,), fill_value=0) for name in feeder.layout.extras]
+    return (images, nodes["index"], nodes["level"], nodes["valid"], nodes["points_mt"], nodes["mirror"],
+            *rasters, *points, *extras)
+
+
+class DenseBatches(FedBatches):
+    """Epochs of ``{image, index, jpeg_quality | h264_crf, points_mt, mirror, *rasters, [points,
+    num_points], *extras, **targets}`` batches; rasters are ``(B, H, W)``, points ``(B, P, 2)``."""
+
+    def __init__(
+        self,
+        samples: Sequence[DenseSample],
+        *,
+        layout: DenseLayout,
+        load_targets: TargetLoader,
+        batch_size: int,
+        training: bool,
+        spec: QualitySpec | CrfSpec,
+        geometry: DenseGeometry = DenseGeometry(),
+        targets: Mapping[str, torch.Tensor] | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        device_id: int | None = None,
+        num_threads: int = 1,
+        seed: int = 0,
+        prefetch_queue_depth: int = 2,
+        checkpoint: bytes | str | None = None,
+        preset: str = "veryfast",
+    ) -> None:
+        start_epoch, start_batch = FedBatches.start(checkpoint)
+        feeder = DenseFeeder(samples, layout, load_targets, spec, geometry, preset, training=training,
+                             batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
+                             start_epoch=start_epoch, start_batch=start_batch, threads=num_threads)
+        pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, batch_size=batch_size,
+                              num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
+        device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
+        names = ["image", "index", feeder.level_name, "valid", "points_mt", "mirror", *layout.rasters]
+        names += ["points", "num_points"] if layout.points else []
+        super().__init__(pipe, feeder, names + list(layout.extras), device, targets)
+        self.layout = layout
+
+    def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rasters lose their channel axis, ``(B, H, W)``; extras keep their sample axis, ``(B, N, ...)``."""
+        for name in self.layout.rasters:
+            batch[name] = batch[name][..., 0]
+        if self.layout.points:
+            batch["points"] = batch["points"].reshape(len(batch["index"]), -1, 2)
+        for name in self.layout.extras:
+            if batch[name].ndim == 1:
+                batch[name] = batch[name][:, None]
+        return batch

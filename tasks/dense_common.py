@@ -1,0 +1,99 @@
+"""What detection, segmentation, pose and depth share: input size, their pipeline, paired folders.
+
+Each dense task is a `DenseTask`: it reads its format into a `SampleIndex` whose `annotations`
+hold per-sample targets, declares a `DenseLayout` (raster targets, points, extras) and turns
+one annotation into arrays in `load_targets`; `batches` builds the shared dense pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec
+from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+from tasks.classification import IMAGE_SUFFIXES
+from tasks.sample_index import SampleIndex
+
+
+def parse_input_size(text: str | None, fallback: int) -> tuple[int, int]:
+    """``"384"`` -> (384, 384); ``"352x1216"`` -> (352, 1216); None -> the fallback square."""
+    if text is None:
+        return fallback, fallback
+    parts = str(text).lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"config key 'input_size': {text!r} is not S or HxW (positive integers)")
+    height, width = int(parts[0]), int(parts[-1])
+    return height, width
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted; errors name a missing or empty folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image folder {folder} holds no image file")
+    return files
+
+
+def paired_files(root: Path, split: str, target_folder: str, suffixes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(image, target)`` pairs: ``root/images/<split>/X.*`` with ``root/<target_folder>/<split>/X<suffix>``.
+
+    An image without its target file is an error listing the first few.
+    """
+    image_root, target_root = root / "images" / split, root / target_folder / split
+    pairs, missing = [], []
+    for image in list_images(image_root):
+        stem = image.relative_to(image_root).with_suffix("")
+        target = next((target_root / f"{stem}{suffix}" for suffix in suffixes
+                       if (target_root / f"{stem}{suffix}").is_file()), None)
+        if target is None:
+            missing.append(str(target_root / f"{stem}{suffixes[0]}"))
+        else:
+            pairs.append((str(image), str(target)))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) of {image_root} have no {target_folder} file (first: "
+                                f"{', '.join(missing[:3])})")
+    return pairs
+
+
+class DenseTask:
+    """Base of the dense tasks: geometry from the config, the shared pipeline, channels-last models."""
+
+    codecs = ("jpeg", "h264")
+    memory_format = torch.channels_last
+    layout = DenseLayout()
+
+    def __init__(self, data: str | Path, input_size: str | None, crop_size: int, min_scale: float) -> None:
+        self.root = Path(data)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset path {self.root} does not exist")
+        if not 0.0 < min_scale <= 1.0:
+            raise ValueError(f"config key 'min_scale': {min_scale} is outside (0, 1]")
+        height, width = parse_input_size(input_size, crop_size)
+        self.geometry = DenseGeometry(height, width, min_scale)
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``images/<split>`` exists (the folder layouts; COCO tasks look for their JSON)."""
+        return (self.root / "images" / split).is_dir()
+
+    def load_targets(self, index: SampleIndex, position: int) -> Mapping[str, np.ndarray]:
+        """The target arrays of sample `position` of `index`, as `layout` names them."""
+        raise NotImplementedError
+
+    def batches(self, index: SampleIndex, *, training: bool, spec: QualitySpec | CrfSpec, runtime: PipelineRuntime,
+                checkpoint: bytes | str | None = None, with_clean: bool = False) -> DenseBatches:
+        """Epochs of `index` through the codec stage and the shared crop / flip / resize, on the device."""
+        if with_clean:
+            raise ValueError(f"the {self.name} task has no clean-view pairing")
+        samples = [DenseSample(path, annotation.get("region"))
+                   for path, annotation in zip(index.files, index.annotations or [{}] * len(index))]
+        return DenseBatches(samples, layout=self.layout, load_targets=functools.partial(self.load_targets, index),
+                            training=training, spec=spec, geometry=self.geometry, targets=index.targets,
+                            checkpoint=checkpoint, **dataclasses.asdict(runtime))

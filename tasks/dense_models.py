@@ -1,0 +1,256 @@
+"""Model factories for the dense tasks: detection, segmentation, pose and depth.
+
+Torchvision models are built by name with ``weights=None`` (local weights only, never a download).
+Any timm encoder drives two model families of our own: `UNet` (segmentation and depth,
+``unet_<timm encoder>``) and `SimpleBaseline` (pose heatmaps, ``simplebaseline_<timm encoder>``).
+A ``pretrained_encoder`` file is loaded into the encoder / backbone with `load_encoder_weights`,
+which also accepts a whole classifier checkpoint (its head is dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import detection, segmentation
+
+from tasks.pretrained import _read_state_dict, load_pretrained, load_state_dict_by_order
+
+DETECTION_MODELS = (
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large",
+)
+SEGMENTATION_MODELS = ("deeplabv3_resnet50", "fcn_resnet50", "lraspp_mobilenet_v3_large")
+POSE_MODELS = ("keypointrcnn_resnet50_fpn",)
+DEPTH_MODELS: tuple[str, ...] = ()
+UNET_PREFIX = "unet_"
+SIMPLEBASELINE_PREFIX = "simplebaseline_"
+MAX_LOG_DEPTH = 15.0
+_COUNTER = "num_batches_tracked"
+
+_FAMILIES = {
+    "detection": (DETECTION_MODELS, None),
+    "segmentation": (SEGMENTATION_MODELS, UNET_PREFIX),
+    "pose": (POSE_MODELS, SIMPLEBASELINE_PREFIX),
+    "depth": (DEPTH_MODELS, UNET_PREFIX),
+}
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> str:
+    """Load a local weights file into an encoder / backbone; returns how it loaded.
+
+    Tries `load_pretrained` (a checkpoint of this very encoder), then a classifier checkpoint of
+    the same architecture: by key when every encoder key is in it, else by tensor order against
+    its leading tensors (key names differ, e.g. a ported checkpoint or a whole saved model).
+    """
+    try:
+        return load_pretrained(encoder, path)
+    except ValueError as error:
+        first_error = error
+    source = _read_state_dict(Path(path))
+    target = encoder.state_dict()
+    if all(key in source and source[key].shape == value.shape for key, value in target.items()):
+        encoder.load_state_dict({key: source[key] for key in target}, strict=True)
+        return f"exact keys, {len(target)} of {len(source)} entries from {Path(path).name} (rest dropped)"
+    wanted = sum(not key.endswith(_COUNTER) for key in target)
+    prefix: dict[str, torch.Tensor] = {}
+    taken = 0
+    for key, value in source.items():
+        is_counter = key.endswith(_COUNTER)
+        if not is_counter and taken == wanted:
+            break
+        prefix[key] = value
+        taken += not is_counter
+    try:
+        load_state_dict_by_order(encoder, prefix)
+    except ValueError as error:
+        raise ValueError(f"{path}: not weights for this encoder ({first_error}; leading tensors: {error})") from error
+    return f"by tensor order, leading {wanted} tensors of {len(source)} entries from {Path(path).name}"
+
+
+def create_encoder(name: str, out_indices: Sequence[int] | None = None) -> nn.Module:
+    """A timm backbone returning a list of feature maps (``features_only``), random weights."""
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm encoder {name!r} (timm.list_models() lists the valid names)")
+    options = {} if out_indices is None else {"out_indices": tuple(out_indices)}
+    try:
+        return timm.create_model(name, features_only=True, pretrained=False, **options)
+    except RuntimeError as error:
+        raise ValueError(f"timm encoder {name!r} cannot return feature maps: {error}") from error
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]
+
+
+class UNet(nn.Module):
+    """U-Net decoder on any timm encoder; forward(x) -> (B, out_channels, H, W) for any H, W.
+
+    From the deepest feature up, each block upsamples (bilinear) to the next skip's exact size, so
+    inputs need not be multiples of the encoder stride, concatenates, and applies two 3x3
+    conv-BN-ReLU. `decoder_channels` gives each block's width, deepest first; entries beyond the
+    encoder's skip count are unused. The 1x1 head runs before the final upsample to the input size:
+    both are linear, so the order does not change the result, only the cost.
+    """
+
+    def __init__(self, encoder: str, out_channels: int, decoder_channels: Sequence[int] = (256, 128, 64, 32),
+                 pretrained_encoder: str | Path | None = None) -> None:
+        super().__init__()
+        self.encoder = create_encoder(encoder)
+        if pretrained_encoder:
+            load_encoder_weights(self.encoder, pretrained_encoder)
+        channels = self.encoder.feature_info.channels()
+        skips = channels[-2::-1]
+        if not skips or len(decoder_channels) < len(skips):
+            raise ValueError(f"UNet on {encoder!r} needs {len(skips)} decoder widths (one per skip feature, "
+                             f"at least one), got {len(decoder_channels)}")
+        blocks, previous = [], channels[-1]
+        for skip, width in zip(skips, decoder_channels):
+            blocks.append(nn.Sequential(*_conv_bn_relu(previous + skip, width), *_conv_bn_relu(width, width)))
+            previous = width
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(previous, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)
+        y = features[-1]
+        for block, skip in zip(self.decoder, features[-2::-1]):
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([y, skip], dim=1))
+        return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class DepthUNet(UNet):
+    """UNet predicting log depth; forward(x) -> (B, H, W) depth = exp(log depth), always > 0.
+
+    exp rather than softplus: the scale-invariant log loss takes log(depth), which is then the raw
+    output itself, so its gradient neither saturates nor explodes near zero depth. The log is
+    clamped to +-MAX_LOG_DEPTH and exponentiated in float32 so fp16 autocast cannot overflow.
+    """
+
+    def __init__(self, encoder: str, decoder_channels: Sequence[int] = (256, 128, 64, 32),
+                 pretrained_encoder: str | Path | None = None) -> None:
+        super().__init__(encoder, 1, decoder_channels, pretrained_encoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_depth = super().forward(x)[:, 0].float()
+        return log_depth.clamp(-MAX_LOG_DEPTH, MAX_LOG_DEPTH).exp()
+
+
+class SimpleBaseline(nn.Module):
+    """SimpleBaseline pose network (Xiao et al. 2018): deepest timm feature, deconvolutions, heatmaps.
+
+    forward(x) -> (B, num_keypoints, H', W') with H' about H / `heatmap_stride`; `heatmap_stride` is
+    the encoder's stride over 2**deconv_layers (4.0 for a stride-32 encoder and 3 layers).
+    """
+
+    def __init__(self, encoder: str, num_keypoints: int, deconv_channels: int = 256, deconv_layers: int = 3,
+                 pretrained_encoder: str | Path | None = None) -> None:
+        super().__init__()
+        self.encoder = create_encoder(encoder, out_indices=(-1,))
+        if pretrained_encoder:
+            load_encoder_weights(self.encoder, pretrained_encoder)
+        layers, previous = [], self.encoder.feature_info.channels()[-1]
+        for _ in range(deconv_layers):
+            layers += [nn.ConvTranspose2d(previous, deconv_channels, 4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(deconv_channels), nn.ReLU(inplace=True)]
+            previous = deconv_channels
+        self.deconv = nn.Sequential(*layers)
+        self.head = nn.Conv2d(previous, num_keypoints, 1)
+        self.heatmap_stride = self.encoder.feature_info.reduction()[-1] / 2**deconv_layers
+        for module in [*self.deconv.modules(), self.head]:
+            if isinstance(module, (nn.ConvTranspose2d, nn.Conv2d)):
+                nn.init.normal_(module.weight, std=0.001)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.deconv(self.encoder(x)[-1]))
+
+
+class MainOutput(nn.Module):
+    """Wraps a torchvision segmentation model so forward(x) returns its ``"out"`` logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+def model_names(task: str) -> str:
+    """Human-readable list of the valid model names of `task`, for --help and error messages."""
+    if task not in _FAMILIES:
+        raise ValueError(f"unknown task {task!r}; dense tasks are {', '.join(_FAMILIES)}")
+    names, prefix = _FAMILIES[task]
+    pattern = [f"{prefix}<timm encoder> (e.g. {prefix}resnet18)"] if prefix else []
+    return ", ".join([*names, *pattern])
+
+
+def check_model_name(task: str, name: str) -> str | None:
+    """The timm encoder of a ``<prefix><encoder>`` name; None for a torchvision name; else a ValueError
+    naming the bad value and listing the valid names."""
+    names, prefix = _FAMILIES[task]
+    if name in names:
+        return None
+    if prefix and name.startswith(prefix) and timm.is_model(name.removeprefix(prefix)):
+        return name.removeprefix(prefix)
+    reason = f": {name.removeprefix(prefix)!r} is not a timm model" if prefix and name.startswith(prefix) else ""
+    raise ValueError(f"unknown {task} model {name!r}{reason}; valid: {model_names(task)}")
+
+
+def _build(factory: Callable[..., nn.Module], **options: object) -> nn.Module:
+    return factory(weights=None, weights_backbone=None, **options)
+
+
+def create_detection_model(name: str, num_classes: int, image_size: int) -> nn.Module:
+    """A torchvision detector, random weights; `num_classes` counts the background class.
+
+    RCNN / RetinaNet / FCOS resize inputs to `image_size` (min and max side) instead of their
+    800 px default; ssdlite320 always works at its own 320 px.
+    """
+    check_model_name("detection", name)
+    options: dict[str, object] = {"num_classes": num_classes}
+    if name != "ssdlite320_mobilenet_v3_large":
+        options |= {"min_size": image_size, "max_size": image_size}
+    return _build(getattr(detection, name), **options)
+
+
+def create_segmentation_model(name: str, num_classes: int, pretrained_encoder: str | Path | None = None) -> nn.Module:
+    """A segmentation network whose forward(x) returns (B, num_classes, H, W) logits."""
+    encoder = check_model_name("segmentation", name)
+    if encoder is not None:
+        return UNet(encoder, num_classes, pretrained_encoder=pretrained_encoder)
+    options = {} if name.startswith("lraspp") else {"aux_loss": False}
+    model = _build(getattr(segmentation, name), num_classes=num_classes, **options)
+    if pretrained_encoder:
+        load_encoder_weights(model.backbone, pretrained_encoder)
+    return MainOutput(model)
+
+
+def create_pose_model(name: str, num_keypoints: int, image_size: int,
+                      pretrained_encoder: str | Path | None = None) -> nn.Module:
+    """Keypoint R-CNN (person class + background, resized to `image_size`) or a SimpleBaseline."""
+    encoder = check_model_name("pose", name)
+    if encoder is not None:
+        return SimpleBaseline(encoder, num_keypoints, pretrained_encoder=pretrained_encoder)
+    model = _build(getattr(detection, name), num_classes=2, num_keypoints=num_keypoints,
+                   min_size=image_size, max_size=image_size)
+    if pretrained_encoder:
+        load_encoder_weights(model.backbone.body, pretrained_encoder)
+    return model
+
+
+def create_depth_model(name: str, pretrained_encoder: str | Path | None = None) -> nn.Module:
+    """A `DepthUNet`: forward(x) -> (B, H, W) positive depth (exp of the predicted log depth)."""
+    encoder = check_model_name("depth", name)
+    return DepthUNet(encoder, pretrained_encoder=pretrained_encoder)

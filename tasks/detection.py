@@ -1,0 +1,125 @@
+"""Object detection: COCO JSON (``annotations/instances_<split>*.json``), torchvision detectors, COCO mAP.
+
+Boxes outside the image are clipped to it, boxes of zero area (after clipping) dropped, crowd
+boxes left out, each counted in the split's ``counts``; images without annotations stay, as
+negatives. Category ids map to labels 1..K in id order (0 is the background). The codec runs on
+the whole image; box corners follow the crop, flip and resize through `fn.coord_transform` and
+are reordered and clipped on the device. mAP, AP50 and AP75 come from pycocotools, evaluated in
+the evaluation view (the whole image resized: IoU does not change under axis scaling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dali_pipes.dense import DenseLayout
+from tasks.coco import boxes_from_corners, boxes_of, has_annotation_file, read_coco
+from tasks.dense_common import DenseTask
+from tasks.dense_metrics import coco_box_metrics
+from tasks.dense_models import check_model_name, model_names, create_detection_model
+from tasks.pretrained import load_pretrained
+from tasks.registry import register_task
+from tasks.sample_index import SampleIndex
+
+
+def _numpy(value: torch.Tensor) -> np.ndarray:
+    return value.detach().float().cpu().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
+
+
+class BoxAccumulator:
+    """Ground truth and detections of one evaluation, per image, for COCO mAP."""
+
+    def __init__(self, task: "DetectionTask") -> None:
+        self.task, self.ground_truth, self.predictions = task, [], []
+
+    def update(self, detections: list[dict[str, torch.Tensor]], batch: dict[str, torch.Tensor]) -> None:
+        for image_id, truth, found in zip(batch["index"].tolist(), self.task.targets(batch), detections):
+            self.ground_truth.append({"image_id": image_id, **{key: _numpy(value) for key, value in truth.items()}})
+            self.predictions.append({"image_id": image_id, **{key: _numpy(found[key])
+                                                              for key in ("boxes", "scores", "labels")}})
+
+    def state(self) -> tuple[list, list]:
+        return self.ground_truth, self.predictions
+
+    def compute(self, states: Sequence[tuple[list, list]]) -> dict[str, float]:
+        return coco_box_metrics([g for truth, _ in states for g in truth], [p for _, found in states for p in found])
+
+
+@register_task("detection")
+class DetectionTask(DenseTask):
+    """Box detection with a torchvision detector; owns its targets, loss and COCO metrics."""
+
+    primary_metric = "map"
+    higher_is_better = True
+    memory_format = None
+    layout = DenseLayout(points=True, extras=("labels",))
+    model_help = model_names("detection")
+
+    def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn", pretrained: str | None = None,
+                 input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35) -> None:
+        super().__init__(data, input_size, crop_size, min_scale)
+        check_model_name("detection", model)
+        self.model_name, self.pretrained = model, pretrained
+        self.categories = read_coco(self.root, "instances", "train").categories
+        self.label_of = {int(category["id"]): label for label, category in enumerate(self.categories, start=1)}
+        self.num_classes = len(self.categories) + 1
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``annotations/instances_<split>*.json`` exists."""
+        return has_annotation_file(self.root, "instances", split)
+
+    def sample_index(self, split: str) -> SampleIndex:
+        """Every image of the split with its cleaned boxes; negatives kept, fixes counted."""
+        coco = read_coco(self.root, "instances", split)
+        files, annotations, counts = [], [], {"images_without_boxes": 0}
+        for image_id, (path, width, height) in coco.images.items():
+            boxes, kept = boxes_of(coco.annotations[image_id], width, height, counts)
+            unknown = {int(a["category_id"]) for a in kept} - set(self.label_of)
+            if unknown:
+                raise ValueError(f"{coco.json_path}: category id {min(unknown)} is not a category of the train split")
+            counts["images_without_boxes"] += not boxes
+            files.append(path)
+            annotations.append({
+                "boxes": np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
+                "labels": np.array([self.label_of[int(a["category_id"])] for a in kept], np.int64),
+            })
+        return SampleIndex(split, files, {}, annotations=annotations, counts=counts)
+
+    def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
+        annotation = index.annotations[position]
+        return {"points": annotation["boxes"].reshape(-1, 2), "labels": annotation["labels"]}
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Per image ``{boxes, labels}`` in the view: corners reordered, clipped, slivers dropped."""
+        out = []
+        for corners, count, labels in zip(batch["points"], batch["num_points"].tolist(), batch["labels"]):
+            boxes, keep = boxes_from_corners(corners[:count], self.geometry.height, self.geometry.width)
+            out.append({"boxes": boxes[keep], "labels": labels[:count // 2][keep]})
+        return out
+
+    def create_model(self) -> torch.nn.Module:
+        """The torchvision detector; `pretrained` is a whole-detector weights file."""
+        model = create_detection_model(self.model_name, self.num_classes, max(self.geometry.height, self.geometry.width))
+        if self.pretrained:
+            load_pretrained(model, self.pretrained)
+        return model
+
+    def predict(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections per image: ``{boxes, scores, labels}`` in the view's pixels."""
+        return model(list(batch["image"]))
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The detector's summed training losses (the model must be in train mode)."""
+        losses = model(list(batch["image"]), self.targets(batch))
+        return {"loss": sum(losses.values()), "outputs": None, **losses}
+
+    def sample_metrics(self, detections: list, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Detections found per image (the AP metrics are dataset-level)."""
+        return {"detections": torch.tensor([float(len(found["boxes"])) for found in detections])}
+
+    def metric_accumulator(self) -> BoxAccumulator:
+        return BoxAccumulator(self)
