@@ -70,7 +70,8 @@ class DenseTask:
     memory_format = torch.channels_last
     layout = DenseLayout()
 
-    def __init__(self, data: str | Path, input_size: str | None, crop_size: int, min_scale: float) -> None:
+    def __init__(self, data: str | Path, input_size: str | None, crop_size: int, min_scale: float,
+                 normalized: bool = True) -> None:
         self.root = Path(data)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset path {self.root} does not exist")
@@ -78,6 +79,8 @@ class DenseTask:
             raise ValueError(f"config key 'min_scale': {min_scale} is outside (0, 1]")
         height, width = parse_input_size(input_size, crop_size)
         self.geometry = DenseGeometry(height, width, min_scale)
+        if not normalized:  # torchvision detectors normalize inside the model: hand them 0..1 pixels
+            self.geometry = dataclasses.replace(self.geometry, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
     def has_split(self, split: str) -> bool:
         """Whether ``images/<split>`` exists (the folder layouts; COCO tasks look for their JSON)."""

@@ -61,7 +61,7 @@ class DetectionTask(DenseTask):
 
     def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn", pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35) -> None:
-        super().__init__(data, input_size, crop_size, min_scale)
+        super().__init__(data, input_size, crop_size, min_scale, normalized=False)
         check_model_name("detection", model)
         self.model_name, self.pretrained = model, pretrained
         self.categories = read_coco(self.root, "instances", "train").categories

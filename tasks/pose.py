@@ -88,8 +88,9 @@ class PoseTask(DenseTask):
 
     def __init__(self, data: str | Path, model: str = "simplebaseline_resnet18", pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35) -> None:
-        super().__init__(data, input_size, crop_size, min_scale)
-        self.top_down = check_model_name("pose", model) is not None
+        top_down = check_model_name("pose", model) is not None
+        super().__init__(data, input_size, crop_size, min_scale, normalized=top_down)
+        self.top_down = top_down
         self.model_name, self.pretrained = model, pretrained
         category = read_coco(self.root, "person_keypoints", "train").categories[0]
         self.keypoint_names = list(category["keypoints"])

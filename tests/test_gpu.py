@@ -115,3 +115,32 @@ def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
                                    num_threads=2, with_clean=True)
         views[device_id] = torch.cat([batch["image"].cpu() for batch in batches])
     assert (views[None] - views[0]).abs().mean() < 0.02
+
+
+def test_gpu_dense_batches_match_the_cpu_path(tmp_path):
+    """nvJPEG decode + the dense view on the GPU: masks and points equal the CPU pipeline's."""
+    from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+    from tasks.synthetic import make_synthetic
+    from tasks.segmentation import SegmentationTask
+
+    data = make_synthetic("segmentation", tmp_path / "data", train=2, val=4)
+    task = SegmentationTask(data, input_size="64x96")
+    index = task.sample_index("val")
+    layout = DenseLayout(rasters=("mask",), points=True)
+    points = np.array([[3.0, 4.0], [60.5, 40.25]], np.float32)
+
+    def load(position):
+        return {**task.load_targets(index, position), "points": points}
+
+    batches = {}
+    for device_id in (None, 0):
+        batches[device_id] = next(iter(DenseBatches(
+            [DenseSample(path) for path in index.files], layout=layout, load_targets=load, batch_size=4,
+            training=True, spec=parse_quality_spec("none"), geometry=DenseGeometry(64, 96), device_id=device_id,
+            seed=5)))
+    gpu, cpu = batches[0], batches[None]
+    assert gpu["image"].is_cuda and gpu["mask"].is_cuda and gpu["points"].is_cuda
+    assert torch.equal(gpu["mirror"].cpu(), cpu["mirror"])
+    assert (gpu["mask"].cpu() == cpu["mask"]).float().mean() > 0.99
+    torch.testing.assert_close(gpu["points"].cpu(), cpu["points"])
+    assert (gpu["image"].cpu() - cpu["image"]).abs().mean() < 0.05

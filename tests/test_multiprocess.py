@@ -38,3 +38,27 @@ def test_two_process_train_and_sweep(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     with (sweep_dir / "sweep.csv").open() as handle:
         assert [row["n"] for row in csv.DictReader(handle)] == ["15", "15", "15"]
+
+
+def test_two_process_dense_sweep_counts_every_image_once(tmp_path, run_cli):
+    """A confusion matrix gathered from 2 ranks over 5 images equals the one-process sweep."""
+    from tasks.synthetic import make_synthetic
+
+    data = make_synthetic("segmentation", tmp_path / "data", train=4, val=5, height=48, width=64)
+    options = ["--task", "segmentation", "--model", "unet_test_efficientnet", "--data", data, "--input_size",
+               "48x64", "--batch_size", "2", "--wandb", "disabled", "--progress", "false", "--num_threads", "1"]
+    assert run_cli("train", *options, "--max_steps", "2", "--out", tmp_path / "train")[0] == 0
+    sweeps = {}
+    for processes in (1, 2):
+        out = tmp_path / f"sweep{processes}"
+        arguments = ["sweep", *options, "--checkpoint", tmp_path / "train", "--levels", "10", "--out", out]
+        if processes == 1:
+            assert run_cli(*arguments)[0] == 0
+        else:
+            result = _torchrun(*arguments)
+            assert result.returncode == 0, result.stderr[-3000:]
+        with (out / "sweep.csv").open() as handle:
+            sweeps[processes] = list(csv.DictReader(handle))
+    assert [row["n"] for row in sweeps[2]] == ["5", "5"]
+    for one, two in zip(sweeps[1], sweeps[2]):
+        assert abs(float(one["miou"]) - float(two["miou"])) < 1e-3

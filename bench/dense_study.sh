@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The dense-task study at CPU size: for each task and model, a clean baseline trained on a
+# generated dataset (64 train / 16 val images of 96x128; torchvision detectors see them upscaled,
+# since their anchors start at 32 pixels), then the experiment protocol from that
+# baseline with JPEG (qualities 5..95) and with H.264 (CRFs 18..51), and one table of everything.
+# Usage: bench/dense_study.sh [OUT]   (default runs/dense-study; reruns skip finished runs)
+set -euo pipefail
+OUT=${1:-runs/dense-study}
+COMMON=(--wandb disabled --progress false --batch_size 8 --eval_every 0)
+
+# task model input_size baseline_epochs extra options
+RUNS=(
+  "segmentation unet_resnet18 96x128 25"
+  "segmentation fcn_resnet50 96x128 25"
+  "depth unet_resnet18 96x128 25"
+  "pose simplebaseline_resnet18 128x96 25"
+  "detection fasterrcnn_mobilenet_v3_large_fpn 256 25 --optimizer sgd --lr 0.02 --weight_decay 1e-4 --warmup_steps 20"
+  "pose keypointrcnn_resnet50_fpn 256 25 --optimizer sgd --lr 0.02 --weight_decay 1e-4 --warmup_steps 20"
+  "detection ssdlite320_mobilenet_v3_large 320 25 --optimizer sgd --lr 0.02 --weight_decay 1e-4 --warmup_steps 20"
+)
+
+for run in "${RUNS[@]}"; do
+  read -r task model size epochs extra <<<"$run"
+  data="$OUT/data/$task"
+  [ -d "$data" ] || codecloop make-synthetic --task "$task" --out "$data" --train 64 --val 16
+  base=(--task "$task" --model "$model" --data "$data" --input_size "$size" "${COMMON[@]}")
+  # shellcheck disable=SC2206
+  options=($extra)
+  dir="$OUT/$task-$model"
+  if [ ! -f "$dir/baseline/model.safetensors" ]; then
+    rm -rf "$dir/baseline"
+    codecloop train "${base[@]}" "${options[@]}" --epochs "$epochs" --out "$dir/baseline"
+  fi
+  for codec in jpeg h264; do
+    [ -f "$dir/$codec/recovery.csv" ] && continue
+    rm -rf "$dir/$codec"
+    codecloop experiment "${base[@]}" "${options[@]}" --checkpoint "$dir/baseline" --codec "$codec" \
+      --retrain_epochs 10 --retrain_quality 5-95 --retrain_crf 18-51 --retrain_clean_prob 0.1 --out "$dir/$codec"
+  done
+done
+
+python - "$OUT" <<'EOF'
+import csv, sys
+from pathlib import Path
+
+rows = []
+for recovery in sorted(Path(sys.argv[1]).glob("*/*/recovery.csv")):
+    run, codec = recovery.parent.parent.name, recovery.parent.name
+    for row in csv.DictReader(recovery.open()):
+        metric = next(key.removeprefix("clean_") for key in row if key.startswith("clean_"))
+        rows.append((run, codec, metric, row))
+print("| run | codec | metric | clean | level | baseline | retrained | recovery % |")
+print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+for run, codec, metric, row in rows:
+    recovery = f"{float(row['recovery_pct']):.0f}" if row["recovery_pct"] else "-"
+    print(f"| {run} | {codec} | {metric} | {float(row['clean_' + metric]):.3f} | {row['level']} | "
+          f"{float(row['baseline_' + metric]):.3f} | {float(row['retrained_' + metric]):.3f} | {recovery} |")
+EOF
