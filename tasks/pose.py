@@ -161,10 +161,13 @@ class PoseTask(DenseTask):
                                    .reshape(-1, self.num_keypoints, 1).to(points.dtype)], dim=2)
             if mirror:
                 keypoints = keypoints[:, flip]
-            boxes, _ = boxes_from_corners(per_person[:, :2].reshape(-1, 2), self.geometry.height, self.geometry.width)
+            boxes, keep = boxes_from_corners(per_person[:, :2].reshape(-1, 2), self.geometry.height,
+                                             self.geometry.width)
             inside = ((keypoints[..., 0] >= 0) & (keypoints[..., 0] < self.geometry.width)
                       & (keypoints[..., 1] >= 0) & (keypoints[..., 1] < self.geometry.height))
             keypoints[..., 2] = torch.where(inside, keypoints[..., 2], torch.zeros_like(keypoints[..., 2]))
+            if not self.top_down:  # people the crop cut out leave Keypoint R-CNN's targets
+                boxes, keypoints = boxes[keep], keypoints[keep]
             out.append({"boxes": boxes, "keypoints": keypoints})
         return out
 

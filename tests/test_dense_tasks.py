@@ -337,3 +337,26 @@ def test_h264_dense_batches(synthetic):
     task = SegmentationTask(synthetic["segmentation"], input_size="48x64")
     batch = _eval_batch(task, spec=parse_crf_spec("40"))
     assert batch["h264_crf"].tolist() == [40] * len(batch["index"]) and batch["image"].shape[1:] == (3, 48, 64)
+
+
+def test_keypoint_rcnn_trains_and_decodes(synthetic):
+    """Image-level pose: every person's box and keypoints become Keypoint R-CNN targets; the
+    predictions come back in original image coordinates, one result per detected person."""
+    from dali_pipes import PipelineRuntime
+
+    task = PoseTask(synthetic["pose"], model="keypointrcnn_resnet50_fpn", input_size="64")
+    index = task.sample_index("train")
+    assert len(index) == 8 and index.targets["gt_count"].max() >= 2
+    batch = next(iter(task.batches(index, training=True, spec=parse_quality_spec("20"),
+                                   runtime=PipelineRuntime(batch_size=4, seed=0))))
+    assert batch["image"].max() <= 1.0 and batch["image"].min() >= 0.0  # the model normalizes itself
+    model = task.create_model()
+    model.train()
+    losses = task.forward(model, batch)
+    assert torch.isfinite(losses["loss"]) and "loss_keypoint" in losses
+    model.eval()
+    with torch.no_grad():
+        found = task.predict(model, batch)
+    results = task.decode(found, batch)
+    assert len(results) == sum(len(image["boxes"]) for image in found)
+    assert all(result["keypoints"].shape == (17, 3) for result in results)
