@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection, segmentation
 
-from tasks.pretrained import _read_state_dict, load_pretrained, load_state_dict_by_order
+from tasks.pretrained import read_state_dict, load_pretrained, load_state_dict_by_order
 
 DETECTION_MODELS = (
     "fasterrcnn_resnet50_fpn_v2",
@@ -54,7 +54,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> str:
         return load_pretrained(encoder, path)
     except ValueError as error:
         first_error = error
-    source = _read_state_dict(Path(path))
+    source = read_state_dict(Path(path))
     target = encoder.state_dict()
     if all(key in source and source[key].shape == value.shape for key, value in target.items()):
         encoder.load_state_dict({key: source[key] for key in target}, strict=True)

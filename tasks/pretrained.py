@@ -81,7 +81,7 @@ def load_state_dict_by_order(model: torch.nn.Module, state_dict: Mapping[str, to
     model.load_state_dict({key: state_dict[src] for key, src in pairs}, strict=False)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensor dict in a weights file: raw, under "state_dict"/"model", "module." stripped."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
@@ -124,7 +124,7 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     (left at its initialisation) and reported. Anything else raises ValueError naming the file.
     """
     path = Path(path)
-    source = _read_state_dict(path)
+    source = read_state_dict(path)
     target = model.state_dict()
     if set(source) == set(target) and _first_shape_mismatch(target, source, [(k, k) for k in target]) is None:
         model.load_state_dict(source, strict=True)

@@ -360,3 +360,14 @@ def test_keypoint_rcnn_trains_and_decodes(synthetic):
     results = task.decode(found, batch)
     assert len(results) == sum(len(image["boxes"]) for image in found)
     assert all(result["keypoints"].shape == (17, 3) for result in results)
+
+
+@pytest.mark.parametrize("config", sorted(Path(__file__).parents[1].joinpath("launch", "configs").glob("*.yaml")))
+def test_shipped_configs_validate(config):
+    from trainers.config import Config, load_yaml
+    from trainers.protocol import get_task_class
+
+    values = load_yaml(config)
+    Config(**values).validate()
+    assert "codecloop experiment --config launch/configs/" in config.read_text()
+    get_task_class(values["task"])
