@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #2 and #3 in one run, for a lent GPU machine that has torch, torchvision, timm,
+# The GPU checks of issues #2, #3 and #4 in one run, for a lent GPU machine that has torch, torchvision, timm,
 # accelerate, numpy and pytest but no DALI, PyAV or wandb, and no registry access.
 #
 # Here (with registry access), fetch the wheels into the git-ignored .wheels/ folder:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .wheels nvidia-dali-cuda130 nvimgcodec-cu13 libnvcomp-cu13 nvidia-nvjpeg nvjpeg2k-cu13 \
-#     nvtiff-cu13 astunparse gast optree nvtx makefun libcst av scikit-image safetensors
+#     nvtiff-cu13 astunparse gast optree nvtx makefun libcst av scikit-image safetensors pycocotools
 #   split -b 60M .wheels/nvidia_dali_cuda130-*.whl .wheels/dali.part.   # one part per device call
 # There: cat the parts back into the wheel, then run this script with OUT set to the output folder.
 set -euo pipefail
