@@ -225,8 +225,8 @@ class PoseTask(DenseTask):
         return results
 
     def sample_metrics(self, outputs, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """People per sample (OKS AP is dataset-level)."""
-        return {"people": batch["gt_count"].float()}
+        """None: OKS AP is dataset-level (`metric_accumulator`)."""
+        return {}
 
     def metric_accumulator(self) -> "_PoseAccumulator":
         return _PoseAccumulator(self)
