@@ -24,3 +24,4 @@ python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$O
 python3 -m dali_pipes.fidelity --device gpu --out "$OUT/fidelity_gpu.md"
 python3 bench/gpu_epoch.py --out "$OUT/resnet50_epoch.json"
 python3 bench/gpu_video.py --out "$OUT/nvdec_video.json"
+python3 bench/sweep_one_pass.py --out "$OUT/sweep_one_pass_gpu.md"

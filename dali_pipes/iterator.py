@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from dali_pipes.pipelines import CODEC_PLACEMENTS, READER_NAME, ImageGeometry, image_pipeline
+from dali_pipes.pipelines import CODEC_PLACEMENTS, READER_NAME, ImageGeometry, image_pipeline, sweep_pipeline
 from dali_pipes.quality import QualitySpec
 
 
@@ -108,3 +108,57 @@ class ImageBatches:
     def checkpoint(self) -> bytes | str:
         """Serialized reader + RNG state after the last batch this iterator returned."""
         return self._iterator.checkpoints()[0]
+
+
+class SweepBatches:
+    """One epoch of evaluation batches holding every sweep level's view of the same images.
+
+    Batches are ``{index, **targets, views}`` with ``views`` mapping each level (None: clean) to
+    its ``image`` tensor, from `sweep_pipeline`: one read and decode per image for all levels,
+    instead of one full pass per level. Sharded and partial like `ImageBatches` in evaluation.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        *,
+        levels: Sequence[int],
+        batch_size: int,
+        geometry: ImageGeometry = ImageGeometry(),
+        targets: Mapping[str, torch.Tensor] | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        device_id: int | None = None,
+        num_threads: int | None = None,
+        seed: int = 0,
+        prefetch_queue_depth: int = 2,
+        codec_placement: str = "native",
+    ) -> None:
+        if not files:
+            raise ValueError("no files to read")
+        self.levels: list[int | None] = [None, *levels]
+        self.device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
+        self.targets = {name: value.to(self.device) for name, value in (targets or {}).items()}
+        pipe = sweep_pipeline(
+            files=files, shard_id=shard_id, num_shards=num_shards, levels=list(levels), geometry=geometry,
+            on_gpu=device_id is not None, codec_placement=codec_placement, batch_size=batch_size,
+            num_threads=num_threads or default_num_threads(), device_id=device_id, seed=seed,
+            prefetch_queue_depth=prefetch_queue_depth,
+        )
+        self._names = [f"view{position}" for position in range(len(self.levels))]
+        self._iterator = DALIGenericIterator([pipe], ["index", *self._names], reader_name=READER_NAME,
+                                             last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+
+    def __len__(self) -> int:
+        """Batches in the epoch on this shard."""
+        return len(self._iterator)
+
+    def __iter__(self) -> Iterator[dict]:
+        """The epoch; resets at the end."""
+        for (outputs,) in self._iterator:
+            index = outputs["index"].to(self.device, dtype=torch.long, non_blocking=True)
+            batch = {"index": index, **{name: table[index] for name, table in self.targets.items()}}
+            batch["views"] = {level: outputs[name].to(self.device, non_blocking=True)
+                              for level, name in zip(self.levels, self._names)}
+            yield batch
+        self._iterator.reset()

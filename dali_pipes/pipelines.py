@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipes.codec import jpeg_codec
+from dali_pipes.codec import jpeg_codec, jpeg_stage
 from dali_pipes.quality import QualitySpec
 
 READER_NAME = "Reader"
@@ -111,3 +111,36 @@ def image_pipeline(
     if with_clean:
         return images[0:3], index, quality, images[3:6]
     return images, index, quality
+
+
+@pipeline_def
+def sweep_pipeline(
+    files: Sequence[str],
+    shard_id: int,
+    num_shards: int,
+    levels: Sequence[int],
+    geometry: ImageGeometry,
+    on_gpu: bool,
+    codec_placement: str = "native",
+):
+    """Evaluation at many JPEG qualities in one pass: each image is read and decoded once, then
+    every level's codec stage, resize, center crop and normalize run on it; outputs
+    ``(index, clean view, view at levels[0], ...)``."""
+    encoded, index = fn.readers.file(
+        files=list(files),
+        labels=list(range(len(files))),
+        shard_id=shard_id,
+        num_shards=num_shards,
+        pad_last_batch=True,
+        random_shuffle=False,
+        name=READER_NAME,
+    )
+    images = decode(encoded, on_gpu)
+    if codec_placement == "native":
+        views = [eval_geometry(images, geometry)]
+        views += [eval_geometry(jpeg_stage(images, level), geometry) for level in levels]
+    else:
+        resized = eval_geometry(images, geometry)
+        views = [resized] + [jpeg_stage(resized, level) for level in levels]
+    return (fn.reshape(index, shape=[]),
+            *[normalize(view, geometry, center_crop=True) for view in views])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, CrfSpec, ImageBatches, ImageGeometry, PipelineRuntime, QualitySpec
 from dali_pipes.h264_image import H264ImageBatches
+from dali_pipes.iterator import SweepBatches
 from dali_pipes.ladder import load_ladder
 from dali_pipes.validate import scan_images
 from tasks.pretrained import load_pretrained
@@ -126,6 +127,13 @@ class ClassificationTask:
         return ImageBatches(index.files, training=training, spec=spec, geometry=self.geometry, targets=index.targets,
                             codec_placement=self.codec_placement, checkpoint=checkpoint, with_clean=with_clean,
                             **dataclasses.asdict(runtime))
+
+    def sweep_batches(self, index: SampleIndex, levels: list[int], runtime: PipelineRuntime) -> SweepBatches | None:
+        """All JPEG `levels` of `index` in one pass (each image decoded once); None with a ladder."""
+        if self.ladder is not None:
+            return None
+        return SweepBatches(index.files, levels=levels, geometry=self.geometry, targets=index.targets,
+                            codec_placement=self.codec_placement, **dataclasses.asdict(runtime))
 
     def ladder_frames(self, files: list[str]) -> list[tuple[str, int]]:
         """The ladder frame of each image file (the ladder is built from the dataset root's sequences)."""

@@ -107,6 +107,8 @@ class Config:
     prefetch: int = _key(2, "DALI prefetch queue depth", "runtime")
     channels_last: bool = _key(True, "channels-last memory format for the model and image batches (faster "
                                "convolutions on GPU and CPU)", "runtime")
+    one_pass_sweep: bool = _key(True, "sweep JPEG levels in one pass: each image decoded once, every level's codec "
+                                "stage in the same pipeline (false: one full pass per level)", "runtime")
     strict: bool = _key(False, "stop on the first unreadable image instead of skipping it", "runtime")
     wandb: str = _key("online", "W&B mode (online falls back to offline without an API key)", "runtime",
                       ("online", "offline", "disabled"))

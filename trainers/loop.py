@@ -44,7 +44,13 @@ def build_batches(
     with_clean: bool = False,
 ):
     """This rank's shard of `index`, through the task's pipeline, on this rank's device."""
-    runtime = PipelineRuntime(
+    return task.batches(index, training=training, spec=spec, runtime=pipeline_runtime(config, accelerator, training),
+                        checkpoint=checkpoint, with_clean=with_clean)
+
+
+def pipeline_runtime(config: Config, accelerator: Accelerator, training: bool) -> PipelineRuntime:
+    """This rank's shard, device, threads, seed and batch size for a pipeline."""
+    return PipelineRuntime(
         batch_size=config.batch_size if training else (config.eval_batch_size or config.batch_size),
         shard_id=accelerator.process_index,
         num_shards=accelerator.num_processes,
@@ -53,8 +59,6 @@ def build_batches(
         seed=(config.seed * 100_003 + accelerator.process_index) % 2**31,
         prefetch_queue_depth=config.prefetch,
     )
-    return task.batches(index, training=training, spec=spec, runtime=runtime, checkpoint=checkpoint,
-                        with_clean=with_clean)
 
 
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -117,48 +121,62 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
                 module.eval()
 
 
+class Evaluation:
+    """Running sums of one evaluation: the task's per-sample metrics and its dataset-level
+    `metric_accumulator` (COCO AP, confusion matrices) when it has one.
+
+    Each rank adds its own samples (the pipelines drop their padding); `result` gathers the sums
+    and accumulator states once, so every sample counts exactly once. A per-sample value that is
+    NaN (say, an image without valid depth) is left out of that metric's mean.
+    """
+
+    def __init__(self, task) -> None:
+        self.task = task
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
+        self.samples = 0
+        self.accumulator = task.metric_accumulator() if hasattr(task, "metric_accumulator") else None
+
+    def add(self, outputs, batch: dict[str, torch.Tensor]) -> None:
+        """Count one batch's predictions."""
+        self.samples += batch_size_of(batch)
+        if self.accumulator is not None:
+            self.accumulator.update(outputs, batch)
+        for name, values in self.task.sample_metrics(outputs, batch).items():
+            values = values.float()
+            self.sums[name] = self.sums.get(name, 0) + values.nan_to_num(0.0).sum()
+            self.counts[name] = self.counts.get(name, 0) + (~values.isnan()).sum()
+
+    def result(self, accelerator: Accelerator) -> dict[str, float]:
+        """Dataset means and dataset-level metrics over every rank; adds ``n``."""
+        local = ({name: (float(self.sums[name]), int(self.counts[name])) for name in self.sums}, self.samples,
+                 self.accumulator.state() if self.accumulator is not None else None)
+        shards = gather_object([local]) if accelerator.num_processes > 1 else [local]
+        result: dict[str, float] = {}
+        for name in dict.fromkeys(name for totals, _, _ in shards for name in totals):
+            total = sum(totals[name][0] for totals, _, _ in shards if name in totals)
+            count = sum(totals[name][1] for totals, _, _ in shards if name in totals)
+            result[name] = total / count if count else float("nan")
+        if self.accumulator is not None:
+            result.update(self.accumulator.compute([state for _, _, state in shards]))
+        result["n"] = sum(count for _, count, _ in shards)
+        return result
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task, batches, accelerator: Accelerator,
              use_channels_last: bool = False) -> dict[str, float]:
-    """Dataset means of the task's per-sample metrics, plus its dataset-level metrics; adds ``n``.
-
-    Each rank sums its own samples (padding was dropped by the pipeline); the sums, and the
-    state of the task's `metric_accumulator` when it has one (COCO AP, confusion matrices),
-    are gathered once at the end, so every sample counts exactly once. A per-sample value
-    that is NaN (say, an image without valid depth) is left out of that metric's mean.
-    """
+    """The task's metrics over `batches` (see `Evaluation`), every sample counted once; adds ``n``."""
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    samples = 0
-    accumulator = task.metric_accumulator() if hasattr(task, "metric_accumulator") else None
+    evaluation = Evaluation(task)
     for batch in batches:
         if batch_size_of(batch) == 0:
             continue
         if use_channels_last:
             batch = channels_last(batch)
         with accelerator.autocast():
-            outputs = task.predict(model, batch)
-        samples += batch_size_of(batch)
-        if accumulator is not None:
-            accumulator.update(outputs, batch)
-        for name, values in task.sample_metrics(outputs, batch).items():
-            values = values.float()
-            finite = ~values.isnan()
-            sums[name] = sums.get(name, 0) + values.nan_to_num(0.0).sum()
-            counts[name] = counts.get(name, 0) + finite.sum()
-    local = ({name: (float(sums[name]), int(counts[name])) for name in sums}, samples,
-             accumulator.state() if accumulator is not None else None)
-    shards = gather_object([local]) if accelerator.num_processes > 1 else [local]
-    result: dict[str, float] = {}
-    for name in dict.fromkeys(name for totals, _, _ in shards for name in totals):
-        total = sum(totals[name][0] for totals, _, _ in shards if name in totals)
-        count = sum(totals[name][1] for totals, _, _ in shards if name in totals)
-        result[name] = total / count if count else float("nan")
-    if accumulator is not None:
-        result.update(accumulator.compute([state for _, _, state in shards]))
-    result["n"] = sum(count for _, count, _ in shards)
-    return result
+            evaluation.add(task.predict(model, batch), batch)
+    return evaluation.result(accelerator)
 
 
 class Trainer:

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from tasks import get_task_class
 from trainers.checkpoint import ensure_fresh, load_model_weights
 from trainers.config import Config, eval_spec, load_yaml, level_spec, retrain_changes, sweep_levels, training_spec
-from trainers.loop import Trainer, build_batches, evaluate, uses_channels_last
+from trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
+                           uses_channels_last)
 from trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
 
 BASELINE, RETRAINED = "baseline", "retrained"
@@ -78,13 +79,38 @@ def sweep(
     if memory_last:
         model = model.to(memory_format=torch.channels_last)
     levels: Sequence[int | None] = [None, *sweep_levels(config)]
-    rows = []
-    for level in tqdm(levels, desc=f"sweep {label}", disable=not (accelerator.is_main_process and config.progress)):
-        batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
-        metrics = evaluate(model, task, batches, accelerator, memory_last)
-        rows.append({"codec": "none" if level is None else config.codec, "level": CLEAN if level is None else level,
-                     "model": label, **metrics})
-    return rows
+    one_pass = None
+    if config.one_pass_sweep and config.codec == "jpeg" and hasattr(task, "sweep_batches"):
+        one_pass = task.sweep_batches(index, list(levels[1:]), pipeline_runtime(config, accelerator, False))
+    if one_pass is not None:
+        results = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
+    else:
+        results = {}
+        for level in tqdm(levels, desc=f"sweep {label}",
+                          disable=not (accelerator.is_main_process and config.progress)):
+            batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
+            results[level] = evaluate(model, task, batches, accelerator, memory_last)
+    return [{"codec": "none" if level is None else config.codec, "level": CLEAN if level is None else level,
+             "model": label, **results[level]} for level in levels]
+
+
+@torch.no_grad()
+def sweep_one_pass(model: torch.nn.Module, task, batches, accelerator: Accelerator, memory_last: bool,
+                   progress: bool, label: str) -> dict[int | None, dict[str, float]]:
+    """Metrics per JPEG level from batches holding every level's view (`SweepBatches`)."""
+    model.eval()
+    evaluations = {level: Evaluation(task) for level in batches.levels}
+    for batch in tqdm(batches, desc=f"sweep {label} (one pass)", disable=not (accelerator.is_main_process and progress)):
+        views = batch.pop("views")
+        if len(batch["index"]) == 0:
+            continue
+        for level, image in views.items():
+            view = {**batch, "image": image, "jpeg_quality": torch.full_like(batch["index"], level or 0)}
+            if memory_last:
+                view = channels_last(view)
+            with accelerator.autocast():
+                evaluations[level].add(task.predict(model, view), view)
+    return {level: evaluation.result(accelerator) for level, evaluation in evaluations.items()}
 
 
 def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
