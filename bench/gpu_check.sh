@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #2, #3 and #4 in one run, for a lent GPU machine that has torch, torchvision, timm,
+# The GPU checks of issues #2 to #5 in one run, for a lent GPU machine that has torch, torchvision, timm,
 # accelerate, numpy and pytest but no DALI, PyAV or wandb, and no registry access.
 #
 # Here (with registry access), fetch the wheels into the git-ignored .wheels/ folder:
@@ -25,3 +25,5 @@ python3 -m dali_pipes.fidelity --device gpu --out "$OUT/fidelity_gpu.md"
 python3 bench/gpu_epoch.py --out "$OUT/resnet50_epoch.json"
 python3 bench/gpu_video.py --out "$OUT/nvdec_video.json"
 python3 bench/sweep_one_pass.py --out "$OUT/sweep_one_pass_gpu.md"
+python3 -m launch.cli bench --mode data --out "$OUT"
+python3 -m launch.cli bench --mode train --model resnet50 --batch_size 256 --out "$OUT"

@@ -16,25 +16,9 @@ from pathlib import Path
 import numpy as np
 import nvidia.dali
 import torch
-from PIL import Image
 
 from dali_pipes import ImageBatches, parse_quality_spec
-from dali_pipes.fidelity import packaged_photos
-
-
-def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    photos = list(packaged_photos().values())
-    paths = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        side = int(rng.integers(min(height, width) // 2, min(height, width)))
-        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        path = folder / f"{index:05d}.jpg"
-        Image.fromarray(photo[top:top + side, left:left + side]).resize((500, 375)).save(path, quality=90)
-        paths.append(str(path))
-    return paths
+from dali_pipes.fidelity import write_photo_jpegs
 
 
 def images_per_second(files: list[str], spec: str, batch_size: int, repeats: int) -> list[float]:
@@ -66,7 +50,7 @@ def main() -> None:
              f"python {platform.python_version()}", "",
              "| JPEG stage | images/s (median) | min | max |", "| --- | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as scratch:
-        files = write_jpegs(Path(scratch), args.images)
+        files = write_photo_jpegs(Path(scratch), args.images)
         for spec in ("none", "5-95"):
             rates = images_per_second(files, spec, args.batch_size, args.repeats)
             lines.append(f"| {spec} | {np.median(rates):.1f} | {min(rates):.1f} | {max(rates):.1f} |")

@@ -17,8 +17,8 @@ from pathlib import Path
 import nvidia.dali
 import torch
 
-from pipeline_throughput import write_jpegs  # bench/ is the script folder
 from dali_pipes import ImageBatches, parse_quality_spec
+from dali_pipes.fidelity import write_photo_jpegs
 from dali_pipes.iterator import SweepBatches
 
 LEVELS = [5, 10, 15, 20, 30, 50, 75, 90, 95]
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     device_id = 0 if torch.cuda.is_available() else None
     with tempfile.TemporaryDirectory() as folder:
-        files = write_jpegs(Path(folder), args.images)
+        files = write_photo_jpegs(Path(folder), args.images)
         one_pass = SweepBatches(files, levels=LEVELS, batch_size=args.batch_size, device_id=device_id)
         per_level = [ImageBatches(files, batch_size=args.batch_size, training=False, device_id=device_id,
                                   spec=parse_quality_spec(str(level) if level else "none"))

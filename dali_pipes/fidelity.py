@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+import PIL.Image
 import skimage.data
 from PIL import features
 from sklearn.datasets import load_sample_images
@@ -50,6 +51,23 @@ def packaged_photos() -> dict[str, np.ndarray]:
     for filename, image in zip(samples.filenames, samples.images):
         photos[Path(filename).stem] = image
     return {name: _even_crop(image) for name, image in photos.items()}
+
+
+def write_photo_jpegs(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> list[str]:
+    """`count` real JPEG files (quality 90) of random square crops of the packaged photos,
+    resized to `size` (width, height): a benchmark's dataset without any download."""
+    rng = np.random.default_rng(seed)
+    photos = list(packaged_photos().values())
+    paths = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        height, width = photo.shape[:2]
+        side = int(rng.integers(min(height, width) // 2, min(height, width)))
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        path = Path(folder) / f"{index:05d}.jpg"
+        PIL.Image.fromarray(photo[top:top + side, left:left + side]).resize(size).save(path, quality=90)
+        paths.append(str(path))
+    return paths
 
 
 def fidelity_table(

@@ -20,9 +20,6 @@ CONFIG_COMMANDS = {
     "sweep": "evaluate a checkpoint clean and at each JPEG quality or H.264 CRF: sweep.csv, sweep.png, report.md",
     "experiment": "the paper protocol: baseline -> sweep -> retrain on compressed data -> sweep -> recovery",
 }
-PENDING = {
-    "bench": "throughput benchmarks against peer pipelines (issue #5, not implemented yet)",
-}
 EXAMPLES = """examples:
   codecloop demo
   codecloop train --data ~/imagenette --model resnet50 --quality 5-95 --clean_prob 0.1 --epochs 5
@@ -143,12 +140,40 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     synthetic.add_argument("--val", type=int, default=8, help="validation images")
     synthetic.add_argument("--size", default="96x128", help="image height x width")
     synthetic.add_argument("--seed", type=int, default=0, help="random seed")
+    bench = commands.add_parser(
+        "bench", help="images/s of the input pipeline, the model step or both, against the peer pipelines",
+        description="Throughput with device synchronisation: warm-up, then --repeats runs of --iterations "
+                    "batches; median and spread. data: codecloop (DALI + JPEG stage) against bare DALI (no codec "
+                    "stage), a torch DataLoader with PIL + transforms.v2.JPEG and, on CUDA, torchvision's nvJPEG "
+                    "encode/decode; model: a training step on random tensors; train: the pipeline feeding the "
+                    "step, codec against clean input. Rows are appended to OUT/bench-<device>-<precision>-"
+                    "<versions>.csv and .json and printed as a table.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument("--mode", choices=("data", "model", "train"), default="data", help="what is timed")
+    bench.add_argument("--data", type=Path, default=None,
+                       help="ImageFolder root whose train/ images are read (default: JPEGs written from the "
+                            "packaged photos)")
+    bench.add_argument("--images", type=int, default=256, help="images to write when --data is not given")
+    bench.add_argument("--batch_size", type=int, default=64, help="batch size (steps down on out-of-memory)")
+    bench.add_argument("--crop", type=int, default=224, help="network input size")
+    bench.add_argument("--quality", default="5-95", help="JPEG quality spec of the codec stage")
+    bench.add_argument("--iterations", type=int, default=20, help="timed batches per repeat")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    bench.add_argument("--repeats", type=int, default=3, help="timed repeats (median and spread)")
+    bench.add_argument("--model", default="resnet50", help="timm model of the model and train modes")
+    bench.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                       help="auto: bf16 autocast on GPU, fp32 on CPU")
+    bench.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: --threads)")
+    bench.add_argument("--threads", type=int, default=None, help="DALI CPU threads (default: cores)")
+    bench.add_argument("--contenders", default=None,
+                       help="comma-separated data contenders (default: codecloop, dali-bare, torch-dataloader, "
+                            "torchvision-nvjpeg)")
+    bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder of the results files")
     report = commands.add_parser("report", help="rebuild tables and plots of a run directory from its CSV files")
     report.add_argument("run_dir", type=Path, help="run directory holding sweep.csv")
     report.add_argument("--metric", default=None,
                         help="metric to plot and recover (default: the primary metric of the run's task)")
-    for name, help_text in PENDING.items():
-        commands.add_parser(name, help=help_text, description=help_text)
     return parser
 
 
@@ -163,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
-        if args.command in PENDING:
-            raise NotImplementedError(f"codecloop {args.command}: {PENDING[args.command]}")
         if args.command in CONFIG_COMMANDS:
             from trainers.commands import run_command
 
@@ -186,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
             for source, reason in result.failed.values():
                 print(f"skipped {source}: {reason}", file=sys.stderr)
             print(result.summary())
+        elif args.command == "bench":
+            from trainers.bench import run_bench
+
+            run_bench(args.mode, data=args.data, images=args.images, batch_size=args.batch_size, crop=args.crop,
+                      quality=args.quality, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
+                      model=args.model, precision=args.precision, workers=args.workers, threads=args.threads,
+                      contenders=args.contenders.split(",") if args.contenders else None, out=args.out)
         elif args.command == "make-synthetic":
             from tasks.dense_common import parse_input_size
             from tasks.synthetic import make_synthetic

@@ -80,8 +80,3 @@ def test_bad_typed_value(run_cli, tmp_path, image_folder):
 def test_unknown_model(run_cli, tmp_path, image_folder):
     _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, "--model", "resnet9000",
                   message="model 'resnet9000'")
-
-
-def test_pending_commands_name_their_issue(run_cli):
-    status, _, err = run_cli("bench")
-    assert status == 2 and "issue #5" in err

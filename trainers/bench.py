@@ -1,0 +1,256 @@
+"""`codecloop bench`: images/s of codec-in-the-loop input pipelines and training, against the peers.
+
+| mode    | times                                              | contenders                                         |
+| ------- | -------------------------------------------------- | -------------------------------------------------- |
+| `data`  | the input pipeline alone, batches on the device    | ``codecloop`` (DALI, codec stage), ``dali-bare``   |
+|         |                                                    | (no codec stage: the ceiling), ``torch-dataloader``|
+|         |                                                    | (PIL + ``transforms.v2.JPEG``), ``torchvision-     |
+|         |                                                    | nvjpeg`` (GPU encode/decode; CUDA only)            |
+| `model` | a training step on device-resident random tensors  | the model                                          |
+| `train` | pipeline feeding the training step, end to end     | ``codecloop`` and ``codecloop-clean``              |
+
+Every contender does the same work per image: decode, JPEG at a per-sample quality, random-resized
+crop, flip, normalize. Each is warmed up, then timed `repeats` times over `iterations` batches with
+device synchronisation; the median and spread are reported. Rows are appended to
+``OUT/bench-<device>-<precision>-torch<v>-dali<v>-cuda<v>.csv`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import nvidia.dali
+import timm
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2
+
+from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads, parse_quality_spec
+from dali_pipes.fidelity import cpu_model, write_photo_jpegs
+from tasks.classification import list_image_folder
+
+MODES = ("data", "model", "train")
+DATA_CONTENDERS = ("codecloop", "dali-bare", "torch-dataloader", "torchvision-nvjpeg")
+
+
+def device_name() -> str:
+    """The GPU's name, or the CPU model."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model()
+
+
+def results_stem(precision: str) -> str:
+    """File stem naming the device, precision and versions that produced the numbers."""
+    device = re.sub(r"[^A-Za-z0-9]+", "-", device_name()).strip("-").lower()
+    return (f"bench-{device}-{precision}-torch{torch.__version__.split('+')[0]}-dali{nvidia.dali.__version__}"
+            f"-cuda{torch.version.cuda or 'none'}")
+
+
+def timed(batches: Iterator[int], iterations: int, warmup: int, repeats: int, device: torch.device) -> list[float]:
+    """Images/s of `repeats` runs of `iterations` batches (each yields its batch size), after `warmup`."""
+    for _ in itertools.islice(batches, warmup):
+        pass
+    rates = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        images = sum(itertools.islice(batches, iterations))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates.append(images / (time.perf_counter() - started))
+    return rates
+
+
+def _forever(batches) -> Iterator[dict]:
+    while True:
+        yield from batches
+
+
+class PilJpegDataset(torch.utils.data.Dataset):
+    """The DataLoader peer: PIL decode, ``v2.JPEG`` at a random quality per sample, crop, flip, normalize."""
+
+    def __init__(self, files: list[str], quality: tuple[int, int] | None, crop: int) -> None:
+        codec = [v2.JPEG(quality=quality)] if quality else []
+        self.files = files
+        self.transform = v2.Compose([v2.PILToTensor(), *codec, v2.RandomResizedCrop(crop, antialias=True),
+                                     v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+                                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.files[index]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+def nvjpeg_batches(files: list[str], quality: tuple[int, int] | None, crop: int, batch_size: int,
+                   device: torch.device) -> Iterator[torch.Tensor]:
+    """The GPU peer: torchvision's batched nvJPEG decode, encode at a random quality, decode, crop, flip."""
+    from torchvision.io import decode_jpeg, encode_jpeg, read_file
+
+    encoded = [read_file(path) for path in files]
+    augment = v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip()])
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    while True:
+        for start in range(0, len(encoded), batch_size):
+            images = decode_jpeg(encoded[start:start + batch_size], device=device)
+            if quality:
+                levels = torch.randint(quality[0], quality[1] + 1, (len(images),), generator=generator).tolist()
+                images = decode_jpeg([encode_jpeg(image, quality=level) for image, level in zip(images, levels)],
+                                     device=device)
+            views = torch.stack([augment(image) for image in images])
+            yield (views.float() / 255 - mean) / std
+
+
+def data_contender(name: str, files: list[str], spec: str, crop: int, batch_size: int, workers: int,
+                   threads: int, device: torch.device) -> Iterator[int] | str:
+    """Batch sizes of one contender's batches on `device`, forever; or why it is skipped."""
+    parsed = parse_quality_spec(spec)
+    quality = (min(parsed.qualities), max(parsed.qualities)) if parsed.qualities else None
+    device_id = (device.index or 0) if device.type == "cuda" else None
+    if name in ("codecloop", "dali-bare"):
+        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=parse_quality_spec(
+            spec if name == "codecloop" else "none"), geometry=ImageGeometry(crop_size=crop), device_id=device_id,
+            num_threads=threads)
+        return (len(batch["image"]) for batch in _forever(batches))
+    if name == "torch-dataloader":
+        loader = torch.utils.data.DataLoader(PilJpegDataset(files, quality, crop), batch_size=batch_size,
+                                             shuffle=True, num_workers=workers, persistent_workers=workers > 0,
+                                             pin_memory=device.type == "cuda")
+        return (len(batch.to(device, non_blocking=True)) for batch in _forever(loader))
+    if name == "torchvision-nvjpeg":
+        if device.type != "cuda":
+            return "needs CUDA (torch.cuda.is_available() is False)"
+        return (len(batch) for batch in nvjpeg_batches(files, quality, crop, batch_size, device))
+    raise ValueError(f"unknown contender {name!r}; data contenders: {', '.join(DATA_CONTENDERS)}")
+
+
+def train_step(model_name: str, batch_size: int, crop: int, device: torch.device,
+               bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A closure running one AdamW step of `model_name` on a batch."""
+    model = timm.create_model(model_name, pretrained=False, num_classes=1000).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(images.contiguous(memory_format=torch.channels_last)),
+                                                     labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def run_bench(mode: str, *, data: Path | None, images: int, batch_size: int, crop: int, quality: str,
+              iterations: int, warmup: int, repeats: int, model: str, precision: str, workers: int | None,
+              threads: int | None, contenders: list[str] | None, out: Path) -> list[dict]:
+    """Run one mode, append its rows to the results files, print the table; returns the rows."""
+    if mode not in MODES:
+        raise ValueError(f"bench mode {mode!r} is not one of {', '.join(MODES)}")
+    parse_quality_spec(quality)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    threads = threads or default_num_threads()
+    workers = workers if workers is not None else threads
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        files = list_image_folder(data / "train")[1] if data else write_photo_jpegs(Path(scratch), images)
+        while True:
+            try:
+                measured = _measure(mode, files, quality, crop, batch_size, workers, threads, device, bf16, model,
+                                    contenders, iterations, warmup, repeats, notes)
+                break
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                notes.append(f"out of memory at batch {batch_size}: stepping down to {batch_size // 2}")
+                print(notes[-1])
+                batch_size //= 2
+                torch.cuda.empty_cache()
+    base = {"mode": mode, "device": device_name(), "precision": "bf16" if bf16 else "fp32",
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": nvidia.dali.__version__,
+            "cuda": torch.version.cuda or "none", "batch_size": batch_size, "crop": crop, "images": len(files),
+            "quality": quality, "model": model if mode != "data" else "", "iterations": iterations,
+            "repeats": repeats, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not measured:
+        raise ValueError("no contender could run: " + "; ".join(notes))
+    reference = measured.get("codecloop-clean" if mode == "train" else "codecloop")
+    for name, rates in measured.items():
+        median = statistics.median(rates)
+        rows.append({**base, "contender": name, "images_per_sec": round(median, 2), "min": round(min(rates), 2),
+                     "max": round(max(rates), 2),
+                     "ratio": round(median / statistics.median(reference), 3) if reference else ""})
+    _append(rows, out, results_stem(base["precision"]))
+    print(_markdown(rows, mode, notes))
+    return rows
+
+
+def _measure(mode, files, quality, crop, batch_size, workers, threads, device, bf16, model, contenders,
+             iterations, warmup, repeats, notes) -> dict[str, list[float]]:
+    measured: dict[str, list[float]] = {}
+    if mode == "data":
+        for name in contenders or DATA_CONTENDERS:
+            batches = data_contender(name, files, quality, crop, batch_size, workers, threads, device)
+            if isinstance(batches, str):
+                notes.append(f"skipped {name}: {batches}")
+                print(notes[-1])
+                continue
+            measured[name] = timed(batches, iterations, warmup, repeats, device)
+        return measured
+    step = train_step(model, batch_size, crop, device, bf16)
+    labels = torch.randint(0, 1000, (batch_size,), device=device)
+    if mode == "model":
+        images = torch.randn(batch_size, 3, crop, crop, device=device)
+        measured[model] = timed((step(images, labels) or batch_size for _ in itertools.count()), iterations,
+                                warmup, repeats, device)
+        return measured
+    for name, spec in (("codecloop", quality), ("codecloop-clean", "none")):
+        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=parse_quality_spec(spec),
+                               geometry=ImageGeometry(crop_size=crop), num_threads=threads,
+                               device_id=(device.index or 0) if device.type == "cuda" else None)
+        measured[name] = timed((step(batch["image"], labels[:len(batch["image"])]) or len(batch["image"])
+                                for batch in _forever(batches)), iterations, warmup, repeats, device)
+    return measured
+
+
+def _append(rows: list[dict], out: Path, stem: str) -> None:
+    """Append to ``stem.csv`` (header once) and to the list in ``stem.json`` (rewritten whole)."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out / f"{stem}.csv", out / f"{stem}.json"
+    new_file = not csv_path.is_file()
+    with csv_path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+    previous = json.loads(json_path.read_text()) if json_path.is_file() else []
+    temporary = json_path.with_name(f".{json_path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(previous + rows, indent=1))
+    temporary.replace(json_path)
+
+
+def _markdown(rows: list[dict], mode: str, notes: list[str]) -> str:
+    first = rows[0]
+    ratio = "codec / clean" if mode == "train" else "vs codecloop"
+    lines = [f"`codecloop bench --mode {mode}`: {first['device']}, {first['precision']}, batch {first['batch_size']}, "
+             f"{first['crop']}x{first['crop']}, quality {first['quality']}, torch {first['torch']}, DALI "
+             f"{first['dali']}, CUDA {first['cuda']}", "",
+             f"| contender | images/s (median) | min | max | {ratio} |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {row['contender']} | {row['images_per_sec']:.1f} | {row['min']:.1f} | {row['max']:.1f} | "
+              f"{row['ratio']} |" for row in rows]
+    return "\n".join(lines + [""] + notes)
