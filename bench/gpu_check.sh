@@ -24,6 +24,6 @@ python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$O
 python3 -m dali_pipes.fidelity --device gpu --out "$OUT/fidelity_gpu.md"
 python3 bench/gpu_epoch.py --out "$OUT/resnet50_epoch.json"
 python3 bench/gpu_video.py --out "$OUT/nvdec_video.json"
-python3 bench/sweep_one_pass.py --out "$OUT/sweep_one_pass_gpu.md"
+python3 -m launch.cli bench --mode sweep --out "$OUT"
 python3 -m launch.cli bench --mode data --out "$OUT"
 python3 -m launch.cli bench --mode train --model resnet50 --batch_size 256 --out "$OUT"

@@ -150,7 +150,9 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
                     "<versions>.csv and .json and printed as a table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--mode", choices=("data", "model", "train"), default="data", help="what is timed")
+    bench.add_argument("--mode", choices=("data", "model", "train", "sweep"), default="data",
+                       help="what is timed (sweep: a 9-level JPEG sweep's evaluation pipelines, one pass against "
+                            "a pass per level)")
     bench.add_argument("--data", type=Path, default=None,
                        help="ImageFolder root whose train/ images are read (default: JPEGs written from the "
                             "packaged photos)")

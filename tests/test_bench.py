@@ -15,7 +15,7 @@ COLUMNS = ["mode", "device", "precision", "torch", "torchvision", "dali", "cuda"
 
 def test_bench_modes_append_rows(tmp_path, run_cli):
     expected = {"data": ["codecloop", "dali-bare", "torch-dataloader"], "model": ["test_efficientnet"],
-                "train": ["codecloop", "codecloop-clean"]}
+                "train": ["codecloop", "codecloop-clean"], "sweep": ["one-pass", "pass-per-level"]}
     for mode, contenders in expected.items():
         status, out, err = run_cli("bench", "--mode", mode, *FAST, "--out", tmp_path)
         assert status == 0, err
@@ -30,7 +30,9 @@ def test_bench_modes_append_rows(tmp_path, run_cli):
     for row in rows:
         assert float(row["min"]) <= float(row["images_per_sec"]) <= float(row["max"]) and float(row["min"]) > 0
     assert [row["ratio"] for row in rows if row["mode"] == "data"][0] == "1.0"
-    assert rows[-1]["ratio"] == "1.0" and 0 < float(rows[-2]["ratio"])  # codec / clean in train mode
+    train = [row for row in rows if row["mode"] == "train"]
+    assert train[1]["ratio"] == "1.0" and 0 < float(train[0]["ratio"])  # codec / clean
+    assert rows[-1]["ratio"] == "1.0" and rows[-1]["quality"] == "5,10,15,20,30,50,75,90,95"
     records = json.loads(csv_path.with_suffix(".json").read_text())
     assert [{key: str(value) for key, value in record.items()} for record in records] == rows
 

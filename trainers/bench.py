@@ -8,6 +8,8 @@
 |         |                                                    | nvjpeg`` (GPU encode/decode; CUDA only)            |
 | `model` | a training step on device-resident random tensors  | the model                                          |
 | `train` | pipeline feeding the training step, end to end     | ``codecloop`` and ``codecloop-clean``              |
+| `sweep` | evaluation pipelines of a 9-level JPEG sweep        | ``one-pass`` (decode once, 9 codec stages) and     |
+|         | (image-levels/s)                                   | ``pass-per-level`` (10 full passes)                |
 
 Every contender does the same work per image: decode, JPEG at a per-sample quality, random-resized
 crop, flip, normalize. Each is warmed up, then timed `repeats` times over `iterations` batches with
@@ -37,9 +39,11 @@ from torchvision.transforms import v2
 
 from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads, parse_quality_spec
 from dali_pipes.fidelity import cpu_model, write_photo_jpegs
+from dali_pipes.iterator import SweepBatches
 from tasks.classification import list_image_folder
 
-MODES = ("data", "model", "train")
+MODES = ("data", "model", "train", "sweep")
+SWEEP_LEVELS = (5, 10, 15, 20, 30, 50, 75, 90, 95)
 DATA_CONTENDERS = ("codecloop", "dali-bare", "torch-dataloader", "torchvision-nvjpeg")
 
 
@@ -71,9 +75,11 @@ def timed(batches: Iterator[int], iterations: int, warmup: int, repeats: int, de
     return rates
 
 
-def _forever(batches) -> Iterator[dict]:
+def _forever(*epochs) -> Iterator:
+    """Batches of each iterable in turn, again and again (each pass over one is an epoch)."""
     while True:
-        yield from batches
+        for batches in epochs:
+            yield from batches
 
 
 class PilJpegDataset(torch.utils.data.Dataset):
@@ -185,11 +191,12 @@ def run_bench(mode: str, *, data: Path | None, images: int, batch_size: int, cro
     base = {"mode": mode, "device": device_name(), "precision": "bf16" if bf16 else "fp32",
             "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": nvidia.dali.__version__,
             "cuda": torch.version.cuda or "none", "batch_size": batch_size, "crop": crop, "images": len(files),
-            "quality": quality, "model": model if mode != "data" else "", "iterations": iterations,
+            "quality": quality if mode != "sweep" else ",".join(map(str, SWEEP_LEVELS)),
+            "model": model if mode in ("model", "train") else "", "iterations": iterations,
             "repeats": repeats, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if not measured:
         raise ValueError("no contender could run: " + "; ".join(notes))
-    reference = measured.get("codecloop-clean" if mode == "train" else "codecloop")
+    reference = measured.get({"train": "codecloop-clean", "sweep": "pass-per-level"}.get(mode, "codecloop"))
     for name, rates in measured.items():
         median = statistics.median(rates)
         rows.append({**base, "contender": name, "images_per_sec": round(median, 2), "min": round(min(rates), 2),
@@ -211,6 +218,20 @@ def _measure(mode, files, quality, crop, batch_size, workers, threads, device, b
                 print(notes[-1])
                 continue
             measured[name] = timed(batches, iterations, warmup, repeats, device)
+        return measured
+    if mode == "sweep":
+        geometry = ImageGeometry(crop_size=crop, resize_size=crop * 8 // 7)
+        device_id = (device.index or 0) if device.type == "cuda" else None
+        one_pass = SweepBatches(files, levels=SWEEP_LEVELS, batch_size=batch_size, geometry=geometry,
+                                device_id=device_id, num_threads=threads)
+        per_level = [ImageBatches(files, batch_size=batch_size, training=False, geometry=geometry, device_id=device_id,
+                                  num_threads=threads, spec=parse_quality_spec(str(level) if level else "none"))
+                     for level in (None, *SWEEP_LEVELS)]
+        levels = len(SWEEP_LEVELS) + 1
+        measured["one-pass"] = timed((len(batch["index"]) * levels for batch in _forever(one_pass)), iterations,
+                                     warmup, repeats, device)
+        measured["pass-per-level"] = timed((len(batch["image"]) for batch in _forever(*per_level)),
+                                           iterations * levels, warmup, repeats, device)
         return measured
     step = train_step(model, batch_size, crop, device, bf16)
     labels = torch.randint(0, 1000, (batch_size,), device=device)
@@ -246,7 +267,7 @@ def _append(rows: list[dict], out: Path, stem: str) -> None:
 
 def _markdown(rows: list[dict], mode: str, notes: list[str]) -> str:
     first = rows[0]
-    ratio = "codec / clean" if mode == "train" else "vs codecloop"
+    ratio = {"train": "codec / clean", "sweep": "vs pass per level"}.get(mode, "vs codecloop")
     lines = [f"`codecloop bench --mode {mode}`: {first['device']}, {first['precision']}, batch {first['batch_size']}, "
              f"{first['crop']}x{first['crop']}, quality {first['quality']}, torch {first['torch']}, DALI "
              f"{first['dali']}, CUDA {first['cuda']}", "",
