@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection, segmentation
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from tasks.pretrained import read_state_dict, load_pretrained, load_state_dict_by_order
 
@@ -36,7 +39,7 @@ MAX_LOG_DEPTH = 15.0
 _COUNTER = "num_batches_tracked"
 
 _FAMILIES = {
-    "detection": (DETECTION_MODELS, None),
+    "detection": (DETECTION_MODELS, "fasterrcnn_"),
     "segmentation": (SEGMENTATION_MODELS, UNET_PREFIX),
     "pose": (POSE_MODELS, SIMPLEBASELINE_PREFIX),
     "depth": (DEPTH_MODELS, UNET_PREFIX),
@@ -208,17 +211,51 @@ def check_model_name(task: str, name: str) -> str | None:
     raise ValueError(f"unknown {task} model {name!r}{reason}; valid: {model_names(task)}")
 
 
+class FeaturePyramid(nn.Module):
+    """A detector backbone from any timm encoder: its last three stages through torchvision's FPN,
+    plus a max-pooled level (strides 8 to 64 for most encoders)."""
+
+    def __init__(self, encoder: str, out_channels: int = 128, pretrained_encoder: str | Path | None = None) -> None:
+        super().__init__()
+        stages = len(create_encoder(encoder).feature_info)
+        self.body = create_encoder(encoder, out_indices=range(stages - 3, stages))
+        if pretrained_encoder:
+            load_encoder_weights(self.body, pretrained_encoder)
+        self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fpn({str(level): feature for level, feature in enumerate(self.body(x))})
+
+
+def timm_faster_rcnn(encoder: str, num_classes: int, image_size: int,
+                     pretrained_encoder: str | Path | None = None) -> nn.Module:
+    """Faster R-CNN on a `FeaturePyramid` of a timm encoder, anchors of 16 to 128 pixels, inputs
+    normalized with the encoder's own mean and std (as its pretrained weights expect)."""
+    config = timm.create_model(encoder, pretrained=False).pretrained_cfg
+    anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    return detection.FasterRCNN(FeaturePyramid(encoder, pretrained_encoder=pretrained_encoder), num_classes=num_classes,
+                                min_size=image_size, max_size=image_size, rpn_anchor_generator=anchors,
+                                image_mean=list(config.get("mean", (0.485, 0.456, 0.406))),
+                                image_std=list(config.get("std", (0.229, 0.224, 0.225))))
+
+
 def _build(factory: Callable[..., nn.Module], **options: object) -> nn.Module:
     return factory(weights=None, weights_backbone=None, **options)
 
 
-def create_detection_model(name: str, num_classes: int, image_size: int) -> nn.Module:
-    """A torchvision detector, random weights; `num_classes` counts the background class.
+def create_detection_model(name: str, num_classes: int, image_size: int,
+                           pretrained_encoder: str | Path | None = None) -> nn.Module:
+    """A torchvision detector, random weights, or ``fasterrcnn_<timm encoder>`` (`timm_faster_rcnn`,
+    with `pretrained_encoder` weights); `num_classes` counts the background class.
 
     RCNN / RetinaNet / FCOS resize inputs to `image_size` (min and max side) instead of their
     800 px default; ssdlite320 always works at its own 320 px.
     """
-    check_model_name("detection", name)
+    encoder = check_model_name("detection", name)
+    if encoder is not None:
+        return timm_faster_rcnn(encoder, num_classes, image_size, pretrained_encoder)
     options: dict[str, object] = {"num_classes": num_classes}
     if name != "ssdlite320_mobilenet_v3_large":
         options |= {"min_size": image_size, "max_size": image_size}

@@ -161,3 +161,21 @@ def test_pretrained_encoder_from_other_architecture_fails(tmp_path) -> None:
     torch.save(timm.create_model("mobilenetv3_small_050", pretrained=False).state_dict(), path)
     with pytest.raises(ValueError, match="mobilenet.pth"):
         UNet("resnet18", out_channels=1, pretrained_encoder=str(path))
+
+
+def test_timm_faster_rcnn_loads_encoder_weights_and_trains(tmp_path):
+    encoder = timm.create_model("resnet18", pretrained=False)
+    torch.save(encoder.state_dict(), tmp_path / "resnet18.pth")
+    model = create_detection_model("fasterrcnn_resnet18", num_classes=3, image_size=96,
+                                   pretrained_encoder=tmp_path / "resnet18.pth")
+    assert torch.equal(model.backbone.body.state_dict()["layer4.0.conv1.weight"], encoder.layer4[0].conv1.weight)
+    assert model.transform.min_size == (96,) and model.backbone.out_channels == 128
+    model.train()
+    losses = model([torch.rand(3, 96, 96)], [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]),
+                                             "labels": torch.tensor([2])}])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    model.eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 96, 96)])[0]["boxes"].shape[1] == 4
+    with pytest.raises(ValueError, match="'fasterrcnn_nope'"):
+        create_detection_model("fasterrcnn_nope", 3, 96)
