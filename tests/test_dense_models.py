@@ -130,7 +130,8 @@ def test_model_names() -> None:
     assert model_names("segmentation") == (
         ", ".join(SEGMENTATION_MODELS) + ", unet_<timm encoder> (e.g. unet_resnet18)")
     assert model_names("depth") == "unet_<timm encoder> (e.g. unet_resnet18)"
-    assert model_names("detection") == ", ".join(DETECTION_MODELS)
+    assert model_names("detection") == (
+        ", ".join(DETECTION_MODELS) + ", fasterrcnn_<timm encoder> (e.g. fasterrcnn_resnet18)")
     with pytest.raises(ValueError, match="'nope'"):
         model_names("nope")
 
