@@ -78,7 +78,8 @@ def clean_box(bbox: list[float], width: int, height: int) -> tuple[np.ndarray | 
     return clipped, "clipped" if not np.array_equal(box, clipped) else "kept"
 
 
-def boxes_of(annotations: list[dict], width: int, height: int, counts: dict[str, int]) -> tuple[list[np.ndarray], list[dict]]:
+def boxes_of(annotations: list[dict], width: int, height: int,
+             counts: dict[str, int]) -> tuple[list[np.ndarray], list[dict]]:
     """Clean boxes of non-crowd annotations and the annotations kept; ``counts`` gains
     ``boxes_clipped``, ``boxes_dropped`` and ``crowd_skipped``."""
     boxes, kept = [], []

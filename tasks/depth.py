@@ -35,7 +35,8 @@ def check_depth_file(path: str) -> tuple[int, int]:
         return array.shape[1], array.shape[0]
     with Image.open(path) as depth:
         if depth.mode not in ("I;16", "I;16B", "I"):
-            raise ValueError(f"depth file {path} is mode {depth.mode} ({'8-bit' if depth.mode in ('L', 'P') else 'not 16-bit'}); "
+            bits = "8-bit" if depth.mode in ("L", "P") else "not 16-bit"
+            raise ValueError(f"depth file {path} is mode {depth.mode} ({bits}); "
                              f"expected a 16-bit PNG of metres x {KITTI_SCALE:g} (KITTI convention)")
         return depth.size
 

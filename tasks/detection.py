@@ -59,7 +59,8 @@ class DetectionTask(DenseTask):
     layout = DenseLayout(points=True, extras=("labels",))
     model_help = model_names("detection")
 
-    def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn", pretrained: str | None = None,
+    def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn",
+                 pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35) -> None:
         super().__init__(data, input_size, crop_size, min_scale, normalized=False)
         self.timm_encoder = check_model_name("detection", model)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 
 import pytest
 import torch
@@ -56,3 +58,37 @@ def test_new_run_over_an_old_one_is_refused(uninterrupted, image_folder, run_cli
     status, _, err = run_cli("train", "--data", image_folder, *ARGS, "--out", uninterrupted)
     assert status == 2
     assert f"run directory {uninterrupted} already holds a training run" in err
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_and_resume_matches_uninterrupted(uninterrupted, image_folder, tmp_path, run_cli,
+                                                            monkeypatch, signal_number):
+    """A signal during step 3 (of 12) stops the run after that step with a checkpoint and exit
+    status 128 + signal; rerunning with --resume ends where the uninterrupted run ends."""
+    from tasks.classification import ClassificationTask
+
+    calls = {"forward": 0}
+    forward = ClassificationTask.forward
+
+    def forward_then_signal(self, model, batch):
+        calls["forward"] += 1
+        if calls["forward"] == 3:
+            os.kill(os.getpid(), signal_number)
+        return forward(self, model, batch)
+
+    out = tmp_path / "preempted"
+    monkeypatch.setattr(ClassificationTask, "forward", forward_then_signal)
+    with pytest.raises(SystemExit) as stopped:
+        run_cli("train", "--data", image_folder, *ARGS, "--out", out)
+    assert stopped.value.code == 128 + signal_number
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(ClassificationTask, "forward", forward)
+    status, _, err = run_cli("train", "--data", image_folder, *ARGS, "--out", out, "--resume")
+    assert status == 0, err
+    full_losses, resumed_losses = _losses(uninterrupted), _losses(out)
+    for step, loss in resumed_losses.items():
+        assert loss == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step
+    expected, actual = load_file(uninterrupted / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)

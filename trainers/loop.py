@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -232,43 +234,56 @@ class Trainer:
                    desc=f"train {self.run_dir.name}", dynamic_ncols=True)
         interval = _Interval()
         last_saved = state.step if resume_from else -1
-        while state.epoch < config.epochs and state.step < total_steps:
-            set_train_mode(model, config.freeze_bn)
-            batches_in_epoch = len(train_batches)
-            waited_from = time.perf_counter()
-            for batch in train_batches:
-                interval.wait += time.perf_counter() - waited_from
-                if self.channels_last:
-                    batch = channels_last(batch)
-                state.batch_in_epoch += 1
-                sync = state.batch_in_epoch % config.grad_accum == 0 or state.batch_in_epoch == batches_in_epoch
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss = self.task.forward(model, batch)["loss"]
-                    accelerator.backward(loss / config.grad_accum)
-                interval.add(loss.detach(), batch)
-                state.samples += batch_size_of(batch) * accelerator.num_processes
-                if sync:
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.step += 1
-                    bar.update(1)
-                    if state.step % config.log_every == 0 or state.step == total_steps:
-                        metrics = interval.flush(accelerator, scheduler.get_last_lr()[0])
-                        logger.log(metrics, state.step)
-                        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
-                                        samples_s=f"{metrics['throughput/samples_per_sec']:.1f}")
-                    if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                        save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(), config.keep_checkpoints)
-                        last_saved = state.step
-                    if state.step >= total_steps:
-                        break
+        with StopSignals() as stops:
+            while state.epoch < config.epochs and state.step < total_steps:
+                set_train_mode(model, config.freeze_bn)
+                batches_in_epoch = len(train_batches)
                 waited_from = time.perf_counter()
-            if state.batch_in_epoch >= batches_in_epoch:
-                final = state.epoch + 1 >= config.epochs or state.step >= total_steps
-                self._end_epoch(model, logger, state, final)
-                state.epoch += 1
-                state.batch_in_epoch = 0
+                for batch in train_batches:
+                    interval.wait += time.perf_counter() - waited_from
+                    if self.channels_last:
+                        batch = channels_last(batch)
+                    state.batch_in_epoch += 1
+                    sync = state.batch_in_epoch % config.grad_accum == 0 or state.batch_in_epoch == batches_in_epoch
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                        loss = self.task.forward(model, batch)["loss"]
+                        accelerator.backward(loss / config.grad_accum)
+                    interval.add(loss.detach(), batch)
+                    state.samples += batch_size_of(batch) * accelerator.num_processes
+                    if sync:
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        state.step += 1
+                        bar.update(1)
+                        if state.step % config.log_every == 0 or state.step == total_steps:
+                            metrics = interval.flush(accelerator, scheduler.get_last_lr()[0])
+                            logger.log(metrics, state.step)
+                            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
+                                            samples_s=f"{metrics['throughput/samples_per_sec']:.1f}")
+                        if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                            save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(),
+                                            config.keep_checkpoints)
+                            last_saved = state.step
+                        caught = stops.caught(accelerator, state.step, config.log_every)
+                        if caught:
+                            if last_saved != state.step:
+                                save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(),
+                                                config.keep_checkpoints)
+                            bar.close()
+                            logger.close()
+                            accelerator.print(f"{signal.Signals(caught).name} at step {state.step}: checkpoint "
+                                              f"written to {checkpoint_dirs(self.run_dir)[-1]}; run the same command "
+                                              f"with --resume to continue")
+                            raise SystemExit(128 + caught)
+                        if state.step >= total_steps:
+                            break
+                    waited_from = time.perf_counter()
+                if state.batch_in_epoch >= batches_in_epoch:
+                    final = state.epoch + 1 >= config.epochs or state.step >= total_steps
+                    self._end_epoch(model, logger, state, final)
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
         bar.close()
         if state.batch_in_epoch:
             self._end_epoch(model, logger, state, final=True)
@@ -299,6 +314,41 @@ class Trainer:
                 f"{key}={value:.4f}" for key, value in metrics.items() if key.startswith("eval/")))
         logger.log(metrics, state.step)
         set_train_mode(model, self.config.freeze_bn)
+
+
+class StopSignals:
+    """SIGTERM and SIGINT caught while training: the loop finishes its step, writes a checkpoint and
+    exits with status 128 + signal, so that ``--resume`` continues exactly there (preemption).
+
+    One process checks after every step; several ranks agree every `every` steps through one
+    small all-reduce (a rank that saw the signal stops them all at the same step).
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self._previous[number] = signal.signal(number, self._catch)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _catch(self, number: int, frame) -> None:
+        self.received = number
+
+    def caught(self, accelerator: Accelerator, step: int, every: int) -> int:
+        """The signal to stop for (0: none)."""
+        if accelerator.num_processes == 1:
+            return self.received
+        if step % max(1, every):
+            return 0
+        flag = torch.tensor([float(self.received)], device=accelerator.device)
+        return int(accelerator.reduce(flag, reduction="max").item())
 
 
 class _Interval:
