@@ -347,8 +347,10 @@ class StopSignals:
             return self.received
         if step % max(1, every):
             return 0
-        flag = torch.tensor([float(self.received)], device=accelerator.device)
-        return int(accelerator.reduce(flag, reduction="max").item())
+        flag = torch.tensor([float(self.received > 0)], device=accelerator.device)
+        if accelerator.reduce(flag, reduction="sum").item() == 0:
+            return 0
+        return self.received or int(signal.SIGTERM)
 
 
 class _Interval:
