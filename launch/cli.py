@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rebuild_report(args.run_dir, args.metric)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NotImplementedError,
-            BadImageError) as error:
+            BadImageError, FloatingPointError) as error:
         print(f"codecloop {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

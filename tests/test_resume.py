@@ -92,3 +92,37 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(uninterrupted, imag
     expected, actual = load_file(uninterrupted / "model.safetensors"), load_file(out / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _nan_at(monkeypatch, call: int) -> None:
+    """Make the classification loss NaN on the `call`-th forward pass."""
+    from tasks.classification import ClassificationTask
+
+    forward, calls = ClassificationTask.forward, {"n": 0}
+
+    def forward_with_nan(self, model, batch):
+        calls["n"] += 1
+        out = forward(self, model, batch)
+        return {**out, "loss": out["loss"] * float("nan")} if calls["n"] == call else out
+
+    monkeypatch.setattr(ClassificationTask, "forward", forward_with_nan)
+
+
+def test_nonfinite_loss_stops_naming_the_last_good_checkpoint(image_folder, tmp_path, run_cli, monkeypatch):
+    _nan_at(monkeypatch, 5)
+    out = tmp_path / "nan"
+    status, _, err = run_cli("train", "--data", image_folder, *ARGS, "--log_every", "3", "--out", out)
+    assert status == 2
+    assert "non-finite training loss between steps 4 and 6" in err and "step_00000004" in err
+    assert sorted(path.name for path in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+
+
+def test_skip_nonfinite_skips_and_counts(image_folder, tmp_path, run_cli, monkeypatch):
+    _nan_at(monkeypatch, 5)
+    out = tmp_path / "skip"
+    status, stdout, err = run_cli("train", "--data", image_folder, *ARGS, "--skip_nonfinite", "true", "--out", out)
+    assert status == 0, err
+    assert "skipped a non-finite loss at step 5 (1 so far)" in stdout
+    state = json.loads(sorted((out / "checkpoints").glob("step_*"))[-1].joinpath("trainer_state.json").read_text())
+    assert state["skipped_nonfinite"] == 1 and state["step"] == 11  # 12 batches, one skipped
+    assert all(torch.isfinite(value).all() for value in load_file(out / "model.safetensors").values())

@@ -30,6 +30,7 @@ class TrainState:
     samples: int = 0
     world_size: int = 1
     wandb_run_id: str | None = None
+    skipped_nonfinite: int = 0
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

@@ -109,6 +109,9 @@ class Config:
                                "convolutions on GPU and CPU)", "runtime")
     one_pass_sweep: bool = _key(True, "sweep JPEG levels in one pass: each image decoded once, every level's codec "
                                 "stage in the same pipeline (false: one full pass per level)", "runtime")
+    skip_nonfinite: bool = _key(False, "skip optimizer steps whose loss is NaN or inf (counted; one host sync per "
+                                "step) instead of stopping at the next log line or checkpoint with the last good "
+                                "checkpoint named", "runtime")
     strict: bool = _key(False, "stop on the first unreadable image instead of skipping it", "runtime")
     wandb: str = _key("online", "W&B mode (online falls back to offline without an API key)", "runtime",
                       ("online", "offline", "disabled"))

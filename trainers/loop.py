@@ -232,7 +232,7 @@ class Trainer:
         state.wandb_run_id = logger.wandb_run_id
         bar = tqdm(total=total_steps, initial=state.step, disable=not (accelerator.is_main_process and config.progress),
                    desc=f"train {self.run_dir.name}", dynamic_ncols=True)
-        interval = _Interval()
+        interval = _Interval(first_step=state.step + 1)
         last_saved = state.step if resume_from else -1
         with StopSignals() as stops:
             while state.epoch < config.epochs and state.step < total_steps:
@@ -248,6 +248,13 @@ class Trainer:
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                         loss = self.task.forward(model, batch)["loss"]
                         accelerator.backward(loss / config.grad_accum)
+                    if config.skip_nonfinite and not all_finite(accelerator, loss):
+                        optimizer.zero_grad(set_to_none=True)
+                        state.skipped_nonfinite += 1
+                        accelerator.print(f"skipped a non-finite loss at step {state.step + 1} "
+                                          f"({state.skipped_nonfinite} so far)")
+                        waited_from = time.perf_counter()
+                        continue
                     interval.add(loss.detach(), batch)
                     state.samples += batch_size_of(batch) * accelerator.num_processes
                     if sync:
@@ -256,12 +263,20 @@ class Trainer:
                         optimizer.zero_grad(set_to_none=True)
                         state.step += 1
                         bar.update(1)
-                        if state.step % config.log_every == 0 or state.step == total_steps:
+                        due_log = state.step % config.log_every == 0 or state.step == total_steps
+                        due_checkpoint = config.checkpoint_every and state.step % config.checkpoint_every == 0
+                        if (due_log or due_checkpoint) and not all_finite(accelerator, interval.worst()):
+                            raise FloatingPointError(
+                                f"non-finite training loss between steps {interval.first_step} and {state.step}; "
+                                f"last good checkpoint: {(checkpoint_dirs(self.run_dir) or ['none'])[-1]} (rerun "
+                                f"with --resume and a lower lr, or set --skip_nonfinite true)")
+                        if due_log:
                             metrics = interval.flush(accelerator, scheduler.get_last_lr()[0])
+                            interval.first_step = state.step + 1
                             logger.log(metrics, state.step)
                             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
                                             samples_s=f"{metrics['throughput/samples_per_sec']:.1f}")
-                        if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                        if due_checkpoint:
                             save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(),
                                             config.keep_checkpoints)
                             last_saved = state.step
@@ -287,6 +302,9 @@ class Trainer:
         bar.close()
         if state.batch_in_epoch:
             self._end_epoch(model, logger, state, final=True)
+        if not all_finite(accelerator, interval.worst()):
+            raise FloatingPointError(f"non-finite training loss between steps {interval.first_step} and {state.step}; "
+                                     f"last good checkpoint: {(checkpoint_dirs(self.run_dir) or ['none'])[-1]}")
         if last_saved != state.step:
             save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(), config.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -314,6 +332,14 @@ class Trainer:
                 f"{key}={value:.4f}" for key, value in metrics.items() if key.startswith("eval/")))
         logger.log(metrics, state.step)
         set_train_mode(model, self.config.freeze_bn)
+
+
+def all_finite(accelerator: Accelerator, value: torch.Tensor) -> bool:
+    """Whether `value` is finite on every rank (one host sync; one all-reduce across ranks)."""
+    bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1).to(accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return bad.item() == 0
 
 
 class StopSignals:
@@ -356,7 +382,8 @@ class StopSignals:
 class _Interval:
     """Loss, codec and timing statistics accumulated between two log lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_step: int = 1) -> None:
+        self.first_step = first_step  # the first optimizer step whose losses this interval holds
         self.losses: list[torch.Tensor] = []
         self.levels: list[torch.Tensor] = []
         self.codec_key = "jpeg_quality"
@@ -384,3 +411,10 @@ class _Interval:
         }
         self.__init__()
         return metrics
+
+    def worst(self) -> torch.Tensor:
+        """A loss of the interval that is NaN or inf if any is (no host sync)."""
+        if not self.losses:
+            return torch.zeros(())
+        losses = torch.stack(self.losses).float()
+        return torch.where(losses.isfinite(), losses, losses.nan_to_num(nan=float("inf"))).abs().max()
