@@ -120,6 +120,7 @@ class DenseFeeder(ShardedFeeder):
         self.samples, self.layout, self.load_targets = list(samples), layout, load_targets
         self.spec, self.geometry, self.preset = spec, geometry, preset
         self.h264 = isinstance(spec, CrfSpec)
+        self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
 
     @property
     def level_name(self) -> str:
@@ -131,11 +132,13 @@ class DenseFeeder(ShardedFeeder):
         return ("image" if self.h264 else "encoded", "roi_start", "roi_end", "mirror", "points_mt", "level",
                 *self.layout.rasters, *points, *self.layout.extras, "index", "valid")
 
-    def _image(self, path: str, level: int) -> tuple[np.ndarray, int, int]:
+    def _image(self, index: int, level: int) -> tuple[np.ndarray, int, int]:
         """The encoded file (JPEG: decoded by DALI) or the H.264-roundtripped pixels, and the size."""
+        path = self.samples[index].path
         if not self.h264:
-            width, height = image_size(path)
-            return np.fromfile(path, np.uint8), width, height
+            if index not in self._sizes:
+                self._sizes[index] = image_size(path)
+            return np.fromfile(path, np.uint8), *self._sizes[index]
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))
         if level != CLEAN_CRF:
@@ -145,7 +148,7 @@ class DenseFeeder(ShardedFeeder):
     def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         sample = self.samples[index]
         level = self.spec.draw(rng)
-        image, width, height = self._image(sample.path, level)
+        image, width, height = self._image(index, level)
         targets = self.load_targets(index)
         out: dict[str, np.ndarray] = {"encoded" if not self.h264 else "image": image, "level": np.int32(level)}
         for name in self.layout.rasters:

@@ -33,6 +33,13 @@ class ImageGeometry:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
+def sharded_reader(files: Sequence[str], shard_id: int, num_shards: int, shuffle: bool):
+    """This shard's encoded files and their indices into `files` (the last batch padded, so every
+    shard runs the same number of batches; the iterator drops the padding)."""
+    return fn.readers.file(files=list(files), labels=list(range(len(files))), shard_id=shard_id,
+                           num_shards=num_shards, pad_last_batch=True, random_shuffle=shuffle, name=READER_NAME)
+
+
 def decode(encoded, on_gpu: bool):
     """Decode encoded images to RGB uint8 HWC, with nvJPEG ("mixed") on a GPU."""
     return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
@@ -87,15 +94,7 @@ def image_pipeline(
     With `with_clean`, the clean image goes through the very same crop and flip as the
     compressed one (both are stacked along channels for the geometry), e.g. for a teacher.
     """
-    encoded, index = fn.readers.file(
-        files=list(files),
-        labels=list(range(len(files))),
-        shard_id=shard_id,
-        num_shards=num_shards,
-        pad_last_batch=True,
-        random_shuffle=training,
-        name=READER_NAME,
-    )
+    encoded, index = sharded_reader(files, shard_id, num_shards, shuffle=training)
     images = decode(encoded, on_gpu)
     view = train_geometry if training else eval_geometry
     if codec_placement == "native":
@@ -126,15 +125,7 @@ def sweep_pipeline(
     """Evaluation at many JPEG qualities in one pass: each image is read and decoded once, then
     every level's codec stage, resize, center crop and normalize run on it; outputs
     ``(index, clean view, view at levels[0], ...)``."""
-    encoded, index = fn.readers.file(
-        files=list(files),
-        labels=list(range(len(files))),
-        shard_id=shard_id,
-        num_shards=num_shards,
-        pad_last_batch=True,
-        random_shuffle=False,
-        name=READER_NAME,
-    )
+    encoded, index = sharded_reader(files, shard_id, num_shards, shuffle=False)
     images = decode(encoded, on_gpu)
     if codec_placement == "native":
         views = [eval_geometry(images, geometry)]

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec
@@ -64,7 +62,11 @@ def paired_files(root: Path, split: str, target_folder: str, suffixes: tuple[str
 
 
 class DenseTask:
-    """Base of the dense tasks: geometry from the config, the shared pipeline, channels-last models."""
+    """Base of the dense tasks: geometry from the config, the shared pipeline, channels-last models.
+
+    A subclass reads its format in `sample_index` and defines ``load_targets(index, position)``:
+    the target arrays of one sample, as its `layout` names them.
+    """
 
     codecs = ("jpeg", "h264")
     memory_format = torch.channels_last
@@ -85,10 +87,6 @@ class DenseTask:
     def has_split(self, split: str) -> bool:
         """Whether ``images/<split>`` exists (the folder layouts; COCO tasks look for their JSON)."""
         return (self.root / "images" / split).is_dir()
-
-    def load_targets(self, index: SampleIndex, position: int) -> Mapping[str, np.ndarray]:
-        """The target arrays of sample `position` of `index`, as `layout` names them."""
-        raise NotImplementedError
 
     def batches(self, index: SampleIndex, *, training: bool, spec: QualitySpec | CrfSpec, runtime: PipelineRuntime,
                 checkpoint: bytes | str | None = None, with_clean: bool = False) -> DenseBatches:
