@@ -2,6 +2,8 @@
 # The dense-task study at CPU size: for each task and model, a clean baseline trained on a
 # generated dataset (64 train / 16 val images of 96x128), then the experiment protocol from that
 # baseline with JPEG (qualities 5..95) and with H.264 (CRFs 18..51), and one table of everything.
+# Each task pairs an encoder-decoder with a model on the same encoder that has no decoder
+# (tasks/dense_models.py); segmentation adds torchvision's FCN.
 # Usage: bench/dense_study.sh [OUT]   (default runs/dense-study; reruns skip finished runs)
 set -euo pipefail
 OUT=${1:-runs/dense-study}
@@ -14,28 +16,32 @@ LITE0=$(python -c "from tasks.pretrained import packaged_efficientnet_lite0_path
 SGD="--optimizer sgd --weight_decay 1e-4 --warmup_steps 20"
 RUNS=(
   "segmentation unet_resnet18 96x128 25 10"
+  "segmentation plain_resnet18 96x128 25 10"
   "segmentation fcn_resnet50 96x128 25 10"
   "depth unet_resnet18 96x128 25 10"
+  "depth plain_resnet18 96x128 25 10"
   "pose simplebaseline_resnet18 128x96 25 10"
+  "pose plain_resnet18 128x96 25 10"
   "detection fasterrcnn_tf_efficientnet_lite0 128 20 5 --pretrained $LITE0 $SGD --lr 0.01"
+  "detection fasterrcnn_c4_tf_efficientnet_lite0 128 20 5 --pretrained $LITE0 $SGD --lr 0.01"
 )
 
 for run in "${RUNS[@]}"; do
   read -r task model size epochs retrain_epochs extra <<<"$run"
   data="$OUT/data/$task"
-  [ -d "$data" ] || codecloop make-synthetic --task "$task" --out "$data" --train 64 --val 16
+  [ -d "$data" ] || python -m launch.cli make-synthetic --task "$task" --out "$data" --train 64 --val 16
   base=(--task "$task" --model "$model" --data "$data" --input_size "$size" "${COMMON[@]}")
   # shellcheck disable=SC2206
   options=($extra)
   dir="$OUT/$task-$model"
   if [ ! -f "$dir/baseline/model.safetensors" ]; then
     rm -rf "$dir/baseline"
-    codecloop train "${base[@]}" "${options[@]}" --epochs "$epochs" --out "$dir/baseline"
+    python -m launch.cli train "${base[@]}" "${options[@]}" --epochs "$epochs" --out "$dir/baseline"
   fi
   for codec in jpeg h264; do
     [ -f "$dir/$codec/recovery.csv" ] && continue
     rm -rf "$dir/$codec"
-    codecloop experiment "${base[@]}" "${options[@]}" --checkpoint "$dir/baseline" --codec "$codec" \
+    python -m launch.cli experiment "${base[@]}" "${options[@]}" --checkpoint "$dir/baseline" --codec "$codec" \
       --retrain_epochs "$retrain_epochs" --retrain_quality 5-95 --retrain_crf 18-51 --retrain_clean_prob 0.1 --out "$dir/$codec"
   done
 done

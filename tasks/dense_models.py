@@ -1,8 +1,14 @@
 """Model factories for the dense tasks: detection, segmentation, pose and depth.
 
 Torchvision models are built by name with ``weights=None`` (local weights only, never a download).
-Any timm encoder drives two model families of our own: `UNet` (segmentation and depth,
-``unet_<timm encoder>``) and `SimpleBaseline` (pose heatmaps, ``simplebaseline_<timm encoder>``).
+Any timm encoder drives the model families of our own, in two kinds, so that the study's
+"encoder-decoder networks resist compression best" can be tested on one encoder:
+
+| kind | segmentation, depth | pose | detection |
+| --- | --- | --- | --- |
+| encoder-decoder | `UNet` ``unet_<enc>`` | `SimpleBaseline` ``simplebaseline_<enc>`` | FPN ``fasterrcnn_<enc>`` |
+| no decoder | `PlainHead` ``plain_<enc>`` | `PlainHead` ``plain_<enc>`` | stride 16 ``fasterrcnn_c4_<enc>`` |
+
 A ``pretrained_encoder`` file is loaded into the encoder / backbone with `load_encoder_weights`,
 which also accepts a whole classifier checkpoint (its head is dropped).
 """
@@ -18,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection, segmentation
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from tasks.pretrained import read_state_dict, load_pretrained, load_state_dict_by_order
@@ -35,14 +41,19 @@ POSE_MODELS = ("keypointrcnn_resnet50_fpn",)
 DEPTH_MODELS: tuple[str, ...] = ()
 UNET_PREFIX = "unet_"
 SIMPLEBASELINE_PREFIX = "simplebaseline_"
+PLAIN_PREFIX = "plain_"
+FPN_PREFIX = "fasterrcnn_"
+SINGLE_SCALE_PREFIX = "fasterrcnn_c4_"
 MAX_LOG_DEPTH = 15.0
+POSE_HEATMAP_STRIDE = 4
 _COUNTER = "num_batches_tracked"
 
+# task -> (torchvision names, timm-encoder prefixes; a longer prefix before the one it extends)
 _FAMILIES = {
-    "detection": (DETECTION_MODELS, "fasterrcnn_"),
-    "segmentation": (SEGMENTATION_MODELS, UNET_PREFIX),
-    "pose": (POSE_MODELS, SIMPLEBASELINE_PREFIX),
-    "depth": (DEPTH_MODELS, UNET_PREFIX),
+    "detection": (DETECTION_MODELS, (SINGLE_SCALE_PREFIX, FPN_PREFIX)),
+    "segmentation": (SEGMENTATION_MODELS, (UNET_PREFIX, PLAIN_PREFIX)),
+    "pose": (POSE_MODELS, (SIMPLEBASELINE_PREFIX, PLAIN_PREFIX)),
+    "depth": (DEPTH_MODELS, (UNET_PREFIX, PLAIN_PREFIX)),
 }
 
 
@@ -131,20 +142,44 @@ class UNet(nn.Module):
         return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class DepthUNet(UNet):
-    """UNet predicting log depth; forward(x) -> (B, H, W) depth = exp(log depth), always > 0.
+class PlainHead(nn.Module):
+    """No decoder (FCN-32s style): the deepest timm feature, one 3x3 conv-BN-ReLU, a 1x1 head, then
+    bilinear upsampling to the input size over `output_stride`. No skip connection and nothing
+    learned at finer than the encoder's stride: the counterpart of `UNet` / `SimpleBaseline` on the
+    same encoder. forward(x) -> (B, out_channels, ceil(H / output_stride), ceil(W / output_stride)).
+    """
+
+    def __init__(self, encoder: str, out_channels: int, width: int = 256, output_stride: int = 1,
+                 pretrained_encoder: str | Path | None = None) -> None:
+        super().__init__()
+        self.encoder = create_encoder(encoder, out_indices=(-1,))
+        if pretrained_encoder:
+            load_encoder_weights(self.encoder, pretrained_encoder)
+        self.neck = nn.Sequential(*_conv_bn_relu(self.encoder.feature_info.channels()[-1], width))
+        self.head = nn.Conv2d(width, out_channels, 1)
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = [-(-side // self.output_stride) for side in x.shape[-2:]]
+        return F.interpolate(self.head(self.neck(self.encoder(x)[-1])), size=size, mode="bilinear",
+                             align_corners=False)
+
+
+class LogDepth(nn.Module):
+    """Wraps a one-channel network predicting log depth; forward(x) -> (B, H, W) depth = exp(log
+    depth), always > 0.
 
     exp rather than softplus: the scale-invariant log loss takes log(depth), which is then the raw
     output itself, so its gradient neither saturates nor explodes near zero depth. The log is
     clamped to +-MAX_LOG_DEPTH and exponentiated in float32 so fp16 autocast cannot overflow.
     """
 
-    def __init__(self, encoder: str, decoder_channels: Sequence[int] = (256, 128, 64, 32),
-                 pretrained_encoder: str | Path | None = None) -> None:
-        super().__init__(encoder, 1, decoder_channels, pretrained_encoder)
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_depth = super().forward(x)[:, 0].float()
+        log_depth = self.network(x)[:, 0].float()
         return log_depth.clamp(-MAX_LOG_DEPTH, MAX_LOG_DEPTH).exp()
 
 
@@ -194,21 +229,24 @@ def model_names(task: str) -> str:
     """Human-readable list of the valid model names of `task`, for --help and error messages."""
     if task not in _FAMILIES:
         raise ValueError(f"unknown task {task!r}; dense tasks are {', '.join(_FAMILIES)}")
-    names, prefix = _FAMILIES[task]
-    pattern = [f"{prefix}<timm encoder> (e.g. {prefix}resnet18)"] if prefix else []
-    return ", ".join([*names, *pattern])
+    names, prefixes = _FAMILIES[task]
+    return ", ".join([*names, *(f"{prefix}<timm encoder> (e.g. {prefix}resnet18)" for prefix in prefixes)])
 
 
-def check_model_name(task: str, name: str) -> str | None:
-    """The timm encoder of a ``<prefix><encoder>`` name; None for a torchvision name; else a ValueError
-    naming the bad value and listing the valid names."""
-    names, prefix = _FAMILIES[task]
+def check_model_name(task: str, name: str) -> tuple[str, str] | None:
+    """``(prefix, timm encoder)`` of a ``<prefix><encoder>`` name; None for a torchvision name; else a
+    ValueError naming the bad value and listing the valid names."""
+    names, prefixes = _FAMILIES[task]
     if name in names:
         return None
-    if prefix and name.startswith(prefix) and timm.is_model(name.removeprefix(prefix)):
-        return name.removeprefix(prefix)
-    reason = f": {name.removeprefix(prefix)!r} is not a timm model" if prefix and name.startswith(prefix) else ""
-    raise ValueError(f"unknown {task} model {name!r}{reason}; valid: {model_names(task)}")
+    prefix = next((prefix for prefix in prefixes if name.startswith(prefix)), None)
+    if prefix is None:
+        raise ValueError(f"unknown {task} model {name!r}; valid: {model_names(task)}")
+    encoder = name.removeprefix(prefix)
+    if not timm.is_model(encoder):
+        raise ValueError(f"unknown {task} model {name!r}: {encoder!r} is not a timm model; valid: "
+                         f"{model_names(task)}")
+    return prefix, encoder
 
 
 class FeaturePyramid(nn.Module):
@@ -229,16 +267,44 @@ class FeaturePyramid(nn.Module):
         return self.fpn({str(level): feature for level, feature in enumerate(self.body(x))})
 
 
-def timm_faster_rcnn(encoder: str, num_classes: int, image_size: int,
-                     pretrained_encoder: str | Path | None = None) -> nn.Module:
-    """Faster R-CNN on a `FeaturePyramid` of a timm encoder, anchors of 16 to 128 pixels, inputs
-    normalized with the encoder's own mean and std (as its pretrained weights expect)."""
+class SingleScale(nn.Module):
+    """A detector backbone without a decoder: the timm encoder's stride-16 stage (Faster R-CNN's
+    original "C4" feature) through a 1x1 projection to `out_channels`; no top-down pathway."""
+
+    def __init__(self, encoder: str, out_channels: int = 128, pretrained_encoder: str | Path | None = None) -> None:
+        super().__init__()
+        strides = create_encoder(encoder).feature_info.reduction()
+        if 16 not in strides:
+            raise ValueError(f"timm encoder {encoder!r} has no stride-16 stage (strides {strides})")
+        self.body = create_encoder(encoder, out_indices=(strides.index(16),))
+        if pretrained_encoder:
+            load_encoder_weights(self.body, pretrained_encoder)
+        self.projection = nn.Conv2d(self.body.feature_info.channels()[-1], out_channels, 1)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"0": self.projection(self.body(x)[-1])}
+
+
+def timm_faster_rcnn(encoder: str, num_classes: int, image_size: int, pretrained_encoder: str | Path | None = None,
+                     pyramid: bool = True) -> nn.Module:
+    """Faster R-CNN on a timm encoder, anchors of 16 to 128 pixels, inputs normalized with the
+    encoder's own mean and std (as its pretrained weights expect): on a `FeaturePyramid` (one anchor
+    size per level) or, with ``pyramid=False``, on the `SingleScale` stride-16 map (all four sizes
+    there, RoIs pooled from it)."""
     config = timm.create_model(encoder, pretrained=False).pretrained_cfg
-    anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
-    return detection.FasterRCNN(FeaturePyramid(encoder, pretrained_encoder=pretrained_encoder), num_classes=num_classes,
-                                min_size=image_size, max_size=image_size, rpn_anchor_generator=anchors,
+    options: dict[str, object] = {}
+    if pyramid:
+        backbone: nn.Module = FeaturePyramid(encoder, pretrained_encoder=pretrained_encoder)
+        anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
+    else:
+        backbone = SingleScale(encoder, pretrained_encoder=pretrained_encoder)
+        anchors = AnchorGenerator(sizes=((16, 32, 64, 128),), aspect_ratios=((0.5, 1.0, 2.0),))
+        options["box_roi_pool"] = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    return detection.FasterRCNN(backbone, num_classes=num_classes, min_size=image_size, max_size=image_size,
+                                rpn_anchor_generator=anchors,
                                 image_mean=list(config.get("mean", (0.485, 0.456, 0.406))),
-                                image_std=list(config.get("std", (0.229, 0.224, 0.225))))
+                                image_std=list(config.get("std", (0.229, 0.224, 0.225))), **options)
 
 
 def _build(factory: Callable[..., nn.Module], **options: object) -> nn.Module:
@@ -247,15 +313,17 @@ def _build(factory: Callable[..., nn.Module], **options: object) -> nn.Module:
 
 def create_detection_model(name: str, num_classes: int, image_size: int,
                            pretrained_encoder: str | Path | None = None) -> nn.Module:
-    """A torchvision detector, random weights, or ``fasterrcnn_<timm encoder>`` (`timm_faster_rcnn`,
-    with `pretrained_encoder` weights); `num_classes` counts the background class.
+    """A torchvision detector, random weights, or ``fasterrcnn_[c4_]<timm encoder>``
+    (`timm_faster_rcnn`, with `pretrained_encoder` weights); `num_classes` counts the background class.
 
     RCNN / RetinaNet / FCOS resize inputs to `image_size` (min and max side) instead of their
     800 px default; ssdlite320 always works at its own 320 px.
     """
-    encoder = check_model_name("detection", name)
-    if encoder is not None:
-        return timm_faster_rcnn(encoder, num_classes, image_size, pretrained_encoder)
+    family = check_model_name("detection", name)
+    if family is not None:
+        prefix, encoder = family
+        return timm_faster_rcnn(encoder, num_classes, image_size, pretrained_encoder,
+                                pyramid=prefix != SINGLE_SCALE_PREFIX)
     options: dict[str, object] = {"num_classes": num_classes}
     if name != "ssdlite320_mobilenet_v3_large":
         options |= {"min_size": image_size, "max_size": image_size}
@@ -264,9 +332,10 @@ def create_detection_model(name: str, num_classes: int, image_size: int,
 
 def create_segmentation_model(name: str, num_classes: int, pretrained_encoder: str | Path | None = None) -> nn.Module:
     """A segmentation network whose forward(x) returns (B, num_classes, H, W) logits."""
-    encoder = check_model_name("segmentation", name)
-    if encoder is not None:
-        return UNet(encoder, num_classes, pretrained_encoder=pretrained_encoder)
+    family = check_model_name("segmentation", name)
+    if family is not None:
+        model_class = UNet if family[0] == UNET_PREFIX else PlainHead
+        return model_class(family[1], num_classes, pretrained_encoder=pretrained_encoder)
     options = {} if name.startswith("lraspp") else {"aux_loss": False}
     model = _build(getattr(segmentation, name), num_classes=num_classes, **options)
     if pretrained_encoder:
@@ -276,10 +345,15 @@ def create_segmentation_model(name: str, num_classes: int, pretrained_encoder: s
 
 def create_pose_model(name: str, num_keypoints: int, image_size: int,
                       pretrained_encoder: str | Path | None = None) -> nn.Module:
-    """Keypoint R-CNN (person class + background, resized to `image_size`) or a SimpleBaseline."""
-    encoder = check_model_name("pose", name)
-    if encoder is not None:
-        return SimpleBaseline(encoder, num_keypoints, pretrained_encoder=pretrained_encoder)
+    """Keypoint R-CNN (person class + background, resized to `image_size`), or top-down heatmaps at
+    stride 4 from a SimpleBaseline or a `PlainHead`."""
+    family = check_model_name("pose", name)
+    if family is not None:
+        prefix, encoder = family
+        if prefix == SIMPLEBASELINE_PREFIX:
+            return SimpleBaseline(encoder, num_keypoints, pretrained_encoder=pretrained_encoder)
+        return PlainHead(encoder, num_keypoints, output_stride=POSE_HEATMAP_STRIDE,
+                         pretrained_encoder=pretrained_encoder)
     model = _build(getattr(detection, name), num_classes=2, num_keypoints=num_keypoints,
                    min_size=image_size, max_size=image_size)
     if pretrained_encoder:
@@ -288,6 +362,7 @@ def create_pose_model(name: str, num_keypoints: int, image_size: int,
 
 
 def create_depth_model(name: str, pretrained_encoder: str | Path | None = None) -> nn.Module:
-    """A `DepthUNet`: forward(x) -> (B, H, W) positive depth (exp of the predicted log depth)."""
-    encoder = check_model_name("depth", name)
-    return DepthUNet(encoder, pretrained_encoder=pretrained_encoder)
+    """A `UNet` or `PlainHead` predicting log depth: forward(x) -> (B, H, W) positive depth (`LogDepth`)."""
+    prefix, encoder = check_model_name("depth", name)
+    model_class = UNet if prefix == UNET_PREFIX else PlainHead
+    return LogDepth(model_class(encoder, 1, pretrained_encoder=pretrained_encoder))

@@ -63,7 +63,7 @@ class DetectionTask(DenseTask):
                  pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35) -> None:
         super().__init__(data, input_size, crop_size, min_scale, normalized=False)
-        self.timm_encoder = check_model_name("detection", model)
+        self.timm_family = check_model_name("detection", model)
         self.model_name, self.pretrained = model, pretrained
         self.categories = read_coco(self.root, "instances", "train").categories
         self.label_of = {int(category["id"]): label for label, category in enumerate(self.categories, start=1)}
@@ -104,9 +104,9 @@ class DetectionTask(DenseTask):
 
     def create_model(self) -> torch.nn.Module:
         """The detector; `pretrained` is a whole torchvision detector's weights file, or for
-        ``fasterrcnn_<timm encoder>`` its encoder's (a classifier's will do)."""
+        ``fasterrcnn_[c4_]<timm encoder>`` its encoder's (a classifier's will do)."""
         size = max(self.geometry.height, self.geometry.width)
-        if self.timm_encoder is not None:
+        if self.timm_family is not None:
             return create_detection_model(self.model_name, self.num_classes, size, pretrained_encoder=self.pretrained)
         model = create_detection_model(self.model_name, self.num_classes, size)
         if self.pretrained:

@@ -12,6 +12,7 @@ from tasks.dense_models import (
     DETECTION_MODELS,
     POSE_MODELS,
     SEGMENTATION_MODELS,
+    PlainHead,
     SimpleBaseline,
     UNet,
     create_depth_model,
@@ -113,11 +114,36 @@ def test_pose_models() -> None:
     assert rcnn.transform.min_size == (96,)
 
 
+def test_plain_models_have_no_decoder() -> None:
+    """The no-decoder family: one feature map at the encoder's stride, upsampled bilinearly."""
+    segmentation = create_segmentation_model("plain_resnet18", num_classes=3).eval()
+    assert isinstance(segmentation, PlainHead) and segmentation.encoder.feature_info.reduction() == [32]
+    with torch.no_grad():
+        assert segmentation(torch.randn(2, 3, 70, 90)).shape == (2, 3, 70, 90)
+        pose = create_pose_model("plain_resnet18", num_keypoints=5, image_size=96).eval()
+        assert pose(torch.randn(1, 3, 96, 72)).shape == (1, 5, 24, 18)  # stride 4, as SimpleBaseline's
+        depth = create_depth_model("plain_mobilenetv3_small_050").eval()(torch.randn(2, 3, 70, 90))
+    assert depth.shape == (2, 70, 90) and bool((depth > 0).all())
+
+
+def test_single_scale_faster_rcnn_uses_the_stride_16_stage() -> None:
+    model = create_detection_model("fasterrcnn_c4_resnet18", num_classes=3, image_size=96)
+    assert model.backbone.body.feature_info.reduction() == [16]
+    features = model.backbone(torch.rand(1, 3, 96, 128))
+    assert list(features) == ["0"] and features["0"].shape == (1, 128, 6, 8)
+    losses = model.train()([torch.rand(3, 96, 96)], [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]),
+                                                      "labels": torch.tensor([2])}])
+    assert all(torch.isfinite(value) for value in losses.values())
+    with pytest.raises(ValueError, match="'fasterrcnn_c4_nope'"):
+        create_detection_model("fasterrcnn_c4_nope", 3, 96)
+
+
 @pytest.mark.parametrize("factory, task, bad", [
     (lambda n: create_detection_model(n, 2, 96), "detection", "yolo_v99"),
     (lambda n: create_segmentation_model(n, 2), "segmentation", "unet_no_such_encoder"),
     (lambda n: create_pose_model(n, 17, 96), "pose", "simplebaseline_no_such_encoder"),
     (lambda n: create_depth_model(n), "depth", "deeplabv3_resnet50"),
+    (lambda n: create_depth_model(n), "depth", "plain_no_such_encoder"),
 ])
 def test_unknown_names_list_valid_ones(factory, task: str, bad: str) -> None:
     with pytest.raises(ValueError) as caught:
@@ -128,10 +154,13 @@ def test_unknown_names_list_valid_ones(factory, task: str, bad: str) -> None:
 
 def test_model_names() -> None:
     assert model_names("segmentation") == (
-        ", ".join(SEGMENTATION_MODELS) + ", unet_<timm encoder> (e.g. unet_resnet18)")
-    assert model_names("depth") == "unet_<timm encoder> (e.g. unet_resnet18)"
+        ", ".join(SEGMENTATION_MODELS) + ", unet_<timm encoder> (e.g. unet_resnet18), "
+        "plain_<timm encoder> (e.g. plain_resnet18)")
+    assert model_names("depth") == ("unet_<timm encoder> (e.g. unet_resnet18), "
+                                    "plain_<timm encoder> (e.g. plain_resnet18)")
     assert model_names("detection") == (
-        ", ".join(DETECTION_MODELS) + ", fasterrcnn_<timm encoder> (e.g. fasterrcnn_resnet18)")
+        ", ".join(DETECTION_MODELS) + ", fasterrcnn_c4_<timm encoder> (e.g. fasterrcnn_c4_resnet18), "
+        "fasterrcnn_<timm encoder> (e.g. fasterrcnn_resnet18)")
     with pytest.raises(ValueError, match="'nope'"):
         model_names("nope")
 
