@@ -1,9 +1,17 @@
 """Image pipelines for training and evaluation: read -> decode -> codec -> geometry -> normalize.
 
-The graph functions (`decode`, `train_geometry`, `eval_geometry`) are pure functions of DALI
-nodes; `image_pipeline` is the `@pipeline_def` wrapper that attaches the sharded reader.
-The reader's "label" is the sample's index into the file list: the iterator turns it into
-whatever target the task holds for that sample.
+The graph functions (`decode`, `train_geometry`, `eval_geometry`, `train_window`) are pure
+functions of DALI nodes; `image_pipeline` is the `@pipeline_def` wrapper that attaches the
+sharded reader. The reader's "label" is the sample's index into the file list: the iterator
+turns it into whatever target the task holds for that sample.
+
+Training on the CPU decodes and compresses only the part of the image the random-resized crop
+keeps (`train_window`): the codec's 4:2:0 blocks are 16x16 tiles fixed to the image's origin, so
+a region on that grid, one tile wider than the crop on each side, goes through the codec exactly
+as it does inside the whole image (bit-identical inside; only the region's outermost pixel rows,
+which the crop never reads, see other chroma neighbours). The crop window follows the law of
+`fn.random_resized_crop`; the resize then differs from the whole-image path by at most one grey
+level (float rounding of the resampling). It saves the decode and codec work outside the crop.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import nvidia.dali.math as dali_math
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipes.codec import jpeg_codec, jpeg_stage
@@ -20,6 +29,7 @@ READER_NAME = "Reader"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CODEC_PLACEMENTS = ("native", "after_resize")
+JPEG_TILE = 16  # the codec's 4:2:0 minimum coded unit, in pixels
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,26 @@ def train_geometry(images, geometry: ImageGeometry):
         random_aspect_ratio=[3 / 4, 4 / 3],
         antialias=True,
     )
+
+
+def train_window(encoded, geometry: ImageGeometry):
+    """Per encoded image: a random-resized-crop window (`anchor`, `size`, HW pixels, the law of
+    `fn.random_resized_crop`) and the region (`start`, `end`) on the codec's 16-pixel grid holding
+    it with one tile to spare on each side, clipped to the image."""
+    shape = fn.peek_image_shape(encoded)
+    anchor, size = fn.random_crop_generator(shape, random_area=[geometry.min_area, 1.0],
+                                            random_aspect_ratio=[3 / 4, 4 / 3])
+    start = dali_math.max(anchor // JPEG_TILE * JPEG_TILE - JPEG_TILE, 0)
+    end = dali_math.min((anchor + size + JPEG_TILE - 1) // JPEG_TILE * JPEG_TILE + JPEG_TILE,
+                        fn.cast(shape[0:2], dtype=types.INT32))
+    return anchor, size, start, end
+
+
+def resize_window(images, anchor, size, start, geometry: ImageGeometry):
+    """Resize the window (`anchor`, `size`) of regions that begin at `start` to the crop size."""
+    offset = fn.cast(anchor - start, dtype=types.FLOAT)
+    return fn.resize(images, size=[geometry.crop_size, geometry.crop_size], roi_start=offset,
+                     roi_end=offset + fn.cast(size, dtype=types.FLOAT), antialias=True)
 
 
 def eval_geometry(images, geometry: ImageGeometry):
@@ -93,15 +123,22 @@ def image_pipeline(
 
     With `with_clean`, the clean image goes through the very same crop and flip as the
     compressed one (both are stacked along channels for the geometry), e.g. for a teacher.
+    Training on the CPU with a codec at native resolution works on the crop's `train_window`.
     """
     encoded, index = sharded_reader(files, shard_id, num_shards, shuffle=training)
-    images = decode(encoded, on_gpu)
     view = train_geometry if training else eval_geometry
-    if codec_placement == "native":
+    if codec_placement == "native" and training and not on_gpu and not spec.is_none:
+        anchor, size, start, end = train_window(encoded, geometry)
+        images = fn.decoders.image_slice(encoded, start, end - start, axes=[0, 1], output_type=types.RGB)
+        compressed, quality = jpeg_codec(images, spec)
+        images = resize_window(fn.cat(compressed, images, axis=2) if with_clean else compressed, anchor, size, start,
+                               geometry)
+    elif codec_placement == "native":
+        images = decode(encoded, on_gpu)
         compressed, quality = jpeg_codec(images, spec)
         images = view(fn.cat(compressed, images, axis=2) if with_clean else compressed, geometry)
     else:
-        images = view(images, geometry)
+        images = view(decode(encoded, on_gpu), geometry)
         compressed, quality = jpeg_codec(images, spec)
         images = fn.cat(compressed, images, axis=2) if with_clean else compressed
     mirror = fn.random.coin_flip() if training else None

@@ -77,6 +77,36 @@ def test_codec_runs_at_native_resolution_before_resize(png_files, tmp_path):
     assert (in_loop - clean).abs().mean() > 0.01
 
 
+def test_codec_on_the_crop_window_equals_the_whole_image(png_files):
+    """The CPU training path compresses only the crop's 16-pixel-grid region: inside it the codec
+    is bit-identical to the whole image's, and the resized crop within one grey level."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_pipes.codec import jpeg_stage
+    from dali_pipes.pipelines import resize_window, train_window
+
+    @pipeline_def
+    def both():
+        encoded, _ = fn.readers.file(files=png_files)
+        anchor, size, start, end = train_window(encoded, GEOMETRY)
+        quality = fn.random.uniform(range=[5, 96], dtype=types.INT32)
+        whole = jpeg_stage(fn.decoders.image(encoded, output_type=types.RGB), quality)
+        region = jpeg_stage(fn.decoders.image_slice(encoded, start, end - start, axes=[0, 1],
+                                                    output_type=types.RGB), quality)
+        return (fn.slice(whole, start, end - start, axes=[0, 1]), region, resize_window(whole, anchor, size, 0 * start,
+                GEOMETRY), resize_window(region, anchor, size, start, GEOMETRY), anchor, start)
+
+    pipe = both(batch_size=len(png_files), num_threads=2, device_id=None, seed=7)
+    pipe.build()
+    whole, region, whole_crop, region_crop, anchor, start = (
+        [np.asarray(out[i]).astype(int) for i in range(len(png_files))] for out in pipe.run())
+    for sample in range(len(png_files)):
+        assert whole[sample].shape == region[sample].shape
+        assert np.array_equal(whole[sample][1:-1, 1:-1], region[sample][1:-1, 1:-1])
+        assert np.abs(whole_crop[sample] - region_crop[sample]).max() <= 1
+    assert any((a > s).all() for a, s in zip(anchor, start))  # some windows start inside the image
+
+
 def test_jpeg_roundtrip_checks_its_input():
     image = np.zeros((16, 16, 3), np.uint8)
     with pytest.raises(ValueError, match="quality 0"):
