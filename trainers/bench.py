@@ -1,4 +1,4 @@
-"""`codecloop bench`: images/s of codec-in-the-loop input pipelines and training, against the peers.
+"""`codecloop bench`: samples/s of codec-in-the-loop input pipelines and training, against the peers.
 
 | mode    | times                                              | contenders                                         |
 | ------- | -------------------------------------------------- | -------------------------------------------------- |
@@ -12,8 +12,10 @@
 |         | (image-levels/s)                                   | ``pass-per-level`` (10 full passes)                |
 
 Every contender does the same work per image: decode, JPEG at a per-sample quality, random-resized
-crop, flip, normalize. Each is warmed up, then timed `repeats` times over `iterations` batches with
-device synchronisation; the median and spread are reported. Rows are appended to
+crop, flip, normalize. With ``--codec h264`` the data, model and train modes time clips instead
+(`trainers.bench_video`: a CRF rung drawn per clip, a torchvision video model). Each contender is
+warmed up, then timed `repeats` times over `iterations` batches with device synchronisation; the
+median and spread are reported. Rows are appended to
 ``OUT/bench-<device>-<precision>-torch<v>-dali<v>-cuda<v>.csv`` and ``.json``.
 """
 
@@ -28,6 +30,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import nvidia.dali
@@ -37,12 +41,16 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads, parse_quality_spec
+from dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads, parse_crf_spec,
+                        parse_quality_spec)
 from dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from dali_pipes.iterator import SweepBatches
 from tasks.classification import list_image_folder
 
 MODES = ("data", "model", "train", "sweep")
+CODECS = ("jpeg", "h264")
+DEFAULT_MODELS = {"jpeg": "resnet50", "h264": "r3d_18"}
+DEFAULT_CROPS = {"jpeg": 224, "h264": 112}
 SWEEP_LEVELS = (5, 10, 15, 20, 30, 50, 75, 90, 95)
 DATA_CONTENDERS = ("codecloop", "dali-bare", "torch-dataloader", "torchvision-nvjpeg")
 
@@ -60,7 +68,7 @@ def results_stem(precision: str) -> str:
 
 
 def timed(batches: Iterator[int], iterations: int, warmup: int, repeats: int, device: torch.device) -> list[float]:
-    """Images/s of `repeats` runs of `iterations` batches (each yields its batch size), after `warmup`."""
+    """Samples/s of `repeats` runs of `iterations` batches (each yields its batch size), after `warmup`."""
     for _ in itertools.islice(batches, warmup):
         pass
     rates = []
@@ -75,7 +83,7 @@ def timed(batches: Iterator[int], iterations: int, warmup: int, repeats: int, de
     return rates
 
 
-def _forever(*epochs) -> Iterator:
+def forever(*epochs) -> Iterator:
     """Batches of each iterable in turn, again and again (each pass over one is an epoch)."""
     while True:
         for batches in epochs:
@@ -131,12 +139,12 @@ def data_contender(name: str, files: list[str], spec: str, crop: int, batch_size
         batches = ImageBatches(files, batch_size=batch_size, training=True, spec=parse_quality_spec(
             spec if name == "codecloop" else "none"), geometry=ImageGeometry(crop_size=crop), device_id=device_id,
             num_threads=threads)
-        return (len(batch["image"]) for batch in _forever(batches))
+        return (len(batch["image"]) for batch in forever(batches))
     if name == "torch-dataloader":
         loader = torch.utils.data.DataLoader(PilJpegDataset(files, quality, crop), batch_size=batch_size,
                                              shuffle=True, num_workers=workers, persistent_workers=workers > 0,
                                              pin_memory=device.type == "cuda")
-        return (len(batch.to(device, non_blocking=True)) for batch in _forever(loader))
+        return (len(batch.to(device, non_blocking=True)) for batch in forever(loader))
     if name == "torchvision-nvjpeg":
         if device.type != "cuda":
             return "needs CUDA (torch.cuda.is_available() is False)"
@@ -144,17 +152,19 @@ def data_contender(name: str, files: list[str], spec: str, crop: int, batch_size
     raise ValueError(f"unknown contender {name!r}; data contenders: {', '.join(DATA_CONTENDERS)}")
 
 
-def train_step(model_name: str, batch_size: int, crop: int, device: torch.device,
-               bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """A closure running one AdamW step of `model_name` on a batch."""
-    model = timm.create_model(model_name, pretrained=False, num_classes=1000).to(device)
-    model = model.to(memory_format=torch.channels_last).train()
+def train_step(model: torch.nn.Module, device: torch.device, bf16: bool,
+               channels_last: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """A closure running one AdamW step of `model` on a batch (image models channels-last)."""
+    model = model.to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+    def step(inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(images.contiguous(memory_format=torch.channels_last)),
-                                                     labels)
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -162,90 +172,141 @@ def train_step(model_name: str, batch_size: int, crop: int, device: torch.device
     return step
 
 
-def run_bench(mode: str, *, data: Path | None, images: int, batch_size: int, crop: int, quality: str,
-              iterations: int, warmup: int, repeats: int, model: str, precision: str, workers: int | None,
-              threads: int | None, contenders: list[str] | None, out: Path) -> list[dict]:
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one `codecloop bench` call measures and how (see the CLI's ``bench --help``)."""
+
+    mode: str
+    codec: str
+    levels: str
+    crop: int
+    frames: int
+    batch_size: int
+    workers: int
+    threads: int
+    device: torch.device
+    bf16: bool
+    model: str
+    contenders: list[str] | None
+    iterations: int
+    warmup: int
+    repeats: int
+
+    @property
+    def device_id(self) -> int | None:
+        return (self.device.index or 0) if self.device.type == "cuda" else None
+
+    def time(self, counts: Iterator[int], iterations: int | None = None) -> list[float]:
+        """`timed` with these iteration counts."""
+        return timed(counts, iterations or self.iterations, self.warmup, self.repeats, self.device)
+
+
+def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int, batch_size: int, crop: int | None,
+              quality: str, crf: str = "18-51", frames: int = 16, iterations: int, warmup: int, repeats: int,
+              model: str | None, precision: str, workers: int | None, threads: int | None,
+              contenders: list[str] | None, out: Path) -> list[dict]:
     """Run one mode, append its rows to the results files, print the table; returns the rows."""
     if mode not in MODES:
         raise ValueError(f"bench mode {mode!r} is not one of {', '.join(MODES)}")
-    parse_quality_spec(quality)
+    if codec not in CODECS:
+        raise ValueError(f"bench codec {codec!r} is not one of {', '.join(CODECS)}")
+    if codec == "h264" and mode == "sweep":
+        raise ValueError("bench --mode sweep times JPEG sweeps (one pass against a pass per level); H.264 sweeps "
+                         "read one ladder rung per level, so there is no second pass to save")
+    levels = quality if codec == "jpeg" else crf
+    crop = crop or DEFAULT_CROPS[codec]
+    (parse_quality_spec if codec == "jpeg" else parse_crf_spec)(levels)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     threads = threads or default_num_threads()
-    workers = workers if workers is not None else threads
-    rows, notes = [], []
+    settings = BenchSettings(mode, codec, levels, crop, frames, batch_size, workers if workers is not None else threads,
+                             threads, device, precision == "bf16" or (precision == "auto" and device.type == "cuda"),
+                             model or DEFAULT_MODELS[codec], contenders, iterations, warmup, repeats)
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
-        files = list_image_folder(data / "train")[1] if data else write_photo_jpegs(Path(scratch), images)
+        if codec == "h264":
+            from trainers.bench_video import clip_list, load_bench_ladder, measure_video
+
+            ladder = load_bench_ladder(data, Path(scratch))
+            samples = clip_list(ladder, images)
+            measure = partial(measure_video, ladder=ladder, clips=samples)
+        else:
+            samples = list_image_folder(data / "train")[1] if data else write_photo_jpegs(Path(scratch), images)
+            measure = partial(_measure_images, files=samples)
         while True:
             try:
-                measured = _measure(mode, files, quality, crop, batch_size, workers, threads, device, bf16, model,
-                                    contenders, iterations, warmup, repeats, notes)
+                measured = measure(settings, notes=notes)
                 break
             except torch.cuda.OutOfMemoryError:
-                if batch_size == 1:
+                if settings.batch_size == 1:
                     raise
-                notes.append(f"out of memory at batch {batch_size}: stepping down to {batch_size // 2}")
+                notes.append(f"out of memory at batch {settings.batch_size}: stepping down to "
+                             f"{settings.batch_size // 2}")
                 print(notes[-1])
-                batch_size //= 2
+                settings = replace(settings, batch_size=settings.batch_size // 2)
                 torch.cuda.empty_cache()
-    base = {"mode": mode, "device": device_name(), "precision": "bf16" if bf16 else "fp32",
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": nvidia.dali.__version__,
-            "cuda": torch.version.cuda or "none", "batch_size": batch_size, "crop": crop, "images": len(files),
-            "quality": quality if mode != "sweep" else ",".join(map(str, SWEEP_LEVELS)),
-            "model": model if mode in ("model", "train") else "", "iterations": iterations,
-            "repeats": repeats, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if not measured:
         raise ValueError("no contender could run: " + "; ".join(notes))
+    base = {"mode": mode, "codec": codec, "device": device_name(), "precision": "bf16" if settings.bf16 else "fp32",
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": nvidia.dali.__version__,
+            "cuda": torch.version.cuda or "none", "batch_size": settings.batch_size, "crop": crop,
+            "frames": frames if codec == "h264" else "", "samples": len(samples),
+            "levels": levels if mode != "sweep" else ",".join(map(str, SWEEP_LEVELS)),
+            "model": settings.model if mode in ("model", "train") else "", "iterations": iterations,
+            "repeats": repeats, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     reference = measured.get({"train": "codecloop-clean", "sweep": "pass-per-level"}.get(mode, "codecloop"))
+    rows = []
     for name, rates in measured.items():
         median = statistics.median(rates)
-        rows.append({**base, "contender": name, "images_per_sec": round(median, 2), "min": round(min(rates), 2),
-                     "max": round(max(rates), 2),
+        rows.append({**base, "contender": name, "unit": "clips" if codec == "h264" else "images",
+                     "samples_per_sec": round(median, 2), "min": round(min(rates), 2), "max": round(max(rates), 2),
                      "ratio": round(median / statistics.median(reference), 3) if reference else ""})
     _append(rows, out, results_stem(base["precision"]))
     print(_markdown(rows, mode, notes))
     return rows
 
 
-def _measure(mode, files, quality, crop, batch_size, workers, threads, device, bf16, model, contenders,
-             iterations, warmup, repeats, notes) -> dict[str, list[float]]:
+def skip(notes: list[str], name: str, reason: str) -> None:
+    """Record and print that contender `name` did not run, and why."""
+    notes.append(f"skipped {name}: {reason}")
+    print(notes[-1])
+
+
+def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[str]) -> dict[str, list[float]]:
     measured: dict[str, list[float]] = {}
-    if mode == "data":
-        for name in contenders or DATA_CONTENDERS:
-            batches = data_contender(name, files, quality, crop, batch_size, workers, threads, device)
+    if settings.mode == "data":
+        for name in settings.contenders or DATA_CONTENDERS:
+            batches = data_contender(name, files, settings.levels, settings.crop, settings.batch_size,
+                                     settings.workers, settings.threads, settings.device)
             if isinstance(batches, str):
-                notes.append(f"skipped {name}: {batches}")
-                print(notes[-1])
+                skip(notes, name, batches)
                 continue
-            measured[name] = timed(batches, iterations, warmup, repeats, device)
+            measured[name] = settings.time(batches)
         return measured
-    if mode == "sweep":
+    batch_size, crop, threads, device_id = settings.batch_size, settings.crop, settings.threads, settings.device_id
+    if settings.mode == "sweep":
         geometry = ImageGeometry(crop_size=crop, resize_size=crop * 8 // 7)
-        device_id = (device.index or 0) if device.type == "cuda" else None
         one_pass = SweepBatches(files, levels=SWEEP_LEVELS, batch_size=batch_size, geometry=geometry,
                                 device_id=device_id, num_threads=threads)
         per_level = [ImageBatches(files, batch_size=batch_size, training=False, geometry=geometry, device_id=device_id,
                                   num_threads=threads, spec=parse_quality_spec(str(level) if level else "none"))
                      for level in (None, *SWEEP_LEVELS)]
         levels = len(SWEEP_LEVELS) + 1
-        measured["one-pass"] = timed((len(batch["index"]) * levels for batch in _forever(one_pass)), iterations,
-                                     warmup, repeats, device)
-        measured["pass-per-level"] = timed((len(batch["image"]) for batch in _forever(*per_level)),
-                                           iterations * levels, warmup, repeats, device)
+        measured["one-pass"] = settings.time(len(batch["index"]) * levels for batch in forever(one_pass))
+        measured["pass-per-level"] = settings.time((len(batch["image"]) for batch in forever(*per_level)),
+                                                   settings.iterations * levels)
         return measured
-    step = train_step(model, batch_size, crop, device, bf16)
-    labels = torch.randint(0, 1000, (batch_size,), device=device)
-    if mode == "model":
-        images = torch.randn(batch_size, 3, crop, crop, device=device)
-        measured[model] = timed((step(images, labels) or batch_size for _ in itertools.count()), iterations,
-                                warmup, repeats, device)
+    step = train_step(timm.create_model(settings.model, pretrained=False, num_classes=1000), settings.device,
+                      settings.bf16, channels_last=True)
+    labels = torch.randint(0, 1000, (batch_size,), device=settings.device)
+    if settings.mode == "model":
+        images = torch.randn(batch_size, 3, crop, crop, device=settings.device)
+        measured[settings.model] = settings.time(step(images, labels) or batch_size for _ in itertools.count())
         return measured
-    for name, spec in (("codecloop", quality), ("codecloop-clean", "none")):
+    for name, spec in (("codecloop", settings.levels), ("codecloop-clean", "none")):
         batches = ImageBatches(files, batch_size=batch_size, training=True, spec=parse_quality_spec(spec),
-                               geometry=ImageGeometry(crop_size=crop), num_threads=threads,
-                               device_id=(device.index or 0) if device.type == "cuda" else None)
-        measured[name] = timed((step(batch["image"], labels[:len(batch["image"])]) or len(batch["image"])
-                                for batch in _forever(batches)), iterations, warmup, repeats, device)
+                               geometry=ImageGeometry(crop_size=crop), num_threads=threads, device_id=device_id)
+        measured[name] = settings.time(step(batch["image"], labels[:len(batch["image"])]) or len(batch["image"])
+                                       for batch in forever(batches))
     return measured
 
 
@@ -268,10 +329,12 @@ def _append(rows: list[dict], out: Path, stem: str) -> None:
 def _markdown(rows: list[dict], mode: str, notes: list[str]) -> str:
     first = rows[0]
     ratio = {"train": "codec / clean", "sweep": "vs pass per level"}.get(mode, "vs codecloop")
-    lines = [f"`codecloop bench --mode {mode}`: {first['device']}, {first['precision']}, batch {first['batch_size']}, "
-             f"{first['crop']}x{first['crop']}, quality {first['quality']}, torch {first['torch']}, DALI "
+    shape = f"{first['frames']}x{first['crop']}x{first['crop']}" if first["frames"] else f"{first['crop']}x{first['crop']}"
+    level_name = "CRF" if first["codec"] == "h264" else "quality"
+    lines = [f"`codecloop bench --mode {mode} --codec {first['codec']}`: {first['device']}, {first['precision']}, "
+             f"batch {first['batch_size']}, {shape}, {level_name} {first['levels']}, torch {first['torch']}, DALI "
              f"{first['dali']}, CUDA {first['cuda']}", "",
-             f"| contender | images/s (median) | min | max | {ratio} |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {row['contender']} | {row['images_per_sec']:.1f} | {row['min']:.1f} | {row['max']:.1f} | "
+             f"| contender | {first['unit']}/s (median) | min | max | {ratio} |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {row['contender']} | {row['samples_per_sec']:.1f} | {row['min']:.1f} | {row['max']:.1f} | "
               f"{row['ratio']} |" for row in rows]
     return "\n".join(lines + [""] + notes)
