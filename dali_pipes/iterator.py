@@ -29,8 +29,11 @@ class ImageBatches:
     With `with_clean`, batches also carry ``clean_image``: the same view without the codec.
     `targets` maps a name (``label``, ``soft_label``...) to a tensor indexed by sample index;
     each batch carries ``targets[name][index]`` under that name, on the device.
-    The last batch of an epoch is partial, never padded: under sharding every sample is
-    seen exactly once across ranks. `checkpoint()` captures the reader and random state
+    Evaluation's last batch is partial, never padded: under sharding every sample is seen
+    exactly once across ranks (a rank whose shard is one sample short may get an empty batch).
+    Sharded training fills its last batch with repeats of the shard's last sample instead, so
+    that no rank ever trains on an empty batch (DDP steps on every rank together; a mean loss over
+    no samples is NaN). `checkpoint()` captures the reader and random state
     after the last batch returned, and ``checkpoint=`` resumes exactly there.
     """
 
@@ -81,7 +84,7 @@ class ImageBatches:
             [pipe],
             ["image", "index", "jpeg_quality"] + (["clean_image"] if with_clean else []),
             reader_name=READER_NAME,
-            last_batch_policy=LastBatchPolicy.PARTIAL,
+            last_batch_policy=LastBatchPolicy.FILL if training and num_shards > 1 else LastBatchPolicy.PARTIAL,
             auto_reset=False,
         )
 

@@ -1,45 +1,168 @@
-"""Two processes with gloo on CPU: sharded training, and every eval sample counted exactly once."""
+"""World sizes 2 and 3 with gloo on CPU, on splits that do not divide evenly: sharded training,
+every eval sample counted exactly once, seeds per rank and per run, and checkpoints that refuse
+another world size or task."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from tests.conftest import TINY
+from tests.datasets import write_image_folder
 
-pytestmark = pytest.mark.multiprocess
+ONE_THREAD = [arg if arg != "2" else "1" for arg in TINY]  # one DALI thread per process on 2 cores
+TRAIN_IMAGES, VAL_IMAGES, BATCH = 25, 13, 4
+TRAIN_ARGS = [*ONE_THREAD, "--batch_size", str(BATCH), "--epochs", "1", "--quality", "10-90", "--log_every", "1"]
 
 
-def _torchrun(*args) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+def _torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                "-m", "launch.cli", *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_two_process_train_and_sweep(image_folder, tmp_path):
-    train_dir, sweep_dir = tmp_path / "train", tmp_path / "sweep"
-    tiny = [arg if arg != "2" else "1" for arg in TINY]  # one DALI thread per process on 2 cores
-    result = _torchrun("train", "--data", image_folder, *tiny, "--batch_size", "4", "--epochs", "1",
-                       "--quality", "10-90", "--out", train_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["eval/n"] for r in records if "eval/n" in r] == [15]  # 15 val images over 2 ranks: 8 + 7
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _sweep_rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "sweep.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def uneven_folder(tmp_path_factory) -> Path:
+    """25 train and 13 val JPEGs in 3 classes: no split divides by 2 or 3, and with batches of 4 the
+    smaller training shard fills whole batches while the larger one has one sample left over."""
+    root = write_image_folder(tmp_path_factory.mktemp("uneven"), {"train": 9, "val": 5})
+    for split, index in (("train", 8), ("val", 4)):
+        for class_name in ("chelsea", "coffee"):
+            (root / split / class_name / f"{class_name}_{index:03d}.jpg").unlink()
+    assert len(list(root.rglob("train/*/*.jpg"))) == TRAIN_IMAGES
+    assert len(list(root.rglob("val/*/*.jpg"))) == VAL_IMAGES
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(uneven_folder, tmp_path_factory):
+    """One epoch of training per world size (2 or 3), run once for the module."""
+    runs: dict[int, Path] = {}
+
+    def train(processes: int) -> Path:
+        if processes not in runs:
+            out = tmp_path_factory.mktemp(f"train{processes}") / "run"
+            result = _torchrun("train", "--data", uneven_folder, *TRAIN_ARGS, "--out", out, processes=processes)
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[processes] = out
+        return runs[processes]
+
+    return train
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("processes", [2, 3])
+def test_sharded_train_and_sweep_count_every_sample_once(processes, trained, uneven_folder, tmp_path, run_cli):
+    train_dir = trained(processes)
+    assert [r["eval/n"] for r in _records(train_dir) if "eval/n" in r] == [VAL_IMAGES]
     state = json.loads(next((train_dir / "checkpoints").glob("step_*/trainer_state.json")).read_text())
-    assert state["world_size"] == 2 and state["step"] == 3  # 24 train images: 12 per rank, 3 batches of 4
-    assert state["samples"] == 24
-    result = _torchrun("sweep", "--data", image_folder, *tiny, "--batch_size", "4", "--checkpoint", train_dir,
-                       "--levels", "20,80", "--out", sweep_dir)
+    steps = math.ceil(math.ceil(TRAIN_IMAGES / processes) / BATCH)  # every rank steps as often as the largest shard
+    assert state["world_size"] == processes
+    assert state["step"] == steps and state["epoch"] == 1
+    assert state["samples"] == steps * BATCH * processes  # full batches on every rank: short shards repeat a sample
+    sweeps = {}
+    for world in (1, processes):
+        arguments = ["sweep", "--data", uneven_folder, *ONE_THREAD, "--batch_size", BATCH, "--checkpoint", train_dir,
+                     "--levels", "20,80", "--out", tmp_path / f"sweep{world}"]
+        if world == 1:
+            assert run_cli(*arguments)[0] == 0
+        else:
+            result = _torchrun(*arguments, processes=processes)
+            assert result.returncode == 0, result.stderr[-3000:]
+        sweeps[world] = _sweep_rows(tmp_path / f"sweep{world}")
+    assert [row["n"] for row in sweeps[processes]] == [str(VAL_IMAGES)] * 3
+    for one, many in zip(sweeps[1], sweeps[processes]):  # no sample dropped or counted twice
+        assert float(one["top1"]) == pytest.approx(float(many["top1"]), abs=1e-6)
+        assert float(one["loss"]) == pytest.approx(float(many["loss"]), rel=1e-4)
+
+
+@pytest.mark.multiprocess
+def test_same_seed_reruns_to_the_same_metrics(trained, uneven_folder, tmp_path):
+    first = trained(2)
+    result = _torchrun("train", "--data", uneven_folder, *TRAIN_ARGS, "--out", tmp_path / "again")
     assert result.returncode == 0, result.stderr[-3000:]
-    with (sweep_dir / "sweep.csv").open() as handle:
-        assert [row["n"] for row in csv.DictReader(handle)] == ["15", "15", "15"]
+    expected, actual = _records(first), _records(tmp_path / "again")
+    keys = ("step", "train/loss", "codec/quality_mean", "eval/top1", "eval/loss", "eval/n")
+    assert len(actual) == len(expected)
+    for again, before in zip(actual, expected):
+        assert {k: again[k] for k in keys if k in again} == pytest.approx({k: before[k] for k in keys if k in before})
 
 
+@pytest.mark.multiprocess
+def test_resume_with_another_world_size_is_refused(trained, uneven_folder, tmp_path, run_cli):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained(2), run_dir)
+    config = (run_dir / "config.yaml").read_text()
+    status, _, err = run_cli("train", "--data", uneven_folder, *TRAIN_ARGS, "--epochs", "2", "--out", run_dir,
+                             "--resume", "true")
+    assert status == 2
+    assert "codecloop train: error: checkpoint" in err
+    assert "was written by 2 processes; this run has 1: resume with the same number of processes" in err
+    assert (run_dir / "config.yaml").read_text() == config  # refused before anything is written
+
+
+@pytest.fixture(scope="module")
+def segmentation_data(tmp_path_factory) -> Path:
+    from tasks.synthetic import make_synthetic
+
+    return make_synthetic("segmentation", tmp_path_factory.mktemp("seg") / "data", train=2, val=2, height=48,
+                          width=64)
+
+
+SEGMENTATION = ["--task", "segmentation", "--model", "unet_test_efficientnet", "--input_size", "48x64",
+                "--batch_size", "2", "--wandb", "disabled", "--progress", "false", "--num_threads", "1"]
+
+
+@pytest.mark.multiprocess
+def test_checkpoint_of_another_task_is_refused(trained, segmentation_data, tmp_path, run_cli):
+    classification_run = trained(2)
+    status, _, err = run_cli("sweep", "--data", segmentation_data, *SEGMENTATION, "--checkpoint", classification_run,
+                             "--levels", "10", "--out", tmp_path / "sweep")
+    assert status == 2
+    assert (f"codecloop sweep: error: checkpoint {classification_run} comes from a classification run "
+            f"({classification_run / 'config.yaml'}); this run's task is segmentation") in err
+    resumed = tmp_path / "resumed"
+    shutil.copytree(classification_run, resumed)
+    config = (resumed / "config.yaml").read_text()
+    status, _, err = run_cli("train", "--data", segmentation_data, *SEGMENTATION, "--out", resumed, "--resume", "true")
+    assert status == 2
+    assert (f"codecloop train: error: run directory {resumed} holds a classification run ({resumed / 'config.yaml'}); "
+            "this run's task is segmentation: resume with --task classification") in err
+    assert (resumed / "config.yaml").read_text() == config
+
+
+@pytest.mark.multiprocess
+def test_weights_of_another_model_name_the_file_and_keys(trained, uneven_folder, tmp_path, run_cli):
+    run_dir = trained(2)
+    other_model = [arg if arg != "test_efficientnet" else "test_resnet" for arg in ONE_THREAD]
+    status, _, err = run_cli("sweep", "--data", uneven_folder, *other_model, "--checkpoint", run_dir, "--levels", "20",
+                             "--out", tmp_path / "sweep")
+    assert status == 2
+    assert f"codecloop sweep: error: {run_dir / 'model.safetensors'}: checkpoint from another model" in err
+    assert "model keys not in the file (" in err and "file keys not in the model (" in err
+
+
+@pytest.mark.multiprocess
 def test_two_process_dense_sweep_counts_every_image_once(tmp_path, run_cli):
     """A confusion matrix gathered from 2 ranks over 5 images equals the one-process sweep."""
     from tasks.synthetic import make_synthetic
@@ -57,8 +180,50 @@ def test_two_process_dense_sweep_counts_every_image_once(tmp_path, run_cli):
         else:
             result = _torchrun(*arguments)
             assert result.returncode == 0, result.stderr[-3000:]
-        with (out / "sweep.csv").open() as handle:
-            sweeps[processes] = list(csv.DictReader(handle))
+        sweeps[processes] = _sweep_rows(out)
     assert [row["n"] for row in sweeps[2]] == ["5", "5"]
     for one, two in zip(sweeps[1], sweeps[2]):
         assert abs(float(one["miou"]) - float(two["miou"])) < 1e-3
+
+
+def _image_files(folder: Path) -> list[str]:
+    return sorted(str(path) for path in folder.rglob("train/*/*.jpg"))
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards):
+    """Shards of 25 files differ by one: every rank still runs the same number of full batches
+    (none empty, which would make a NaN loss), and one epoch covers every file."""
+    from dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
+
+    files = _image_files(uneven_folder)
+    seen, lengths = set(), []
+    for shard_id in range(num_shards):
+        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=parse_quality_spec("10-90"),
+                               geometry=ImageGeometry(crop_size=32, resize_size=40), shard_id=shard_id,
+                               num_shards=num_shards, num_threads=1, seed=shard_id)
+        indices = [batch["index"].tolist() for batch in batches]
+        assert [len(batch) for batch in indices] == [BATCH] * len(batches)
+        lengths.append(len(batches))
+        seen.update(index for batch in indices for index in batch)
+    assert len(set(lengths)) == 1 and lengths[0] == math.ceil(math.ceil(len(files) / num_shards) / BATCH)
+    assert seen == set(range(len(files)))
+
+
+def test_ranks_draw_their_own_qualities(uneven_folder):
+    """Each rank's pipeline seed differs, so ranks do not draw the same JPEG qualities in lockstep."""
+    from dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
+    from trainers.config import Config
+    from trainers.loop import pipeline_runtime
+
+    config = Config(data=str(uneven_folder), batch_size=BATCH)
+    seeds = [pipeline_runtime(config, SimpleNamespace(process_index=rank, num_processes=3, local_process_index=rank,
+                                                      device=torch.device("cpu")), True).seed for rank in range(3)]
+    assert len(set(seeds)) == 3
+    files = _image_files(uneven_folder)
+    draws = []
+    for seed in seeds[:2]:  # the same files under each rank's seed
+        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=parse_quality_spec("1-100"),
+                               geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=1, seed=seed)
+        draws.append(torch.cat([batch["jpeg_quality"] for batch in batches]).tolist())
+    assert draws[0] != draws[1]

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
 
-from tasks.pretrained import load_pretrained
+from tasks.pretrained import load_pretrained, read_state_dict
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+BATCH_COUNTER = "num_batches_tracked"
 
 
 @dataclass
@@ -70,15 +72,31 @@ def save_checkpoint(
     return final
 
 
+def check_resumable(run_dir: Path, task: str, world_size: int) -> None:
+    """Before a resumed run writes into `run_dir`: refuse a run of another task (its ``config.yaml``)
+    or a last checkpoint written by another number of processes, naming both."""
+    their_task, config_file = run_task(run_dir)
+    if their_task and their_task != task:
+        raise ValueError(f"run directory {run_dir} holds a {their_task} run ({config_file}); this run's task is "
+                         f"{task}: resume with --task {their_task}, or choose another --out")
+    last = checkpoint_dirs(run_dir)[-1:]
+    if last:
+        _check_world_size(last[0], TrainState(**json.loads((last[0] / "trainer_state.json").read_text())), world_size)
+
+
+def _check_world_size(directory: Path, state: TrainState, world_size: int) -> None:
+    if state.world_size != world_size:
+        raise ValueError(
+            f"checkpoint {directory} was written by {state.world_size} processes; this run has "
+            f"{world_size}: resume with the same number of processes"
+        )
+
+
 def load_checkpoint(accelerator: Accelerator, directory: Path) -> tuple[TrainState, bytes]:
     """Restore model/optimizer/scheduler/RNG from `directory`; returns the state and this rank's DALI state."""
     directory = Path(directory)
     state = TrainState(**json.loads((directory / "trainer_state.json").read_text()))
-    if state.world_size != accelerator.num_processes:
-        raise ValueError(
-            f"checkpoint {directory} was written by {state.world_size} processes; this run has "
-            f"{accelerator.num_processes}: resume with the same number of processes"
-        )
+    _check_world_size(directory, state, accelerator.num_processes)
     try:
         accelerator.load_state(str(directory))
     except (RuntimeError, KeyError, ValueError) as error:
@@ -103,6 +121,58 @@ def find_weights(path: str | Path) -> Path:
     raise FileNotFoundError(f"checkpoint {path} holds no {' or '.join(WEIGHTS_NAMES)} and no checkpoints/step_*")
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> str:
-    """Load weights from a file, checkpoint dir or run dir into `model`; errors name the file."""
-    return load_pretrained(model, find_weights(path))
+def run_task(path: str | Path) -> tuple[str | None, Path | None]:
+    """The task named by the ``config.yaml`` of the run that holds `path` (a run dir, one of its
+    ``checkpoints/step_*`` dirs or a weights file in either), and that file; Nones if there is none."""
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    if folder.name.startswith("step_") and folder.parent.name == "checkpoints":
+        folder = folder.parent.parent
+    config_file = folder / "config.yaml"
+    if not config_file.is_file():
+        return None, None
+    try:
+        values = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{config_file} is not valid YAML: {error}") from error
+    task = values.get("task") if isinstance(values, dict) else None
+    return (str(task), config_file) if task else (None, None)
+
+
+def _brief(keys: list[str], shown: int = 3) -> str:
+    """The first `shown` of `keys`, then how many more."""
+    more = f", +{len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def key_differences(model: torch.nn.Module, weights: Path) -> str:
+    """Briefly, the state-dict keys the model and the weights file do not share ('' when they all match);
+    BatchNorm batch counters are left out (loading ignores them)."""
+    try:
+        source = read_state_dict(weights)
+    except (ValueError, FileNotFoundError):
+        return ""
+    target = model.state_dict()
+    missing = [key for key in target if key not in source and not key.endswith(BATCH_COUNTER)]
+    unexpected = [key for key in source if key not in target and not key.endswith(BATCH_COUNTER)]
+    parts = [f"{len(missing)} model keys not in the file ({_brief(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} file keys not in the model ({_brief(unexpected)})"] if unexpected else []
+    return "; ".join(parts)
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, task: str | None = None) -> str:
+    """Load weights from a file, checkpoint dir or run dir into `model`; errors name the file.
+
+    With `task`, a run whose ``config.yaml`` names another task is refused before loading; weights
+    that do not fit the model are refused with the file and the keys they do not share.
+    """
+    weights = find_weights(path)
+    their_task, config_file = run_task(path)
+    if task and their_task and their_task != task:
+        raise ValueError(f"checkpoint {path} comes from a {their_task} run ({config_file}); this run's task is "
+                         f"{task}: pass a --checkpoint trained for {task}")
+    try:
+        return load_pretrained(model, weights)
+    except ValueError as error:
+        differences = key_differences(model, weights)
+        raise ValueError(f"{error}; {differences}" if differences else str(error)) from error

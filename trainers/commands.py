@@ -8,6 +8,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
+from trainers.checkpoint import check_resumable
 from trainers.config import Config, save_yaml
 from trainers.loop import make_accelerator
 from trainers.protocol import make_task, run_experiment, run_sweep, train
@@ -22,6 +23,8 @@ def prepare_run(command: str, config: Config) -> tuple[Accelerator, Path]:
     if accelerator.num_processes > 1:
         broadcast_object_list(run_dir)
     path = Path(run_dir[0])
+    if config.resume:
+        check_resumable(path, config.task, accelerator.num_processes)
     if accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
         save_yaml(config.replace(out=str(path)), path / "config.yaml")
