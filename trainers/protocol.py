@@ -11,6 +11,12 @@ Each command writes into one run directory:
 | ``recovery.csv``| experiment        | per level: clean, baseline, retrained, recovery (%)    |
 | ``experiment.png`` | experiment     | baseline and retrained curves on one plot              |
 | ``report.md``   | sweep, experiment | the tables above in Markdown                           |
+| ``progress.json``| sweep, experiment | levels and stages finished, for ``--resume``          |
+| ``wandb/``      | sweep, experiment | the command's W&B run (``--wandb`` online / offline)   |
+
+A sweep or experiment is one W&B run: its training stages log into it under their stage name,
+and it ends with the sweep and recovery tables, their line plots, the report files and the
+stages' final weights as artifacts.
 """
 
 from __future__ import annotations
@@ -26,14 +32,18 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from tasks import get_task_class
-from trainers.checkpoint import ensure_fresh, load_model_weights
+from trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
 from trainers.config import Config, eval_spec, load_yaml, level_spec, retrain_changes, sweep_levels, training_spec
+from trainers.logger import MetricsLogger, command_run
 from trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
+from trainers.progress import RunProgress, level_key
 from trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
 
 BASELINE, RETRAINED = "baseline", "retrained"
+RETRAIN_STAGE = "retrain"
 CODEC_NAMES = {"jpeg": "JPEG", "h264": "H.264"}
+REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "sweep.png", "experiment.png", "config.yaml")
 
 
 def task_options(config: Config, task_class: type) -> dict[str, Any]:
@@ -59,7 +69,7 @@ def load_model(config: Config, task) -> torch.nn.Module:
     """The task's model, with ``config.checkpoint`` loaded when given (errors name the file)."""
     model = task.create_model()
     if config.checkpoint:
-        load_model_weights(model, config.checkpoint)
+        load_model_weights(model, config.checkpoint, task=config.task)
     return model
 
 
@@ -69,27 +79,57 @@ def train(config: Config, task, run_dir: Path, accelerator: Accelerator, model=N
     return trainer.run()
 
 
+def train_stage(config: Config, task, stage_dir: Path, accelerator: Accelerator, progress: RunProgress,
+                model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Train one experiment stage into `stage_dir`; a stage that `progress` records as finished is not
+    trained again (a resumed experiment): its final weights are loaded instead."""
+    if progress.stage_finished(stage_dir.name):
+        model = model if model is not None else task.create_model()
+        load_model_weights(model, stage_dir)
+        accelerator.print(f"{stage_dir.name}: finished before, weights loaded from {stage_dir}")
+        return model
+    model = train(config, task, stage_dir, accelerator, model=model)
+    progress.finish_stage(stage_dir.name)
+    return model
+
+
 def sweep(
-    config: Config, task, model: torch.nn.Module, accelerator: Accelerator, label: str = BASELINE
+    config: Config, task, model: torch.nn.Module, accelerator: Accelerator, label: str = BASELINE,
+    progress: RunProgress | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate `model` on the val split clean and at every level of the codec's sweep."""
-    index = task.sample_index("val")
-    model = model.to(accelerator.device)
-    memory_last = uses_channels_last(config, task)
-    if memory_last:
-        model = model.to(memory_format=torch.channels_last)
-    levels: Sequence[int | None] = [None, *sweep_levels(config)]
-    one_pass = None
-    if config.one_pass_sweep and config.codec == "jpeg" and hasattr(task, "sweep_batches"):
-        one_pass = task.sweep_batches(index, list(levels[1:]), pipeline_runtime(config, accelerator, False))
-    if one_pass is not None:
-        results = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
-    else:
-        results = {}
-        for level in tqdm(levels, desc=f"sweep {label}",
-                          disable=not (accelerator.is_main_process and config.progress)):
-            batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
-            results[level] = evaluate(model, task, batches, accelerator, memory_last)
+    """Evaluate `model` on the val split clean and at every level of the codec's sweep.
+
+    With `progress`, levels it holds are not evaluated again and each level evaluated is recorded
+    in it, so a resumed sweep starts at the first level it had not finished. The one-pass JPEG
+    sweep evaluates its levels together: a pass is finished as a whole or redone.
+    """
+    levels: list[int | None] = [None, *sweep_levels(config)]
+    finished = progress.finished_levels(label) if progress is not None else {}
+    results = {level: finished[level_key(level)] for level in levels if level_key(level) in finished}
+    missing = [level for level in levels if level not in results]
+    if missing:
+        index = task.sample_index("val")
+        model = model.to(accelerator.device)
+        memory_last = uses_channels_last(config, task)
+        if memory_last:
+            model = model.to(memory_format=torch.channels_last)
+        compressed = [level for level in missing if level is not None]
+        one_pass = None
+        if compressed and config.one_pass_sweep and config.codec == "jpeg" and hasattr(task, "sweep_batches"):
+            one_pass = task.sweep_batches(index, compressed, pipeline_runtime(config, accelerator, False))
+        if one_pass is not None:
+            passed = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
+            for level in missing:
+                results[level] = passed[level]
+                if progress is not None:
+                    progress.add_level(label, level, results[level])
+        else:
+            for level in tqdm(missing, desc=f"sweep {label}",
+                              disable=not (accelerator.is_main_process and config.progress)):
+                batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
+                results[level] = evaluate(model, task, batches, accelerator, memory_last)
+                if progress is not None:
+                    progress.add_level(label, level, results[level])
     return [{"codec": "none" if level is None else config.codec, "level": CLEAN if level is None else level,
              "model": label, **results[level]} for level in levels]
 
@@ -123,34 +163,76 @@ def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
 
 def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator) -> list[dict[str, Any]]:
     """`codecloop sweep`: one model over the levels; files written by the main process."""
-    rows = sweep(config, task, load_model(config, task), accelerator)
-    if accelerator.is_main_process:
-        write_sweep(rows, run_dir, task.primary_metric)
+    progress = RunProgress.open(run_dir, config, accelerator)
+    with command_run(run_dir, config.to_dict(), accelerator.is_main_process, config.wandb, config.wandb_project,
+                     progress.wandb_run_id) as logger:
+        progress.wandb_run_id = logger.wandb_run_id
+        rows = sweep(config, task, load_model(config, task), accelerator, BASELINE, progress)
+        if accelerator.is_main_process:
+            write_sweep(rows, run_dir, task.primary_metric)
+            log_results(logger, run_dir, rows, [], task.primary_metric)
     return rows
 
 
 def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator) -> list[dict[str, Any]]:
-    """`codecloop experiment`: baseline -> sweep -> retrain on compressed -> sweep -> recovery."""
-    baseline_dir, retrain_dir = run_dir / BASELINE, run_dir / "retrain"
+    """`codecloop experiment`: baseline -> sweep -> retrain on compressed -> sweep -> recovery.
+
+    With ``--resume`` it continues where it stopped: finished training stages are loaded, not
+    trained again; an unfinished one resumes from its last checkpoint; finished sweep levels are
+    not evaluated again.
+    """
+    baseline_dir, retrain_dir = run_dir / BASELINE, run_dir / RETRAIN_STAGE
     for stage_dir in (baseline_dir, retrain_dir):
         ensure_fresh(stage_dir, config.resume)
-    if config.checkpoint or config.epochs == 0:
-        baseline = load_model(config, task)
-    else:
-        baseline = train(config.replace(quality="none", crf="none", clean_prob=0.0), task, baseline_dir, accelerator)
-    baseline_rows = sweep(config, task, baseline, accelerator, BASELINE)
-    retrain_config = config.replace(
-        **retrain_changes(config),
-        epochs=config.retrain_epochs if config.retrain_epochs is not None else max(1, config.epochs),
-        max_steps=config.retrain_max_steps if config.retrain_max_steps is not None else config.max_steps,
-        lr=config.retrain_lr if config.retrain_lr is not None else config.lr / 10,
-    )
-    retrained = train(retrain_config, task, retrain_dir, accelerator, model=copy.deepcopy(baseline))
-    retrained_rows = sweep(config, task, retrained, accelerator, RETRAINED)
-    recovery = recovery_rows(baseline_rows, retrained_rows, task.primary_metric)
-    if accelerator.is_main_process:
-        write_experiment(run_dir, baseline_rows, retrained_rows, recovery, task.primary_metric, retrain_config)
+    progress = RunProgress.open(run_dir, config, accelerator)
+    with command_run(run_dir, config.to_dict(), accelerator.is_main_process, config.wandb, config.wandb_project,
+                     progress.wandb_run_id) as logger:
+        progress.wandb_run_id = logger.wandb_run_id
+        if config.checkpoint or config.epochs == 0:
+            baseline = load_model(config, task)
+        else:
+            baseline = train_stage(config.replace(quality="none", crf="none", clean_prob=0.0), task, baseline_dir,
+                                   accelerator, progress)
+        baseline_rows = sweep(config, task, baseline, accelerator, BASELINE, progress)
+        retrain_config = config.replace(
+            **retrain_changes(config),
+            epochs=config.retrain_epochs if config.retrain_epochs is not None else max(1, config.epochs),
+            max_steps=config.retrain_max_steps if config.retrain_max_steps is not None else config.max_steps,
+            lr=config.retrain_lr if config.retrain_lr is not None else config.lr / 10,
+        )
+        retrained = train_stage(retrain_config, task, retrain_dir, accelerator, progress, model=copy.deepcopy(baseline))
+        retrained_rows = sweep(config, task, retrained, accelerator, RETRAINED, progress)
+        recovery = recovery_rows(baseline_rows, retrained_rows, task.primary_metric)
+        if accelerator.is_main_process:
+            write_experiment(run_dir, baseline_rows, retrained_rows, recovery, task.primary_metric, retrain_config)
+            log_results(logger, run_dir, baseline_rows + retrained_rows, recovery, task.primary_metric)
     return recovery
+
+
+def log_results(logger: MetricsLogger, run_dir: Path, rows: list[dict[str, Any]], recovery: list[dict[str, Any]],
+                metric: str) -> None:
+    """The command's W&B record (nothing without W&B): the sweep table and its line plot per model,
+    the recovery table and plot, summary numbers a W&B sweep can rank runs by (``recovery/mean_pct``,
+    ``sweep/<model>/<metric>_clean`` and ``_mean`` over the compressed levels), the report files and
+    the training stages' final weights as artifacts."""
+    codec = codec_of(rows)
+    axis = f"{CODEC_NAMES[codec]} {'CRF' if codec == 'h264' else 'quality'}"
+    logger.log_table("sweep", rows, x="level", y=metric, stroke="model", title=f"{metric} against {axis}")
+    summary: dict[str, Any] = {}
+    for label in dict.fromkeys(str(row["model"]) for row in rows):
+        mine = [row for row in rows if str(row["model"]) == label]
+        compressed = [float(row[metric]) for row in mine if str(row["level"]) != CLEAN]
+        clean = next(float(row[metric]) for row in mine if str(row["level"]) == CLEAN)
+        summary[f"sweep/{label}/{metric}_clean"] = clean
+        summary[f"sweep/{label}/{metric}_mean"] = sum(compressed) / len(compressed) if compressed else None
+    if recovery:
+        logger.log_table("recovery", recovery, x="level", y="recovery_pct", title=f"recovery (%) against {axis}")
+        defined = [float(row["recovery_pct"]) for row in recovery if row["recovery_pct"] is not None]
+        summary["recovery/mean_pct"] = sum(defined) / len(defined) if defined else None
+    logger.log_summary(summary)
+    logger.log_artifact("report", "report", [run_dir / name for name in REPORT_FILES], run_dir)
+    weights = [run_dir / stage / name for stage in (BASELINE, RETRAIN_STAGE) for name in WEIGHTS_NAMES]
+    logger.log_artifact("model", "model", weights, run_dir, copy=False)
 
 
 def write_experiment(

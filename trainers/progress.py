@@ -1,0 +1,107 @@
+"""What a sweep or an experiment has finished, kept so that ``--resume`` picks up where it stopped.
+
+``RUN/progress.json`` holds the metrics of every sweep level evaluated (per model label), the
+training stages finished, the command's W&B run id and the settings those results depend on (a
+resume with other settings is refused, naming the keys that changed). The main process rewrites
+it after each finished unit (temporary file + rename, so it is always whole); every process
+reads the same content (the main process's copy, broadcast). Without ``--resume`` a command
+starts afresh and overwrites it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from trainers.config import Config, config_keys
+from trainers.report import CLEAN
+
+PROGRESS_FILE = "progress.json"
+
+
+def result_settings(config: Config) -> dict[str, Any]:
+    """The keys a sweep's numbers depend on: every hyper-parameter but ``levels`` (a resumed sweep may
+    add levels), and the checkpoint evaluated."""
+    values = config.to_dict()
+    return {name: values[name] for name, item in config_keys().items()
+            if (item.metadata["group"] == "hyper" and name != "levels") or name == "checkpoint"}
+
+
+def level_key(level: int | None) -> str:
+    """The JSON key of a sweep level: ``clean`` or the quality / CRF as text."""
+    return CLEAN if level is None else str(level)
+
+
+class RunProgress:
+    """Finished sweep levels and training stages of one run directory (see the module docstring)."""
+
+    def __init__(self, path: Path, state: dict[str, Any], is_main: bool) -> None:
+        self.path = Path(path)
+        self.state = {"sweeps": {}, "stages": [], "wandb_run_id": None, "settings": {}, **state}
+        self.is_main = is_main
+
+    @classmethod
+    def open(cls, run_dir: Path, config: Config, accelerator: Accelerator) -> "RunProgress":
+        """The progress recorded in `run_dir` when ``config.resume``, else a fresh one (written at once,
+        so that a stale file is never taken up by a later resume)."""
+        path = Path(run_dir) / PROGRESS_FILE
+        loaded: list[Any] = [None]
+        if accelerator.is_main_process and config.resume and path.is_file():
+            try:
+                loaded = [json.loads(path.read_text())]
+            except json.JSONDecodeError as error:
+                loaded = [f"{path} is not valid JSON ({error}); delete it to start the run afresh"]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(loaded)
+        if isinstance(loaded[0], str):
+            raise ValueError(loaded[0])
+        state, settings = loaded[0] or {}, result_settings(config)
+        changed = [key for key, value in settings.items() if state.get("settings", {}).get(key, value) != value]
+        if changed:
+            raise ValueError(f"{path}: --resume with changed config key(s) {', '.join(changed)}; rerun the "
+                             "interrupted command unchanged, or choose another --out")
+        progress = cls(path, {**state, "settings": settings}, accelerator.is_main_process)
+        if not config.resume:
+            progress._save()
+        return progress
+
+    def finished_levels(self, label: str) -> dict[str, dict[str, float]]:
+        """Metrics of the levels of sweep `label` already evaluated, by `level_key`."""
+        return dict(self.state["sweeps"].get(label, {}))
+
+    def add_level(self, label: str, level: int | None, metrics: dict[str, float]) -> None:
+        """Record one evaluated level of sweep `label`."""
+        self.state["sweeps"].setdefault(label, {})[level_key(level)] = metrics
+        self._save()
+
+    def stage_finished(self, name: str) -> bool:
+        """Whether training stage `name` ran to its end."""
+        return name in self.state["stages"]
+
+    def finish_stage(self, name: str) -> None:
+        """Record that training stage `name` ran to its end (its final weights are written)."""
+        if name not in self.state["stages"]:
+            self.state["stages"].append(name)
+        self._save()
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        """The W&B run id of the command, to continue the same run on resume."""
+        return self.state["wandb_run_id"]
+
+    @wandb_run_id.setter
+    def wandb_run_id(self, run_id: str | None) -> None:
+        if run_id != self.state["wandb_run_id"]:
+            self.state["wandb_run_id"] = run_id
+            self._save()
+
+    def _save(self) -> None:
+        if not self.is_main:
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(self.state, indent=1))
+        temporary.replace(self.path)
