@@ -143,10 +143,11 @@ class UNet(nn.Module):
 
 
 class PlainHead(nn.Module):
-    """No decoder (FCN-32s style): the deepest timm feature, one 3x3 conv-BN-ReLU, a 1x1 head, then
-    bilinear upsampling to the input size over `output_stride`. No skip connection and nothing
-    learned at finer than the encoder's stride: the counterpart of `UNet` / `SimpleBaseline` on the
-    same encoder. forward(x) -> (B, out_channels, ceil(H / output_stride), ceil(W / output_stride)).
+    """No decoder: the deepest timm feature, one 3x3 conv-BN-ReLU, then a sub-pixel head (a 1x1 conv
+    to ``out_channels * r * r`` and a pixel shuffle by r = encoder stride / `output_stride`, Shi et
+    al. 2016): each deepest-level cell paints its own r x r patch of the output. No skip connection
+    and no feature finer than the encoder's stride: the counterpart of `UNet` / `SimpleBaseline` on
+    the same encoder. forward(x) -> (B, out_channels, ceil(H / output_stride), ceil(W / output_stride)).
     """
 
     def __init__(self, encoder: str, out_channels: int, width: int = 256, output_stride: int = 1,
@@ -155,14 +156,19 @@ class PlainHead(nn.Module):
         self.encoder = create_encoder(encoder, out_indices=(-1,))
         if pretrained_encoder:
             load_encoder_weights(self.encoder, pretrained_encoder)
+        self.upscale = max(1, self.encoder.feature_info.reduction()[-1] // output_stride)
         self.neck = nn.Sequential(*_conv_bn_relu(self.encoder.feature_info.channels()[-1], width))
-        self.head = nn.Conv2d(width, out_channels, 1)
+        self.head = nn.Sequential(nn.Conv2d(width, out_channels * self.upscale**2, 1), nn.PixelShuffle(self.upscale))
         self.output_stride = output_stride
+        nn.init.normal_(self.head[0].weight, std=0.001)  # as SimpleBaseline's head: near-zero heatmaps at first
+        nn.init.zeros_(self.head[0].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = [-(-side // self.output_stride) for side in x.shape[-2:]]
-        return F.interpolate(self.head(self.neck(self.encoder(x)[-1])), size=size, mode="bilinear",
-                             align_corners=False)
+        out = self.head(self.neck(self.encoder(x)[-1]))
+        if out.shape[-2] < size[0] or out.shape[-1] < size[1]:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return out[..., :size[0], :size[1]]
 
 
 class LogDepth(nn.Module):
