@@ -28,6 +28,8 @@ import json
 import os
 import re
 import shlex
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -336,6 +338,18 @@ def _settings(src: Path, dst: Path, crfs: list[int], preset: str, keyint: int, f
             "command": shlex.join(command)}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: when `transcode`'s process is killed, its workers exit too (a worker
+    would otherwise wait for jobs forever, orphaned). A rung in flight is lost whole: files are
+    renamed into place only when complete."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def transcode(src: Path, dst: Path, crfs: Sequence[int] = DEFAULT_LADDER, preset: str = "veryfast",
               keyint: int = 15, fps: float | str = DEFAULT_FPS, workers: int | None = None,
               progress: bool = True) -> TranscodeReport:
@@ -370,7 +384,7 @@ def transcode(src: Path, dst: Path, crfs: Sequence[int] = DEFAULT_LADDER, preset
     threads = 1 if workers > 1 else 0
     report = TranscodeReport(dst, clips=len(clips))
     report.skipped_existing = sum(_rung_paths(dst, c.clip, crf)[1].is_file() for c in clips for crf in crfs)
-    with ProcessPoolExecutor(max_workers=workers) as pool, \
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool, \
             tqdm(total=len(clips), unit="clip", desc="transcode", disable=not progress) as bar:
         jobs = {pool.submit(_transcode_job, clip, dst, crfs, preset, keyint, fps, threads): clip for clip in clips}
         for job in as_completed(jobs):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -148,6 +149,19 @@ def test_unreadable_and_empty_sources_are_skipped_and_listed(tmp_path):
     assert not list((tmp_path / "ladder").rglob("*.tmp-*"))
 
 
+def _processes_naming(path: Path) -> list[int]:
+    """Live (not zombie) processes whose command line holds `path`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path).encode() in (entry / "cmdline").read_bytes() \
+                    and ") Z " not in (entry / "stat").read_text():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_killed_transcode_reruns_to_a_whole_ladder(tmp_path):
     for index in range(6):
         write_video(tmp_path / "src" / f"clip{index}.mp4", moving_frames(60, 128, 96, seed=index))
@@ -161,6 +175,10 @@ def test_killed_transcode_reruns_to_a_whole_ladder(tmp_path):
     process.wait()
     done = len(list((tmp_path / "ladder").rglob("crf*.json")))
     assert 0 < done < 18, "the kill should land half-way"
+    deadline = time.monotonic() + 10  # its encoding worker does not outlive it
+    while _processes_naming(tmp_path / "ladder") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_naming(tmp_path / "ladder")
     assert subprocess.run(command, capture_output=True).returncode == 0
     ladder = load_ladder(tmp_path / "ladder")
     assert sorted(ladder.rungs) == [f"clip{i}" for i in range(6)] and ladder.crfs() == [0, 23, 40]
