@@ -89,11 +89,14 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> str:
     return f"by tensor order, leading {wanted} tensors of {len(source)} entries from {Path(path).name}"
 
 
-def create_encoder(name: str, out_indices: Sequence[int] | None = None) -> nn.Module:
-    """A timm backbone returning a list of feature maps (``features_only``), random weights."""
+def create_encoder(name: str, out_indices: Sequence[int] | None = None, output_stride: int | None = None) -> nn.Module:
+    """A timm backbone returning a list of feature maps (``features_only``), random weights;
+    `output_stride` 8 or 16 dilates its last stages instead of striding them."""
     if not timm.is_model(name):
         raise ValueError(f"unknown timm encoder {name!r} (timm.list_models() lists the valid names)")
-    options = {} if out_indices is None else {"out_indices": tuple(out_indices)}
+    options: dict[str, object] = {} if out_indices is None else {"out_indices": tuple(out_indices)}
+    if output_stride is not None:
+        options["output_stride"] = output_stride
     try:
         return timm.create_model(name, features_only=True, pretrained=False, **options)
     except RuntimeError as error:
@@ -143,25 +146,28 @@ class UNet(nn.Module):
 
 
 class PlainHead(nn.Module):
-    """No decoder: the deepest timm feature, one 3x3 conv-BN-ReLU, then a sub-pixel head (a 1x1 conv
+    """No decoder (FCN / DeepLab style): the timm encoder with its last stages dilated to stride
+    `encoder_stride`, its deepest feature, one 3x3 conv-BN-ReLU, then a sub-pixel head (a 1x1 conv
     to ``out_channels * r * r`` and a pixel shuffle by r = encoder stride / `output_stride`, Shi et
-    al. 2016): each deepest-level cell paints its own r x r patch of the output. No skip connection
-    and no feature finer than the encoder's stride: the counterpart of `UNet` / `SimpleBaseline` on
-    the same encoder. forward(x) -> (B, out_channels, ceil(H / output_stride), ceil(W / output_stride)).
+    al. 2016): each deepest-level cell paints its own r x r patch of the output. No skip connection,
+    no decoder stage: the counterpart of `UNet` / `SimpleBaseline` on the same encoder.
+    forward(x) -> (B, out_channels, ceil(H / output_stride), ceil(W / output_stride)).
     """
 
     def __init__(self, encoder: str, out_channels: int, width: int = 256, output_stride: int = 1,
+                 encoder_stride: int = 8, head_std: float | None = None,
                  pretrained_encoder: str | Path | None = None) -> None:
         super().__init__()
-        self.encoder = create_encoder(encoder, out_indices=(-1,))
+        self.encoder = create_encoder(encoder, out_indices=(-1,), output_stride=encoder_stride)
         if pretrained_encoder:
             load_encoder_weights(self.encoder, pretrained_encoder)
         self.upscale = max(1, self.encoder.feature_info.reduction()[-1] // output_stride)
         self.neck = nn.Sequential(*_conv_bn_relu(self.encoder.feature_info.channels()[-1], width))
         self.head = nn.Sequential(nn.Conv2d(width, out_channels * self.upscale**2, 1), nn.PixelShuffle(self.upscale))
         self.output_stride = output_stride
-        nn.init.normal_(self.head[0].weight, std=0.001)  # as SimpleBaseline's head: near-zero heatmaps at first
-        nn.init.zeros_(self.head[0].bias)
+        if head_std is not None:  # heatmaps: start near zero, as SimpleBaseline's head does
+            nn.init.normal_(self.head[0].weight, std=head_std)
+            nn.init.zeros_(self.head[0].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = [-(-side // self.output_stride) for side in x.shape[-2:]]
@@ -358,7 +364,7 @@ def create_pose_model(name: str, num_keypoints: int, image_size: int,
         prefix, encoder = family
         if prefix == SIMPLEBASELINE_PREFIX:
             return SimpleBaseline(encoder, num_keypoints, pretrained_encoder=pretrained_encoder)
-        return PlainHead(encoder, num_keypoints, output_stride=POSE_HEATMAP_STRIDE,
+        return PlainHead(encoder, num_keypoints, output_stride=POSE_HEATMAP_STRIDE, head_std=0.001,
                          pretrained_encoder=pretrained_encoder)
     model = _build(getattr(detection, name), num_classes=2, num_keypoints=num_keypoints,
                    min_size=image_size, max_size=image_size)

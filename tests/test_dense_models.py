@@ -117,7 +117,7 @@ def test_pose_models() -> None:
 def test_plain_models_have_no_decoder() -> None:
     """The no-decoder family: one feature map at the encoder's stride, upsampled bilinearly."""
     segmentation = create_segmentation_model("plain_resnet18", num_classes=3).eval()
-    assert isinstance(segmentation, PlainHead) and segmentation.encoder.feature_info.reduction() == [32]
+    assert isinstance(segmentation, PlainHead) and segmentation.encoder.feature_info.reduction() == [8]
     with torch.no_grad():
         assert segmentation(torch.randn(2, 3, 70, 90)).shape == (2, 3, 70, 90)
         pose = create_pose_model("plain_resnet18", num_keypoints=5, image_size=96).eval()
