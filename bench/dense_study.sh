@@ -17,13 +17,13 @@ SGD="--optimizer sgd --weight_decay 1e-4 --warmup_steps 20"
 RUNS=(
   "segmentation unet_resnet18 96x128 25 10"
   "segmentation plain_resnet18 96x128 25 10"
-  "segmentation fcn_resnet50 96x128 25 10"
   "depth unet_resnet18 96x128 25 10"
   "depth plain_resnet18 96x128 25 10"
   "pose simplebaseline_resnet18 128x96 25 10"
   "pose plain_resnet18 128x96 25 10"
-  "detection fasterrcnn_tf_efficientnet_lite0 128 20 5 --pretrained $LITE0 $SGD --lr 0.01"
   "detection fasterrcnn_c4_tf_efficientnet_lite0 128 20 5 --pretrained $LITE0 $SGD --lr 0.01"
+  "detection fasterrcnn_tf_efficientnet_lite0 128 20 5 --pretrained $LITE0 $SGD --lr 0.01"
+  "segmentation fcn_resnet50 96x128 25 10"
 )
 
 for run in "${RUNS[@]}"; do
