@@ -131,7 +131,8 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
         description="Re-encode every image under --src as a real JPEG file under --dst, same layout. Files are "
                     "written under a temporary name and renamed when whole; existing outputs are skipped.",
     )
-    compress.add_argument("--codec", choices=("jpeg",), default="jpeg", help="codec: jpeg (H.264 copies of video datasets are `codecloop transcode` ladders)")
+    compress.add_argument("--codec", choices=("jpeg",), default="jpeg",
+                          help="codec: jpeg (H.264 copies of video datasets are `codecloop transcode` ladders)")
     compress.add_argument("--quality", required=True, type=int, help="JPEG quality 1..100")
     compress.add_argument("--src", required=True, type=Path, help="source dataset folder")
     compress.add_argument("--dst", required=True, type=Path, help="destination folder")
