@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_bench(args.mode, codec=args.codec, data=args.data, images=args.images, batch_size=args.batch_size,
                       crop=args.crop, quality=args.quality, crf=args.crf, frames=args.frames,
-                      iterations=args.iterations, warmup=args.warmup, repeats=args.repeats, model=args.model, precision=args.precision, workers=args.workers, threads=args.threads,
+                      iterations=args.iterations, warmup=args.warmup, repeats=args.repeats, model=args.model,
+                      precision=args.precision, workers=args.workers, threads=args.threads,
                       contenders=args.contenders.split(",") if args.contenders else None, out=args.out)
         elif args.command == "make-synthetic":
             from tasks.dense_common import parse_input_size

@@ -329,7 +329,8 @@ def _append(rows: list[dict], out: Path, stem: str) -> None:
 def _markdown(rows: list[dict], mode: str, notes: list[str]) -> str:
     first = rows[0]
     ratio = {"train": "codec / clean", "sweep": "vs pass per level"}.get(mode, "vs codecloop")
-    shape = f"{first['frames']}x{first['crop']}x{first['crop']}" if first["frames"] else f"{first['crop']}x{first['crop']}"
+    shape = f"{first['crop']}x{first['crop']}"
+    shape = f"{first['frames']}x{shape}" if first["frames"] else shape
     level_name = "CRF" if first["codec"] == "h264" else "quality"
     lines = [f"`codecloop bench --mode {mode} --codec {first['codec']}`: {first['device']}, {first['precision']}, "
              f"batch {first['batch_size']}, {shape}, {level_name} {first['levels']}, torch {first['torch']}, DALI "

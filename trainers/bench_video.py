@@ -118,7 +118,8 @@ def load_bench_ladder(data: Path | None, scratch: Path) -> Ladder:
     return load_ladder(data if data else packaged_ladder(scratch))
 
 
-def measure_video(settings: BenchSettings, *, ladder: Ladder, clips: list[str], notes: list[str]) -> dict[str, list[float]]:
+def measure_video(settings: BenchSettings, *, ladder: Ladder, clips: list[str],
+                  notes: list[str]) -> dict[str, list[float]]:
     """Clips/s per contender (data), of the video model's step (model), or of both (train: CRF drawn
     per clip against the clean rung)."""
     sampling, geometry = ClipSampling(frames=settings.frames, stride=2), video_geometry(settings.crop)
@@ -135,7 +136,8 @@ def measure_video(settings: BenchSettings, *, ladder: Ladder, clips: list[str], 
     step = train_step(video_model(settings.model), settings.device, settings.bf16, channels_last=False)
     labels = torch.randint(0, 400, (settings.batch_size,), device=settings.device)
     if settings.mode == "model":
-        clip = torch.randn(settings.batch_size, 3, settings.frames, settings.crop, settings.crop, device=settings.device)
+        clip = torch.randn(settings.batch_size, 3, settings.frames, settings.crop, settings.crop,
+                           device=settings.device)
         measured[settings.model] = settings.time(step(clip, labels) or settings.batch_size for _ in itertools.count())
         return measured
     for name, spec in (("codecloop", settings.levels), ("codecloop-clean", "none")):
