@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from launch.cli import CONFIG_COMMANDS, build_parser, config_from_args
-from trainers.config import coerce, config_keys
+from trainers.config import coerce, config_keys, read_yaml_mapping
 
 PROGRAM = "codecloop"
 ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
@@ -81,11 +80,7 @@ def check_sweep_file(path: str | Path) -> list[list[str]]:
     """Check one sweep file; returns the codecloop argument lists checked (the fixed command, then one
     per parameter value). Raises ValueError naming the file and the parameter at fault."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep file {path} does not exist")
-    sweep = yaml.safe_load(path.read_text())
-    if not isinstance(sweep, dict):
-        raise ValueError(f"sweep file {path}: expected a mapping of sweep keys")
+    sweep = read_yaml_mapping(path, "sweep", "a mapping of sweep keys")
     missing = [key for key in REQUIRED_KEYS if key not in sweep]
     if missing:
         raise ValueError(f"sweep file {path}: missing key(s) {', '.join(missing)}")

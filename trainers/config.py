@@ -216,14 +216,24 @@ def coerce(key: str, value: Any) -> Any:
         raise ValueError(f"config key {key!r}: {error}") from error
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a flat YAML config; unknown keys are an error naming the key and the file."""
+def read_yaml_mapping(path: str | Path, kind: str, expected: str) -> dict[str, Any]:
+    """The mapping a YAML file of `kind` (config, grid, sweep) holds; an empty file is ``{}``.
+    A missing file, invalid YAML or another type is an error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{kind} file {path} is not valid YAML: {error}") from error
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path}: expected a mapping of keys to values")
+        raise ValueError(f"{kind} file {path}: expected {expected}")
+    return values
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a flat YAML config; unknown keys are an error naming the key and the file."""
+    values = read_yaml_mapping(path, "config", "a mapping of keys to values")
     known = config_keys()
     for key in values:
         if key not in known:

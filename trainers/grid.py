@@ -51,10 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from trainers.commands import run_command
-from trainers.config import Config, coerce, config_keys, load_yaml, save_yaml
+from trainers.config import Config, coerce, config_keys, load_yaml, read_yaml_mapping, save_yaml
 from trainers.grid_report import FAMILY, CellFailure, FinishedCell, write_grid_report
 from trainers.protocol import make_task
 
@@ -95,11 +94,7 @@ def load_grid(path: str | Path, flags: dict[str, Any] | None = None) -> Grid:
     value or an unknown key inside one `cells:` entry is left for `cell_config` to report.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"grid file {path}: expected a mapping with keys {', '.join(GRID_FILE_KEYS)}")
+    raw = read_yaml_mapping(path, "grid", f"a mapping with keys {', '.join(GRID_FILE_KEYS)}")
     for key in raw:
         if key not in GRID_FILE_KEYS:
             raise ValueError(f"grid file {path}: unknown key {key!r} (a grid file holds {', '.join(GRID_FILE_KEYS)})")
