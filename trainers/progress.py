@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from trainers.config import Config, config_keys
-from trainers.report import CLEAN
+from trainers.report import CLEAN, write_text
 
 PROGRESS_FILE = "progress.json"
 
@@ -102,6 +102,4 @@ class RunProgress:
     def _save(self) -> None:
         if not self.is_main:
             return
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(self.state, indent=1))
-        temporary.replace(self.path)
+        write_text(self.path, json.dumps(self.state, indent=1))
