@@ -34,7 +34,7 @@ from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_qualit
 from dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from dali_pipes.h264_image import H264ImageBatches, h264_intra_roundtrip
 from dali_pipes.ladder import DEFAULT_LADDER, transcode
-from tasks.packaged_data import packaged_sources
+from tasks.packaged_data import packaged_clip
 
 CLIPS = ("bikes", "carphone", "bigbuckbunny")
 
@@ -59,9 +59,8 @@ def plain_pyav_encode(source: Path, target: Path, crf: int, preset: str) -> int:
 def bench_transcode(work: Path) -> list[str]:
     src = work / "clips"
     src.mkdir()
-    paths = {source.name: source.path for source in packaged_sources() if source.kind == "clip"}
     for name in CLIPS:
-        shutil.copy(paths[name], src / f"{name}.mp4")
+        shutil.copy(packaged_clip(name), src / f"{name}.mp4")
     started = time.perf_counter()
     report = transcode(src, work / "ladder", workers=1, progress=False)
     tool_seconds = time.perf_counter() - started

@@ -31,7 +31,8 @@ from dali_pipes.codec import jpeg_stage
 from dali_pipes.crf import CLEAN_CRF, CrfSpec
 from dali_pipes.feeder import FedBatches, ShardedFeeder
 from dali_pipes.h264_image import h264_intra_roundtrip
-from dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize
+from dali_pipes.iterator import nchw
+from dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
 from dali_pipes.quality import CLEAN_QUALITY, QualitySpec
 
 Box = tuple[float, float, float, float]
@@ -122,6 +123,9 @@ class DenseFeeder(ShardedFeeder):
         self.h264 = isinstance(spec, CrfSpec)
         self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
 
+    def describe(self, index: int) -> str:
+        return self.samples[index].path
+
     @property
     def level_name(self) -> str:
         """The batch key of the drawn codec level."""
@@ -187,8 +191,13 @@ def move_points(points, matrix):
 
 
 @pipeline_def(enable_conditionals=True)
-def dense_pipeline(feeder: DenseFeeder, on_gpu: bool):
-    """Outputs ``(image, index, level, valid, points_mt, mirror, *rasters[, points, num_points], *extras)``."""
+def dense_pipeline(feeder: DenseFeeder, on_gpu: bool, channels_last: bool = False):
+    """Outputs ``(image, index, level, valid, points_mt, mirror, *rasters[, points, num_points], *extras)``.
+
+    On a GPU, images, rasters, ``index`` and ``level`` are produced on the device; the point
+    targets, their counts, flips and extras stay in host memory, where the task builds its
+    per-image targets without waiting for the GPU. Images are CHW (HWC with `channels_last`).
+    """
     names = feeder.outputs()
     layouts = ["HWC" if name in ("image", *feeder.layout.rasters) else "" for name in names]
     nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
@@ -201,20 +210,25 @@ def dense_pipeline(feeder: DenseFeeder, on_gpu: bool):
         if nodes["level"] != CLEAN_QUALITY:
             images = jpeg_stage(images, nodes["level"])
     roi = nodes["roi_start"], nodes["roi_end"]
-    images = normalize(view(images, *roi, geometry), geometry.normalization(), mirror=nodes["mirror"])
+    images = normalize(view(images, *roi, geometry), geometry.normalization(), mirror=nodes["mirror"],
+                       channels_last=channels_last)
     rasters = []
     for name in feeder.layout.rasters:
         raster = nodes[name].gpu() if on_gpu else nodes[name]
         rasters.append(fn.flip(view(raster, *roi, geometry, nearest=True), horizontal=nodes["mirror"]))
     points = (move_points(nodes["points"], nodes["points_mt"]), nodes["num_points"]) if feeder.layout.points else ()
     extras = [fn.pad(nodes[name], axes=(0,), fill_value=0) for name in feeder.layout.extras]
-    return (images, nodes["index"], nodes["level"], nodes["valid"], nodes["points_mt"], nodes["mirror"],
-            *rasters, *points, *extras)
+    return (images, on_device(nodes["index"], on_gpu), on_device(nodes["level"], on_gpu), nodes["valid"],
+            nodes["points_mt"], nodes["mirror"], *rasters, *points, *extras)
 
 
 class DenseBatches(FedBatches):
     """Epochs of ``{image, index, jpeg_quality | h264_crf, points_mt, mirror, *rasters, [points,
-    num_points], *extras, **targets}`` batches; rasters are ``(B, H, W)``, points ``(B, P, 2)``."""
+    num_points], *extras, **targets}`` batches; rasters are ``(B, H, W)``, points ``(B, P, 2)``.
+
+    ``points``, ``num_points``, ``points_mt``, ``mirror`` and the extras are host tensors even on a
+    GPU (see `dense_pipeline`); the rest is on the device.
+    """
 
     def __init__(
         self,
@@ -235,12 +249,15 @@ class DenseBatches(FedBatches):
         prefetch_queue_depth: int = 2,
         checkpoint: bytes | str | None = None,
         preset: str = "veryfast",
+        channels_last: bool = False,
     ) -> None:
         start_epoch, start_batch = FedBatches.start(checkpoint)
+        self.channels_last = channels_last
         feeder = DenseFeeder(samples, layout, load_targets, spec, geometry, preset, training=training,
                              batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
                              start_epoch=start_epoch, start_batch=start_batch, threads=num_threads)
-        pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, batch_size=batch_size,
+        pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, channels_last=channels_last,
+                              batch_size=batch_size,
                               num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         names = ["image", "index", feeder.level_name, "valid", "points_mt", "mirror", *layout.rasters]
@@ -249,7 +266,9 @@ class DenseBatches(FedBatches):
         self.layout = layout
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rasters lose their channel axis, ``(B, H, W)``; extras keep their sample axis, ``(B, N, ...)``."""
+        """Images (B, C, H, W); rasters lose their channel axis, ``(B, H, W)``; extras keep their sample
+        axis, ``(B, N, ...)``."""
+        batch["image"] = nchw(batch["image"], self.channels_last)
         for name in self.layout.rasters:
             batch[name] = batch[name][..., 0]
         if self.layout.points:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +39,7 @@ class ShardedFeeder:
         self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
         self.start_epoch, self.start_batch, self.threads = start_epoch, start_batch, threads
         self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[list[int]] = deque(maxlen=4)  # the last batches handed to DALI
 
     def outputs(self) -> tuple[str, ...]:
         """Names of the per-sample outputs, in the order `__call__` returns them."""
@@ -46,6 +48,14 @@ class ShardedFeeder:
     def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Every output but ``index`` and ``valid`` for sample `index`, drawing from `rng`."""
         raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        """How an error names sample `index` (subclasses name its file or clip)."""
+        return f"sample {index}"
+
+    def in_flight(self) -> list[str]:
+        """The samples of the last few batches handed to DALI, named by `describe`."""
+        return list(dict.fromkeys(self.describe(index) for batch in list(self._in_flight) for index in batch))
 
     def shard_size(self) -> int:
         """Sample slots per rank and epoch (the largest shard)."""
@@ -75,6 +85,7 @@ class ShardedFeeder:
         if batch >= self.batches_per_epoch():
             raise StopIteration
         slots = self.shard_order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
+        self._in_flight.append([index for index, _ in slots])
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads))
         samples = list(self._pool.map(self._load, [index for index, _ in slots], [epoch] * len(slots)))
@@ -83,16 +94,30 @@ class ShardedFeeder:
         return tuple([sample[name] for sample in samples] for name in self.outputs())
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pool": None}
+        return {**self.__dict__, "_pool": None, "_in_flight": deque(maxlen=4)}
+
+
+def valid_count(valid: torch.Tensor) -> int:
+    """How many samples of a batch are real: the feeder puts padding slots (``valid`` 0, host
+    memory) only at the end of a shard's last batch, so the batch is cut with a slice, not a mask."""
+    valid = valid.reshape(-1).bool()
+    count = int(valid.sum())
+    if not valid[:count].all():
+        raise RuntimeError("padding slots in the middle of a batch: the feeder's shard order is broken")
+    return count
 
 
 class FedBatches:
     """Epochs of dict batches from a pipeline fed by a `ShardedFeeder`, padding dropped.
 
-    `output_map` names the pipeline's outputs; ``valid`` must be one of them. `reshape` may
+    `output_map` names the pipeline's outputs; ``valid`` must be one of them. Every output stays
+    where the pipeline produced it: a GPU pipeline moves what the training step needs (images,
+    ``index``, the codec level) to the device itself, and leaves on the host the small per-sample
+    values Python reads (point counts, flips), so nothing here waits for the GPU. `reshape` may
     rewrite the batch (e.g. split frames into clips) before targets are added: ``targets[name]``
-    is indexed by each sample's ``index``. `checkpoint()` records the epoch and batch after the
-    last batch returned; ``checkpoint=`` given to the feeder resumes there with the same draws.
+    (moved to `device`) is indexed by each sample's ``index``. `checkpoint()` records the epoch and
+    batch after the last batch returned; ``checkpoint=`` given to the feeder resumes there with the
+    same draws.
     """
 
     def __init__(self, pipe, feeder: ShardedFeeder, output_map: list[str], device: torch.device,
@@ -118,19 +143,28 @@ class FedBatches:
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The rest of the current epoch; then the position moves to the next epoch."""
-        for (outputs,) in self._iterator:
-            keep = outputs.pop("valid").reshape(-1).bool()
-            batch = {}
-            for name, value in outputs.items():
-                value = value.reshape(-1) if value.ndim == 2 and value.shape[1] == 1 else value
-                batch[name] = value[keep.to(value.device)].to(self.device, non_blocking=True)
-            batch = self.reshape(batch)
-            batch["index"] = batch["index"].long()
-            for name, table in self.targets.items():
-                batch[name] = table[batch["index"]]
-            self.batch += 1
-            yield batch
+        """The rest of the current epoch; then the position moves to the next epoch.
+
+        A DALI error (a stream NVDEC cannot decode, a frame past a clip's end) names the samples of
+        the batches in flight: DALI itself only knows the bytes it was handed.
+        """
+        try:
+            for (outputs,) in self._iterator:
+                count = valid_count(outputs.pop("valid"))
+                batch = {}
+                for name, value in outputs.items():
+                    value = value.reshape(-1) if value.ndim == 2 and value.shape[1] == 1 else value
+                    batch[name] = value[:count]
+                batch = self.reshape(batch)
+                batch["index"] = batch["index"].long()
+                for name, table in self.targets.items():
+                    batch[name] = table[batch["index"]]
+                self.batch += 1
+                yield batch
+        except RuntimeError as error:
+            reading = self.feeder.in_flight()
+            raise RuntimeError(f"{error}\nwhile reading one of {len(reading)} samples: {', '.join(reading[:8])}"
+                               f"{' ...' if len(reading) > 8 else ''}") from error
         self._iterator.reset()
         self.epoch, self.batch = self.epoch + 1, 0
 

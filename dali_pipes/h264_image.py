@@ -19,7 +19,6 @@ import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
-import av
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def
@@ -28,14 +27,16 @@ from PIL import Image
 from dali_pipes.crf import CLEAN_CRF, LOSSLESS_CRF, MAX_CRF, MIN_CRF, CrfSpec
 from dali_pipes.feeder import FedBatches, ShardedFeeder
 from dali_pipes.ladder import Ladder
-from dali_pipes.pipelines import ImageGeometry, normalize
-from dali_pipes.video import decode_frames
+from dali_pipes.iterator import nchw
+from dali_pipes.pipelines import ImageGeometry, normalize, on_device
+from dali_pipes.video import decode_frames, require_nvdec
 
 LadderFrame = tuple[str, int]
 
 
 def h264_intra_roundtrip(image: np.ndarray, crf: int, preset: str = "veryfast") -> np.ndarray:
     """Encode an RGB uint8 HxWx3 image as one intra H.264 frame (4:2:0) at `crf` and decode it back."""
+    import av
     if not MIN_CRF <= crf <= MAX_CRF:
         raise ValueError(f"CRF {crf} is outside {MIN_CRF}..{MAX_CRF}")
     height, width = image.shape[:2]
@@ -94,6 +95,10 @@ class ImageFeeder(ShardedFeeder):
             if unknown:
                 raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root}")
 
+    def describe(self, index: int) -> str:
+        sample = self.samples[index]
+        return f"frame {sample[1]} of clip {sample[0]!r}" if self.ladder is not None else str(sample)
+
     def outputs(self) -> tuple[str, ...]:
         names = ["data", "frame_indices"] if self.decode_on_gpu else ["data"]
         if self.with_clean:
@@ -131,8 +136,9 @@ class ImageFeeder(ShardedFeeder):
 
 
 def decode_ladder_frames(encoded, frame_indices):
-    """The one frame `frame_indices` of each H.264 stream, decoded by NVDEC, as HWC on the GPU."""
-    return fn.decoders.video(encoded, device="mixed", frames=frame_indices)[0]
+    """The one frame `frame_indices` of each H.264 stream, decoded by NVDEC, as HWC on the GPU (a frame
+    past the stream's end is an error, not a black frame)."""
+    return fn.decoders.video(encoded, device="mixed", frames=frame_indices, pad_mode="none")[0]
 
 
 def image_view(images, roi_start, roi_end, geometry: ImageGeometry):
@@ -145,8 +151,9 @@ def image_view(images, roi_start, roi_end, geometry: ImageGeometry):
 
 
 @pipeline_def
-def h264_image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, on_gpu: bool):
-    """Images from `feeder`; outputs ``(image, index, crf, valid[, clean_image])``."""
+def h264_image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, on_gpu: bool, channels_last: bool = False):
+    """Images from `feeder`; outputs ``(image, index, crf, valid[, clean_image])``, images CHW (HWC with
+    `channels_last`)."""
     names = feeder.outputs()
     layouts = ["HWC" if name in ("data", "clean") and not feeder.decode_on_gpu else "" for name in names]
     nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
@@ -160,8 +167,9 @@ def h264_image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, on_gpu: bo
         else:
             images = nodes[data].gpu() if on_gpu else nodes[data]
         view = image_view(images, nodes.get("roi_start"), nodes.get("roi_end"), geometry)
-        views.append(normalize(view, geometry, mirror=nodes["mirror"], center_crop=not feeder.training))
-    return views[0], nodes["index"], nodes["crf"], nodes["valid"], *views[1:]
+        views.append(normalize(view, geometry, mirror=nodes["mirror"], center_crop=not feeder.training,
+                               channels_last=channels_last))
+    return views[0], on_device(nodes["index"], on_gpu), on_device(nodes["crf"], on_gpu), nodes["valid"], *views[1:]
 
 
 class H264ImageBatches(FedBatches):
@@ -189,15 +197,26 @@ class H264ImageBatches(FedBatches):
         checkpoint: bytes | str | None = None,
         with_clean: bool = False,
         preset: str = "veryfast",
+        channels_last: bool = False,
     ) -> None:
         start_epoch, start_batch = FedBatches.start(checkpoint)
+        self.channels_last = channels_last
         feeder = ImageFeeder(samples, spec, geometry.min_area, ladder=ladder, decode_on_cpu=device_id is None,
                              with_clean=with_clean, preset=preset, training=training, batch_size=batch_size,
                              shard_id=shard_id, num_shards=num_shards, seed=seed, start_epoch=start_epoch,
                              start_batch=start_batch, threads=num_threads)
+        if feeder.decode_on_gpu:
+            require_nvdec()
         pipe = h264_image_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None,
-                                   batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                                   channels_last=channels_last, batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                                    prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         names = ["image", "index", "h264_crf", "valid"] + (["clean_image"] if with_clean else [])
         super().__init__(pipe, feeder, names, device, targets)
+
+    def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Images as (B, C, H, W) (views of NHWC data with `channels_last`)."""
+        for name in ("image", "clean_image"):
+            if name in batch:
+                batch[name] = nchw(batch[name], self.channels_last)
+        return batch

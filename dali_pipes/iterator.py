@@ -1,8 +1,11 @@
 """The iterator that turns an image pipeline into dict batches of torch tensors on the device.
 
 It stays outside `accelerator.prepare`: each process builds its own with
-``shard_id = process_index``, ``num_shards = num_processes`` and
-``device_id = local_process_index`` (None on a machine without CUDA).
+``shard_id = process_index``, ``num_shards = num_processes`` and ``device_id`` the index of
+``accelerator.device`` (None on a machine without CUDA). On a GPU every output is produced on the
+device by the pipeline, so handing a batch over never waits for the GPU. With ``channels_last``
+the pipeline writes images NHWC and the batch holds them as NCHW views in channels-last memory
+format: no copy per step for a channels-last model.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from dali_pipes.pipelines import CODEC_PLACEMENTS, READER_NAME, ImageGeometry, image_pipeline, sweep_pipeline
 from dali_pipes.quality import QualitySpec
+
+
+def nchw(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Images from the pipeline as (B, C, H, W): NHWC data viewed in channels-last format, or NCHW as is."""
+    return images.permute(0, 3, 1, 2) if channels_last else images
 
 
 def default_num_threads() -> int:
@@ -55,6 +63,7 @@ class ImageBatches:
         codec_placement: str = "native",
         checkpoint: bytes | str | None = None,
         with_clean: bool = False,
+        channels_last: bool = False,
     ) -> None:
         if not files:
             raise ValueError("no files to read")
@@ -62,7 +71,7 @@ class ImageBatches:
             raise ValueError(f"codec_placement {codec_placement!r} must be one of {CODEC_PLACEMENTS}")
         self.device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         self.targets = {name: value.to(self.device) for name, value in (targets or {}).items()}
-        self.batch_size = batch_size
+        self.batch_size, self.channels_last = batch_size, channels_last
         pipe = image_pipeline(
             files=files,
             shard_id=shard_id,
@@ -73,6 +82,7 @@ class ImageBatches:
             on_gpu=device_id is not None,
             codec_placement=codec_placement,
             with_clean=with_clean,
+            channels_last=channels_last,
             batch_size=batch_size,
             num_threads=num_threads or default_num_threads(),
             device_id=device_id,
@@ -95,14 +105,11 @@ class ImageBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch (the rest of it, after a resume); resets for the next epoch at the end."""
         for (outputs,) in self._iterator:
-            index = outputs["index"].to(self.device, dtype=torch.long, non_blocking=True)
-            batch = {
-                "image": outputs["image"].to(self.device, non_blocking=True),
-                "index": index,
-                "jpeg_quality": outputs["jpeg_quality"].to(self.device, non_blocking=True),
-            }
+            index = outputs["index"].long()
+            batch = {"image": nchw(outputs["image"], self.channels_last), "index": index,
+                     "jpeg_quality": outputs["jpeg_quality"]}
             if "clean_image" in outputs:
-                batch["clean_image"] = outputs["clean_image"].to(self.device, non_blocking=True)
+                batch["clean_image"] = nchw(outputs["clean_image"], self.channels_last)
             for name, table in self.targets.items():
                 batch[name] = table[index]
             yield batch
@@ -136,15 +143,18 @@ class SweepBatches:
         seed: int = 0,
         prefetch_queue_depth: int = 2,
         codec_placement: str = "native",
+        channels_last: bool = False,
     ) -> None:
         if not files:
             raise ValueError("no files to read")
+        self.channels_last = channels_last
         self.levels: list[int | None] = [None, *levels]
         self.device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         self.targets = {name: value.to(self.device) for name, value in (targets or {}).items()}
         pipe = sweep_pipeline(
             files=files, shard_id=shard_id, num_shards=num_shards, levels=list(levels), geometry=geometry,
-            on_gpu=device_id is not None, codec_placement=codec_placement, batch_size=batch_size,
+            on_gpu=device_id is not None, codec_placement=codec_placement, channels_last=channels_last,
+            batch_size=batch_size,
             num_threads=num_threads or default_num_threads(), device_id=device_id, seed=seed,
             prefetch_queue_depth=prefetch_queue_depth,
         )
@@ -159,9 +169,9 @@ class SweepBatches:
     def __iter__(self) -> Iterator[dict]:
         """The epoch; resets at the end."""
         for (outputs,) in self._iterator:
-            index = outputs["index"].to(self.device, dtype=torch.long, non_blocking=True)
+            index = outputs["index"].long()
             batch = {"index": index, **{name: table[index] for name, table in self.targets.items()}}
-            batch["views"] = {level: outputs[name].to(self.device, non_blocking=True)
+            batch["views"] = {level: nchw(outputs[name], self.channels_last)
                               for level, name in zip(self.levels, self._names)}
             yield batch
         self._iterator.reset()

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -153,6 +152,7 @@ class _Frames:
 
 def _is_variable_rate(path: Path) -> bool:
     """True when the video's presentation timestamps are not evenly spaced (it gets re-timed)."""
+    import av
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         pts = sorted(packet.pts for packet in container.demux(stream) if packet.size and packet.pts is not None)
@@ -161,6 +161,7 @@ def _is_variable_rate(path: Path) -> bool:
 
 
 def _video_frames(path: Path) -> _Frames:
+    import av
     container = av.open(str(path))
     if not container.streams.video:
         container.close()
@@ -181,6 +182,7 @@ def _video_frames(path: Path) -> _Frames:
 
 
 def _sequence_frames(clip: ClipSource, fps: Fraction) -> _Frames:
+    import av
     with Image.open(clip.frames[0]) as first:
         width, height, mode = first.width, first.height, first.mode
 
@@ -202,6 +204,7 @@ def open_source(clip: ClipSource, fps: Fraction = Fraction(DEFAULT_FPS)) -> _Fra
 
 def _even(frame: av.VideoFrame, width: int, height: int, pix_fmt: str) -> av.VideoFrame:
     """`frame` as `pix_fmt` cropped to `width` x `height` (at most one pixel off each side's end)."""
+    import av
     if frame.width == width and frame.height == height:
         return frame.reformat(format=pix_fmt)
     array = frame.to_ndarray(format="rgb24")[:height, :width]
@@ -211,6 +214,7 @@ def _even(frame: av.VideoFrame, width: int, height: int, pix_fmt: str) -> av.Vid
 
 def _encoder(path: Path, crf: int, width: int, height: int, fps: Fraction, preset: str, keyint: int,
              threads: int) -> tuple[av.container.OutputContainer, av.VideoStream]:
+    import av
     container = av.open(str(path), mode="w", format="mp4")
     stream = container.add_stream("libx264", rate=fps)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -222,6 +226,7 @@ def _encoder(path: Path, crf: int, width: int, height: int, fps: Fraction, prese
 
 
 def _rgb_frames(path: Path) -> Iterator[np.ndarray]:
+    import av
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             yield frame.to_ndarray(format="rgb24")

@@ -50,6 +50,18 @@ def sharded_reader(files: Sequence[str], shard_id: int, num_shards: int, shuffle
                            num_shards=num_shards, pad_last_batch=True, random_shuffle=shuffle, name=READER_NAME)
 
 
+def on_device(node, on_gpu: bool):
+    """A small per-sample output (index, codec level) moved to the GPU inside the pipeline, so that
+    the hand-off to torch is a device-to-device copy, never a copy from pageable host memory (which
+    waits for the GPU's queued work)."""
+    return node.gpu() if on_gpu else node
+
+
+def split_channels(images, start: int, stop: int, channels_last: bool):
+    """Channels `start`..`stop` of normalized images (CHW, or HWC with `channels_last`)."""
+    return images[:, :, start:stop] if channels_last else images[start:stop]
+
+
 def decode(encoded, on_gpu: bool):
     """Decode encoded images to RGB uint8 HWC, with nvJPEG ("mixed") on a GPU."""
     return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
@@ -91,15 +103,17 @@ def eval_geometry(images, geometry: ImageGeometry):
     return fn.resize(images, resize_shorter=geometry.resize_size, antialias=True)
 
 
-def normalize(images, geometry: ImageGeometry, mirror=None, center_crop: bool = False, copies: int = 1):
-    """To float CHW, (x/255 - mean)/std, with an optional per-sample mirror and center crop.
+def normalize(images, geometry: ImageGeometry, mirror=None, center_crop: bool = False, copies: int = 1,
+              channels_last: bool = False):
+    """To float CHW (HWC with `channels_last`), (x/255 - mean)/std, with an optional per-sample mirror
+    and center crop.
 
     `copies` > 1 normalizes that many RGB images stacked along the channel axis.
     """
     return fn.crop_mirror_normalize(
         images,
         dtype=types.FLOAT,
-        output_layout="CHW",
+        output_layout="HWC" if channels_last else "CHW",
         crop=(geometry.crop_size, geometry.crop_size) if center_crop else None,
         mean=[255.0 * value for value in geometry.mean] * copies,
         std=[255.0 * value for value in geometry.std] * copies,
@@ -118,8 +132,10 @@ def image_pipeline(
     on_gpu: bool,
     codec_placement: str = "native",
     with_clean: bool = False,
+    channels_last: bool = False,
 ):
-    """Sharded classification pipeline; outputs ``(image, index, jpeg_quality[, clean_image])``.
+    """Sharded classification pipeline; outputs ``(image, index, jpeg_quality[, clean_image])``,
+    images CHW (HWC with `channels_last`), every output on the GPU when `on_gpu`.
 
     With `with_clean`, the clean image goes through the very same crop and flip as the
     compressed one (both are stacked along channels for the geometry), e.g. for a teacher.
@@ -142,10 +158,12 @@ def image_pipeline(
         compressed, quality = jpeg_codec(images, spec)
         images = fn.cat(compressed, images, axis=2) if with_clean else compressed
     mirror = fn.random.coin_flip() if training else None
-    images = normalize(images, geometry, mirror=mirror, center_crop=not training, copies=2 if with_clean else 1)
-    index = fn.reshape(index, shape=[])
+    images = normalize(images, geometry, mirror=mirror, center_crop=not training, copies=2 if with_clean else 1,
+                       channels_last=channels_last)
+    index, quality = on_device(fn.reshape(index, shape=[]), on_gpu), on_device(quality, on_gpu)
     if with_clean:
-        return images[0:3], index, quality, images[3:6]
+        return (split_channels(images, 0, 3, channels_last), index, quality,
+                split_channels(images, 3, 6, channels_last))
     return images, index, quality
 
 
@@ -158,6 +176,7 @@ def sweep_pipeline(
     geometry: ImageGeometry,
     on_gpu: bool,
     codec_placement: str = "native",
+    channels_last: bool = False,
 ):
     """Evaluation at many JPEG qualities in one pass: each image is read and decoded once, then
     every level's codec stage, resize, center crop and normalize run on it; outputs
@@ -170,5 +189,5 @@ def sweep_pipeline(
     else:
         resized = eval_geometry(images, geometry)
         views = [resized] + [jpeg_stage(resized, level) for level in levels]
-    return (fn.reshape(index, shape=[]),
-            *[normalize(view, geometry, center_crop=True) for view in views])
+    return (on_device(fn.reshape(index, shape=[]), on_gpu),
+            *[normalize(view, geometry, center_crop=True, channels_last=channels_last) for view in views])

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PipelineRuntime:
-    """This rank's shard, its device (None: CPU), CPU threads, seed, batch size and prefetch depth."""
+    """This rank's shard, its device (None: CPU), CPU threads, seed, batch size, prefetch depth, and
+    whether images leave the pipeline NHWC for a channels-last model."""
 
     batch_size: int
     shard_id: int = 0
@@ -16,3 +17,4 @@ class PipelineRuntime:
     num_threads: int = 1
     seed: int = 0
     prefetch_queue_depth: int = 2
+    channels_last: bool = False

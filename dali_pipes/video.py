@@ -12,11 +12,11 @@ A clip shorter than its span loops: frame ``i`` of the span reads frame ``i mod 
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
@@ -24,6 +24,7 @@ from nvidia.dali import fn, pipeline_def, types
 from dali_pipes.crf import CrfSpec
 from dali_pipes.feeder import FedBatches, ShardedFeeder
 from dali_pipes.ladder import Ladder
+from dali_pipes.pipelines import on_device
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -57,6 +58,7 @@ def decode_frames(path: Path | str, indices: Sequence[int], fps: float) -> np.nd
 
     Seeks to the keyframe before the first wanted frame (rungs have one every <= 15 frames).
     """
+    import av
     wanted = sorted(set(int(i) for i in indices))
     found: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
@@ -74,6 +76,18 @@ def decode_frames(path: Path | str, indices: Sequence[int], fps: float) -> np.nd
     if missing:
         raise ValueError(f"{path}: frame {missing[0]} could not be decoded")
     return np.stack([found[int(i)] for i in indices])
+
+
+def require_nvdec() -> None:
+    """Fail plainly, before any pipeline is built, where the driver's NVDEC library cannot be loaded
+    (a container started without the video capability, say), instead of with a DALI stack trace."""
+    try:
+        ctypes.CDLL("libnvcuvid.so.1")
+    except OSError as error:
+        raise RuntimeError(
+            f"NVDEC needs the NVIDIA driver's libnvcuvid.so.1, which this machine cannot load ({error}). In a "
+            "container, start it with NVIDIA_DRIVER_CAPABILITIES=compute,utility,video; without NVDEC, H.264 "
+            "can only be decoded on the CPU (PyAV), i.e. without a GPU") from error
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,9 @@ class LadderFeeder(ShardedFeeder):
         self.ladder, self.clips, self.spec, self.sampling = ladder, list(clips), spec, sampling
         self.decode_on_cpu = decode_on_cpu
 
+    def describe(self, index: int) -> str:
+        return f"clip {self.clips[index]!r} of {self.ladder.root}"
+
     def outputs(self) -> tuple[str, ...]:
         head = ("data",) if self.decode_on_cpu else ("data", "frame_indices")
         return head + ("crop_x", "crop_y", "mirror", "crf", "index", "valid")
@@ -125,8 +142,11 @@ class LadderFeeder(ShardedFeeder):
 
 
 def decode_clips(encoded, frame_indices):
-    """Decode the frames `frame_indices` of each H.264 stream with NVDEC; FHWC uint8 RGB on the GPU."""
-    return fn.decoders.video(encoded, device="mixed", frames=frame_indices)
+    """Decode the frames `frame_indices` of each H.264 stream with NVDEC; FHWC uint8 RGB on the GPU.
+
+    ``pad_mode="none"``: an index past a stream's end is an error, not a silent black frame.
+    """
+    return fn.decoders.video(encoded, device="mixed", frames=frame_indices, pad_mode="none")
 
 
 def clip_geometry(frames, crop_x, crop_y, mirror, geometry: VideoGeometry):
@@ -153,7 +173,7 @@ def video_pipeline(feeder: LadderFeeder, geometry: VideoGeometry, on_gpu: bool):
                                                layout=["FHWC" if not on_gpu else ""] + [""] * (len(names) - 1))))
     frames = decode_clips(nodes["data"], nodes["frame_indices"]) if on_gpu else nodes["data"]
     video = clip_geometry(frames, nodes["crop_x"], nodes["crop_y"], nodes["mirror"], geometry)
-    return video, nodes["index"], nodes["crf"], nodes["valid"]
+    return video, on_device(nodes["index"], on_gpu), on_device(nodes["crf"], on_gpu), nodes["valid"]
 
 
 class VideoBatches(FedBatches):
@@ -181,13 +201,18 @@ class VideoBatches(FedBatches):
         seed: int = 0,
         prefetch_queue_depth: int = 2,
         checkpoint: bytes | str | None = None,
+        channels_last: bool = False,
     ) -> None:
+        if channels_last:
+            raise ValueError("video clips are 5-D (B, C, T, H, W): there is no channels-last layout for them")
         start_epoch, start_batch = FedBatches.start(checkpoint)
         self.sampling = sampling
         feeder = LadderFeeder(
             ladder, clips, spec, sampling, decode_on_cpu=device_id is None, training=training,
             batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, start_epoch=start_epoch,
             start_batch=start_batch, threads=num_threads)
+        if device_id is not None:
+            require_nvdec()
         pipe = video_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None, batch_size=batch_size,
                               num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")

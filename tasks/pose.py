@@ -9,8 +9,8 @@ Two families:
 - ``keypointrcnn_resnet50_fpn``: one sample per image, all its people (boxes and keypoints).
 
 Keypoints (and box corners) follow the crop, flip and resize through `fn.coord_transform`; a
-flipped sample swaps its left / right keypoint ids (names ``left_*`` / ``right_*``) on the
-device. Predictions are mapped back to the original image and scored by pycocotools against
+flipped sample swaps its left / right keypoint ids (names ``left_*`` / ``right_*``). Targets are
+built from the batch's host values and moved to the device in one copy. Predictions are mapped back to the original image and scored by pycocotools against
 the JSON's keypoints (OKS AP, AP50, AP75; COCO's sigmas for its 17 keypoints, 0.05 otherwise).
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from dali_pipes.dense import DenseLayout
 from tasks.coco import boxes_from_corners, boxes_of, has_annotation_file, read_coco
-from tasks.dense_common import DenseTask
+from tasks.dense_common import DenseTask, to_device
 from tasks.dense_metrics import COCO_KEYPOINT_SIGMAS, coco_keypoint_metrics
 from tasks.dense_models import check_model_name, model_names, create_pose_model
 from tasks.registry import register_task
@@ -151,8 +151,9 @@ class PoseTask(DenseTask):
         return {"points": annotation["points"], "visibility": annotation["visibility"]}
 
     def people(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Per sample ``{boxes (N, 4), keypoints (N, K, 3)}`` in the view, mirrored ids swapped back."""
-        flip = self.flip.to(batch["points"].device)
+        """Per sample ``{boxes (N, 4), keypoints (N, K, 3)}`` in the view, mirrored ids swapped back
+        (host tensors, from the batch's host values)."""
+        flip = self.flip
         out = []
         for points, count, visibility, mirror in zip(batch["points"], batch["num_points"].tolist(),
                                                      batch["visibility"], batch["mirror"].tolist()):
@@ -191,36 +192,41 @@ class PoseTask(DenseTask):
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Heatmap MSE over visible keypoints, or Keypoint R-CNN's summed losses."""
-        people = self.people(batch)
+        people, device = self.people(batch), batch["image"].device
         if not self.top_down:
-            targets = [{**person, "labels": torch.ones(len(person["boxes"]), dtype=torch.int64,
-                                                       device=person["boxes"].device)} for person in people]
+            moved = to_device([value for person in people for value in (person["boxes"], person["keypoints"])], device)
+            targets = [{"boxes": boxes, "keypoints": keypoints,
+                        "labels": torch.ones(len(boxes), dtype=torch.int64, device=device)}
+                       for boxes, keypoints in zip(moved[0::2], moved[1::2])]
             losses = model(list(batch["image"]), targets)
             return {"loss": sum(losses.values()), "outputs": None, **losses}
         heatmaps = self.predict(model, batch).float()
-        target = self.heatmaps(torch.stack([person["keypoints"][0] for person in people]), heatmaps.shape[-2:],
-                               self.geometry.width / heatmaps.shape[-1])
+        (keypoints,) = to_device([torch.stack([person["keypoints"][0] for person in people])], device)
+        target = self.heatmaps(keypoints, heatmaps.shape[-2:], self.geometry.width / heatmaps.shape[-1])
         return {"loss": (heatmaps - target).square().mean(), "outputs": heatmaps}
 
     def decode(self, outputs, batch: dict[str, torch.Tensor]) -> list[dict]:
-        """COCO keypoint results in original image coordinates, one per predicted person."""
+        """COCO keypoint results in original image coordinates, one per predicted person (computed on
+        the host, where the view's matrices are)."""
         results = []
         if self.top_down:
             heatmaps = outputs.float()
             peaks, where = heatmaps.flatten(2).max(dim=2)
             width = heatmaps.shape[-1]
             stride = self.geometry.width / width
-            view = torch.stack([where % width, where // width], dim=2).float().add(0.5).mul(stride)
+            view = torch.stack([where % width, where // width], dim=2).float().add(0.5).mul(stride).cpu()
+            peaks = peaks.cpu()
             people = [(view[i:i + 1], peaks[i:i + 1], peaks[i].clamp_min(0).mean()) for i in range(len(view))]
         else:
-            people = [(found["keypoints"][:, :, :2], found["keypoints_scores"].sigmoid(), found["scores"])
-                      for found in outputs]
+            people = [(found["keypoints"][:, :, :2].cpu(), found["keypoints_scores"].sigmoid().cpu(),
+                       found["scores"].cpu()) for found in outputs]
+        image_ids = batch["image_id"].tolist()
         for sample, (points, confidence, score) in enumerate(people):
             image = to_image(points.float(), batch["points_mt"][sample].float())
             scores = score.reshape(-1).expand(len(points))
             for person in range(len(points)):
                 keypoints = torch.cat([image[person], confidence[person, :, None].float()], dim=1)
-                results.append({"image_id": int(batch["image_id"][sample]), "keypoints": keypoints.cpu().numpy(),
+                results.append({"image_id": image_ids[sample], "keypoints": keypoints.cpu().numpy(),
                                 "score": float(scores[person])})
         return results
 

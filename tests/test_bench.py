@@ -92,3 +92,62 @@ def test_video_bench_without_a_clean_rung_skips_bare_dali(tmp_path, run_cli):
 def test_bench_bad_input(arguments, message, tmp_path, run_cli):
     status, _, err = run_cli("bench", *FAST, *arguments, "--out", tmp_path)
     assert status == 2 and message in err
+
+
+def test_batched_nvjpeg_peer_crops_like_torchvision_on_the_cpu(tmp_path):
+    """The torchvision peer's batched pieces, run on the CPU: random-resized boxes follow torchvision's
+    law, the one-roi_align crop matches torchvision's antialiased `resized_crop` of the same box (and not
+    the box with x and y swapped), and whole batches come out normalized."""
+    import torch
+    from torchvision.io import decode_jpeg, read_file
+    from torchvision.transforms.v2 import functional as F
+
+    from dali_pipes.fidelity import write_photo_jpegs
+    from trainers.bench import nvjpeg_batches, random_resized_boxes, resized_crops
+
+    heights, widths = torch.tensor([375, 100, 40] * 200), torch.tensor([500, 1000, 400] * 200)
+    boxes = random_resized_boxes(heights, widths, torch.Generator().manual_seed(0))
+    box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= widths).all() and (boxes[:, 3] <= heights).all()
+    area = box_w * box_h / (heights * widths)
+    assert area.min() >= 0.07 and area.max() <= 1.0 and area[0::3].std() > 0.2  # spread over 0.08..1
+    assert ((box_w / box_h)[0::3] - 1).abs().max() <= 1 / 3 + 0.02
+    assert torch.equal(boxes[2::3][0], torch.tensor([180.0, 0.0, 220.0, 40.0])) or (area[2::3] < 1).any()
+
+    files = write_photo_jpegs(tmp_path, 6)
+    photo = decode_jpeg(read_file(files[0]))
+    ours = resized_crops([photo, photo[:, :200, :300]], torch.tensor([[10.0, 20.0, 210.0, 320.0]] * 2), 64)
+    same = F.resized_crop(photo.float(), 20, 10, 300, 200, [64, 64], antialias=True)
+    swapped = F.resized_crop(photo.float(), 10, 20, 200, 300, [64, 64], antialias=True)
+    assert (ours[0] - same).abs().mean() < 4 < (ours[0] - swapped).abs().mean()
+    assert (ours[1, :, :30] - same[:, :30]).abs().mean() < 4  # a smaller image padded into the batch
+
+    batches = nvjpeg_batches(files, (5, 95), 48, 4, torch.device("cpu"))
+    first, second = next(batches), next(batches)
+    assert first.shape == (4, 3, 48, 48) and second.shape == (2, 3, 48, 48)
+    assert torch.isfinite(first).all() and -2.2 < first.mean() < 2.7 and first.std() > 0.3
+
+
+def test_bench_repeats_a_small_dataset_and_steps_down_on_dali_out_of_memory(tmp_path, run_cli, monkeypatch):
+    import trainers.bench
+
+    measure, calls = trainers.bench._measure_images, []
+
+    def out_of_memory_once(settings, *, files, notes):
+        calls.append((settings.batch_size, len(files)))
+        if len(calls) == 1:
+            raise RuntimeError("Critical error in pipeline: CUDA allocation failed")
+        return measure(settings, files=files, notes=notes)
+
+    monkeypatch.setattr(trainers.bench, "_measure_images", out_of_memory_once)
+    status, out, err = run_cli("bench", *FAST, "--contenders", "codecloop", "--out", tmp_path)
+    assert status == 0, err
+    assert calls == [(4, 84), (2, 84)]
+    assert "12 images repeated to 84 per epoch" in out and "out of memory at batch 4: stepping down to 2" in out
+
+    def other_failure(settings, *, files, notes):
+        raise RuntimeError("Critical error in pipeline: nvJPEG could not decode")
+
+    monkeypatch.setattr(trainers.bench, "_measure_images", other_failure)
+    with pytest.raises(RuntimeError, match="could not decode"):  # not a reason to halve the batch
+        run_cli("bench", *FAST, "--contenders", "codecloop", "--out", tmp_path)

@@ -195,3 +195,23 @@ def test_depth_batch_matches_per_image_and_clamps_prediction():
         for name in DEPTH_METRICS:
             assert torch.allclose(batched[name][i:i + 1], single[name])
     assert all(torch.isfinite(batched[name]).all() for name in DEPTH_METRICS)
+
+
+def test_depth_loss_equals_the_masked_formula_and_is_zero_without_valid_pixels():
+    """The scale-invariant log loss (masked sums, no boolean index) against the formula over the valid
+    pixels only, computed in float64 numpy; invalid pixels may hold anything, even inf or NaN."""
+    from tasks.depth import SCALE_INVARIANCE, scale_invariant_log_loss
+
+    rng = np.random.default_rng(0)
+    prediction = torch.tensor(rng.uniform(0.5, 20.0, (2, 6, 7)), dtype=torch.float32)
+    target = torch.tensor(rng.uniform(0.5, 20.0, (2, 6, 7)), dtype=torch.float32)
+    valid = torch.tensor(rng.random((2, 6, 7)) < 0.6)
+    target[~valid] = torch.tensor([0.0, float("inf"), float("nan")]).repeat(int((~valid).sum()))[: int((~valid).sum())]
+    d = np.log(prediction.numpy()[valid.numpy()].astype(np.float64)) - np.log(target.numpy()[valid.numpy()].astype(np.float64))
+    expected = math.sqrt(np.mean(d**2) - SCALE_INVARIANCE * np.mean(d) ** 2)
+    assert scale_invariant_log_loss(prediction, target, valid).item() == pytest.approx(expected, rel=1e-5)
+
+    prediction.requires_grad_(True)
+    none = scale_invariant_log_loss(prediction, target, torch.zeros_like(valid))
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(prediction.grad, torch.zeros_like(prediction))

