@@ -10,6 +10,7 @@ batches of torch tensors on the device and records where it stands for checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import deque
@@ -125,8 +126,20 @@ class FedBatches:
         self.feeder, self.device = feeder, device
         self.epoch, self.batch = feeder.start_epoch, feeder.start_batch
         self.targets = {name: value.to(device) for name, value in (targets or {}).items()}
-        self._iterator = DALIGenericIterator([pipe], output_map, last_batch_policy=LastBatchPolicy.PARTIAL,
-                                             auto_reset=False)
+        with self._naming_failures():  # the iterator runs the first batches already
+            self._iterator = DALIGenericIterator([pipe], output_map, last_batch_policy=LastBatchPolicy.PARTIAL,
+                                                 auto_reset=False)
+
+    @contextlib.contextmanager
+    def _naming_failures(self) -> Iterator[None]:
+        """A DALI error (a file nvJPEG cannot decode, a frame past a clip's end) re-raised naming the
+        samples of the batches in flight: DALI itself only knows the bytes it was handed."""
+        try:
+            yield
+        except RuntimeError as error:
+            reading = self.feeder.in_flight()
+            raise RuntimeError(f"{error}\nwhile reading one of {len(reading)} samples: {', '.join(reading[:8])}"
+                               f"{' ...' if len(reading) > 8 else ''}") from error
 
     @staticmethod
     def start(checkpoint: bytes | str | None) -> tuple[int, int]:
@@ -143,12 +156,8 @@ class FedBatches:
         return batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """The rest of the current epoch; then the position moves to the next epoch.
-
-        A DALI error (a stream NVDEC cannot decode, a frame past a clip's end) names the samples of
-        the batches in flight: DALI itself only knows the bytes it was handed.
-        """
-        try:
+        """The rest of the current epoch; then the position moves to the next epoch."""
+        with self._naming_failures():
             for (outputs,) in self._iterator:
                 count = valid_count(outputs.pop("valid"))
                 batch = {}
@@ -161,10 +170,6 @@ class FedBatches:
                     batch[name] = table[batch["index"]]
                 self.batch += 1
                 yield batch
-        except RuntimeError as error:
-            reading = self.feeder.in_flight()
-            raise RuntimeError(f"{error}\nwhile reading one of {len(reading)} samples: {', '.join(reading[:8])}"
-                               f"{' ...' if len(reading) > 8 else ''}") from error
         self._iterator.reset()
         self.epoch, self.batch = self.epoch + 1, 0
 

@@ -97,3 +97,22 @@ def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
                                    num_threads=2, with_clean=True)
         views[device_id] = torch.cat([batch["image"].cpu() for batch in batches])
     assert (views[None] - views[0]).abs().mean() < VIEWS_MAX_MEAN_DIFFERENCE
+
+
+def test_nvdec_frame_past_the_end_fails_naming_the_clip(real_ladder):
+    """A manifest that overstates a clip's length must not turn into black frames (DALI's default
+    pad_mode): the batch fails, naming the clip."""
+    import dataclasses
+
+    from dali_pipes import parse_crf_spec
+    from dali_pipes.ladder import Ladder
+    from dali_pipes.video import ClipSampling, VideoBatches
+
+    rungs = {clip: {crf: dataclasses.replace(rung, frames=rung.frames + 200) if clip == "carphone" else rung
+                    for crf, rung in by_crf.items()} for clip, by_crf in real_ladder.rungs.items()}
+    overstated = Ladder(real_ladder.root, real_ladder.settings, rungs)
+    batches = VideoBatches(overstated, ["carphone"], batch_size=1, training=False, spec=parse_crf_spec("28"),
+                           sampling=ClipSampling(2, real_ladder.rungs["carphone"][28].frames + 100, 1), device_id=0,
+                           num_threads=1)  # frames 0 and n + 100 of an n-frame clip
+    with pytest.raises(RuntimeError, match="(?s)out-of-bounds frame.*clip 'carphone'"):
+        next(iter(batches))

@@ -43,7 +43,10 @@ def packaged_ladder(folder: Path) -> Path:
     sources.mkdir(parents=True, exist_ok=True)  # a rerun after a kill finishes the ladder
     for name in PACKAGED_CLIPS:
         shutil.copy(packaged_clip(name), sources / f"{name}.mp4")
-    transcode(sources, folder / "ladder", crfs=DEFAULT_BENCH_CRFS, progress=False)
+    report = transcode(sources, folder / "ladder", crfs=DEFAULT_BENCH_CRFS, progress=False)
+    if report.failed:
+        clip, (source, reason) = next(iter(report.failed.items()))
+        raise RuntimeError(f"the packaged clip {clip!r} ({source}) could not be transcoded: {reason}")
     return folder / "ladder"
 
 

@@ -1,0 +1,233 @@
+"""What the first GPU run depends on, checked on the CPU: the two-part GPU check script in its CPU mode,
+JPEG-only commands without PyAV or pycocotools, channels-last images straight from the pipelines,
+padding cut without a mask, NVDEC refused plainly where its library is missing, DALI errors naming
+the files in flight."""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
+from dali_pipes.feeder import valid_count
+from dali_pipes.iterator import SweepBatches
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = ("av", "pycocotools")
+
+
+def _run(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def hidden_packages(tmp_path_factory) -> Path:
+    """A folder that, first on PYTHONPATH, makes ``import av`` and ``import pycocotools`` fail."""
+    folder = tmp_path_factory.mktemp("hidden")
+    for name in HIDDEN:
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} is hidden by the test')\n")
+    return folder
+
+
+def _without(hidden_packages: Path) -> dict[str, str]:
+    return {"PYTHONPATH": os.pathsep.join([str(hidden_packages), str(ROOT)]), "WANDB_MODE": "disabled"}
+
+
+def test_gpu_check_runs_both_parts_in_cpu_mode(tmp_path):
+    """The same script as on a GPU, at tiny sizes: every check passes or says why it was skipped."""
+    for part in ("1", "2"):
+        out = tmp_path / f"part{part}"
+        result = _run(["bash", "bench/gpu_check.sh", part, "--cpu"], {"OUT": str(out)})
+        summary = (out / "summary.md").read_text()
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        assert "| failed |" not in summary and "| timed out |" not in summary, summary
+    first, second = (tmp_path / "part1" / "summary.md").read_text(), (tmp_path / "part2" / "summary.md").read_text()
+    assert "| gpu_info | skipped | 0 | no GPU in the CPU mode |" in first
+    assert "| gpu_tests_images | passed |" in first and " skipped |" in first.split("gpu_tests_images")[1].split("\n")[0]
+    for name in ("smoke", "fidelity", "bench_data", "bench_train", "bench_model", "bench_sweep", "resnet50_epoch"):
+        assert f"| {name} | passed |" in first
+    for name in ("video_ready", "gpu_tests_video", "packaged_ladder", "bench_video_data_32", "bench_video_train"):
+        assert f"| {name} | passed |" in second
+    assert (tmp_path / "part1" / "fidelity_cpu.md").is_file() and (tmp_path / "part1" / "resnet50_epoch.json").is_file()
+    assert (tmp_path / "part1" / "gpu_tests_images.xml").is_file()
+    rows = {}
+    for part in ("part1", "part2"):
+        (table,) = (tmp_path / part).glob("bench-*.csv")
+        with table.open() as handle:
+            rows[part] = {(row["codec"], row["mode"]) for row in csv.DictReader(handle)}
+    assert rows["part1"] == {("jpeg", mode) for mode in ("data", "train", "model", "sweep")}
+    assert rows["part2"] == {("h264", "data"), ("h264", "train")}
+
+
+def test_gpu_check_failure_hides_nothing(tmp_path, hidden_packages):
+    """Without PyAV, part 2's checks that need it fail, each on its own, and the others still run."""
+    out = tmp_path / "out"
+    result = _run(["bash", "bench/gpu_check.sh", "2", "--cpu"], {"OUT": str(out), "PYTHONPATH": str(hidden_packages)})
+    summary = (out / "summary.md").read_text()
+    assert result.returncode != 0
+    assert "| video_ready | failed |" in summary and "| packaged_ladder | failed |" in summary
+    assert "| gpu_tests_video | passed |" in summary and "| bench_video_train | failed |" in summary
+    assert "av is hidden by the test" in (out / "video_ready.log").read_text()
+    assert _run(["bash", "bench/gpu_check.sh", "3"], {}).returncode == 2
+
+
+def test_jpeg_commands_need_neither_pyav_nor_pycocotools(image_folder, tmp_path, hidden_packages):
+    env = _without(hidden_packages)
+    imports = _run([sys.executable, "-c", "import av"], env)
+    assert imports.returncode != 0 and "av is hidden" in imports.stderr
+    train = _run([sys.executable, "-m", "launch.cli", "train", "--data", str(image_folder), *TINY, "--epochs", "1",
+                  "--out", str(tmp_path / "run")], env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    bench = _run([sys.executable, "-m", "launch.cli", "bench", "--images", "4", "--batch_size", "2", "--crop", "32",
+                  "--iterations", "1", "--warmup", "1", "--repeats", "1", "--threads", "1", "--contenders",
+                  "codecloop", "--out", str(tmp_path / "bench")], env)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    loaded = _run([sys.executable, "-c", "import sys, tasks, trainers.protocol, trainers.bench, launch.cli; "
+                   "print(sorted(name for name in ('av', 'pycocotools') if name in sys.modules))"], env)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
+
+
+def _image_files(image_folder: Path) -> list[str]:
+    return sorted(str(path) for path in (image_folder / "train").rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("training, with_clean", [(True, True), (False, False)])
+def test_channels_last_batches_equal_the_nchw_ones(image_folder, training, with_clean):
+    """NHWC from the pipeline, seen as NCHW in channels-last format: the same values, no copy per step."""
+    files = _image_files(image_folder)
+    batches = {}
+    for channels_last in (False, True):
+        batches[channels_last] = list(ImageBatches(
+            files, batch_size=5, training=training, spec=parse_quality_spec("5-95", 0.2), with_clean=with_clean,
+            geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=2, seed=3, channels_last=channels_last))
+    for nchw, nhwc in zip(batches[False], batches[True]):
+        for name in ("image", "clean_image") if with_clean else ("image",):
+            assert nhwc[name].shape == nchw[name].shape and nhwc[name].shape[1] == 3
+            assert nhwc[name].is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(nhwc[name], nchw[name])
+    sweeps = [list(SweepBatches(files, levels=[10, 50], batch_size=6, geometry=ImageGeometry(32, 40), num_threads=2,
+                                channels_last=channels_last)) for channels_last in (False, True)]
+    for nchw, nhwc in zip(*sweeps):
+        for level in (None, 10, 50):
+            assert nhwc["views"][level].is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(nhwc["views"][level], nchw["views"][level])
+
+
+def test_dense_and_h264_batches_channels_last(tmp_path, image_folder):
+    from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+    from dali_pipes.h264_image import H264ImageBatches
+
+    files = _image_files(image_folder)[:6]
+    for make in (
+        lambda last: DenseBatches([DenseSample(path) for path in files], layout=DenseLayout(points=True),
+                                  load_targets=lambda index: {"points": np.zeros((1, 2), np.float32)}, batch_size=3,
+                                  training=True, spec=parse_quality_spec("30"), geometry=DenseGeometry(32, 48),
+                                  seed=2, channels_last=last),
+        lambda last: H264ImageBatches(files, batch_size=3, training=True, spec=parse_crf_spec("30"),
+                                      geometry=ImageGeometry(32, 40), seed=2, with_clean=True, channels_last=last),
+    ):
+        nchw, nhwc = next(iter(make(False))), next(iter(make(True)))
+        for name in ("image", "clean_image"):
+            if name in nchw:
+                assert nhwc[name].is_contiguous(memory_format=torch.channels_last)
+                assert torch.equal(nhwc[name], nchw[name])
+
+
+def test_padding_is_cut_by_a_count_and_must_be_trailing():
+    assert valid_count(torch.tensor([[1], [1], [0], [0]], dtype=torch.int32)) == 2
+    assert valid_count(torch.ones(3, dtype=torch.int32)) == 3
+    with pytest.raises(RuntimeError, match="padding slots in the middle"):
+        valid_count(torch.tensor([1, 0, 1], dtype=torch.int32))
+
+
+def _nvdec_loads() -> bool:
+    try:
+        ctypes.CDLL("libnvcuvid.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_nvdec_loads(), reason="this machine has NVDEC's library")
+def test_nvdec_missing_library_is_named_before_any_pipeline(tmp_path):
+    from dali_pipes.ladder import load_ladder, transcode
+    from dali_pipes.video import VideoBatches
+    from tests.videos import moving_frames, write_video
+
+    write_video(tmp_path / "src" / "clip.mp4", moving_frames(6, 64, 48))
+    transcode(tmp_path / "src", tmp_path / "ladder", crfs=(0, 40), workers=1, progress=False)
+    with pytest.raises(RuntimeError, match="NVDEC needs the NVIDIA driver's libnvcuvid.so.1.*video"):
+        VideoBatches(load_ladder(tmp_path / "ladder"), ["clip"], batch_size=1, training=False,
+                     spec=parse_crf_spec("40"), device_id=0)
+
+
+def test_a_dali_error_names_the_files_in_flight(tmp_path, image_folder):
+    """A file DALI cannot decode: the error says which files the failing batches held."""
+    from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+
+    files = _image_files(image_folder)[:4]
+    broken = tmp_path / "broken.jpg"
+    data = Path(files[0]).read_bytes()
+    broken.write_bytes(data[:data.index(b"\xff\xda") + 14])  # cut after its headers: PIL still reads the size
+    with pytest.raises(RuntimeError, match=f"(?s)Failed to decode.*while reading one of 5 samples: .*{broken.name}"):
+        list(DenseBatches([DenseSample(path) for path in [*files, str(broken)]], layout=DenseLayout(),
+                          load_targets=lambda index: {}, batch_size=5, training=False,
+                          spec=parse_quality_spec("none"), geometry=DenseGeometry(32, 32)))
+
+
+@pytest.fixture(scope="module")
+def small_ladder(tmp_path_factory):
+    from dali_pipes.ladder import load_ladder, transcode
+    from tests.videos import moving_frames, write_video
+
+    root = tmp_path_factory.mktemp("ladder")
+    write_video(root / "src" / "clip.mp4", moving_frames(6, 64, 48))
+    transcode(root / "src", root / "ladder", crfs=(0, 40), workers=1, progress=False)
+    return load_ladder(root / "ladder")
+
+
+def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
+    """Each pipeline in its GPU form (device 0, nvJPEG / NVDEC "mixed" decoders, outputs moved with
+    ``.gpu()``, every option) is traced: DALI checks there what a first GPU run would otherwise find,
+    such as a GPU node given as an argument input. Building needs CUDA, so it stops before that."""
+    from dali_pipes.codec import _roundtrip_pipeline
+    from dali_pipes.dense import DenseFeeder, DenseGeometry, DenseLayout, DenseSample, dense_pipeline
+    from dali_pipes.h264_image import ImageFeeder, h264_image_pipeline
+    from dali_pipes.pipelines import CODEC_PLACEMENTS, image_pipeline, sweep_pipeline
+    from dali_pipes.video import ClipSampling, LadderFeeder, VideoGeometry, video_pipeline
+
+    files, geometry = _image_files(image_folder)[:4], ImageGeometry(32, 40)
+    run = {"batch_size": 2, "num_threads": 1, "device_id": 0}
+    for training in (True, False):
+        for placement in CODEC_PLACEMENTS:
+            for spec in ("none", "5-95", "10"):
+                for with_clean in (False, True):
+                    image_pipeline(files=files, shard_id=0, num_shards=1, training=training,
+                                   spec=parse_quality_spec(spec, 0.2), geometry=geometry, on_gpu=True,
+                                   codec_placement=placement, with_clean=with_clean, channels_last=with_clean, **run)
+            sweep_pipeline(files=files, shard_id=0, num_shards=1, levels=[10, 50], geometry=geometry, on_gpu=True,
+                           codec_placement=placement, channels_last=training, **run)
+        sharding = {"training": training, "batch_size": 2}
+        for spec in (parse_quality_spec("5-95"), parse_crf_spec("40")):
+            layout = DenseLayout(rasters=("mask",), points=True, extras=("labels",))
+            feeder = DenseFeeder([DenseSample(path) for path in files], layout, lambda index: {}, spec,
+                                 DenseGeometry(32, 32), **sharding)
+            dense_pipeline(feeder=feeder, on_gpu=True, channels_last=training, **run)
+        for with_clean in (False, True):
+            feeder = ImageFeeder([("clip", 0), ("clip", 3)], parse_crf_spec("0-40"), 0.5, ladder=small_ladder,
+                                 decode_on_cpu=False, with_clean=with_clean, **sharding)
+            h264_image_pipeline(feeder=feeder, geometry=geometry, on_gpu=True, channels_last=with_clean, **run)
+        feeder = LadderFeeder(small_ladder, ["clip"], parse_crf_spec("0-40"), ClipSampling(4, 1, 1),
+                              decode_on_cpu=False, **sharding)
+        video_pipeline(feeder=feeder, geometry=VideoGeometry(32, 40), on_gpu=True, **run)
+    _roundtrip_pipeline(device="gpu", **run)
