@@ -208,8 +208,8 @@ class H264ImageBatches(FedBatches):
         if feeder.decode_on_gpu:
             require_nvdec()
         pipe = h264_image_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None,
-                                   channels_last=channels_last, batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                                   prefetch_queue_depth=prefetch_queue_depth)
+                                   channels_last=channels_last, batch_size=batch_size, num_threads=num_threads,
+                                   device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         names = ["image", "index", "h264_crf", "valid"] + (["clean_image"] if with_clean else [])
         super().__init__(pipe, feeder, names, device, targets)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import re
 import shlex
@@ -343,16 +344,28 @@ def _settings(src: Path, dst: Path, crfs: list[int], preset: str, keyint: int, f
             "command": shlex.join(command)}
 
 
-def _exit_with_parent(parent: int) -> None:
+def _exit_with_parent() -> None:
     """Pool worker initializer: when `transcode`'s process is killed, its workers exit too (a worker
-    would otherwise wait for jobs forever, orphaned). A rung in flight is lost whole: files are
+    would otherwise wait for jobs forever, orphaned): the fork server they come from exits with
+    `transcode`'s process, and they are re-parented. A rung in flight is lost whole: files are
     renamed into place only when complete."""
+    parent = os.getppid()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fork server that has imported this module and done nothing else. A plain
+    fork would copy the caller's PyAV state: with PyAV 19, a process that has converted one frame
+    (``reformat``) forks workers whose first conversion hangs for good."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def transcode(src: Path, dst: Path, crfs: Sequence[int] = DEFAULT_LADDER, preset: str = "veryfast",
@@ -362,6 +375,8 @@ def transcode(src: Path, dst: Path, crfs: Sequence[int] = DEFAULT_LADDER, preset
 
     Clips that cannot be read are skipped and listed in the report; rungs already done are kept.
     A ladder built with another preset, keyint or fps is refused (its rungs would not be comparable).
+    Workers start from a fork server, so a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard around its main code.
     """
     src, dst = Path(src).resolve(), Path(dst).resolve()
     crfs = check_crfs(crfs)
@@ -389,8 +404,8 @@ def transcode(src: Path, dst: Path, crfs: Sequence[int] = DEFAULT_LADDER, preset
     threads = 1 if workers > 1 else 0
     report = TranscodeReport(dst, clips=len(clips))
     report.skipped_existing = sum(_rung_paths(dst, c.clip, crf)[1].is_file() for c in clips for crf in crfs)
-    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool, \
-            tqdm(total=len(clips), unit="clip", desc="transcode", disable=not progress) as bar:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_exit_with_parent)
+    with pool, tqdm(total=len(clips), unit="clip", desc="transcode", disable=not progress) as bar:
         jobs = {pool.submit(_transcode_job, clip, dst, crfs, preset, keyint, fps, threads): clip for clip in clips}
         for job in as_completed(jobs):
             written, frames, error = job.result()

@@ -190,7 +190,8 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--images", type=int, default=256,
                        help="images to write when --data is not given (h264: clips per epoch, repeating the ladder's); "
                             "an epoch repeats its images to at least 20 batches, so the pipelines prefetch")
-    bench.add_argument("--batch_size", type=int, default=64, help="batch size (halved on a device out-of-memory, torch's or DALI's)")
+    bench.add_argument("--batch_size", type=int, default=64,
+                       help="batch size (halved on a device out-of-memory, torch's or DALI's)")
     bench.add_argument("--crop", type=int, default=None, help="network input size (default: 224 jpeg, 112 h264)")
     bench.add_argument("--quality", default="5-95", help="JPEG quality spec of the codec stage")
     bench.add_argument("--crf", default="18-51", help="h264: CRF spec drawn per clip (snapped to the ladder's rungs)")

@@ -5,8 +5,9 @@ boxes left out, each counted in the split's ``counts``; images without annotatio
 negatives. Category ids map to labels 1..K in id order (0 is the background). The codec runs on
 the whole image; box corners follow the crop, flip and resize through `fn.coord_transform` and
 are reordered, clipped and cut into per-image targets on the host, then moved to the device in
-one copy (torchvision's detectors take a list of variable-length targets). mAP, AP50 and AP75 come from pycocotools, evaluated in
-the evaluation view (the whole image resized: IoU does not change under axis scaling).
+one copy (torchvision's detectors take a list of variable-length targets). mAP, AP50 and AP75
+come from pycocotools, evaluated in the evaluation view (the whole image resized: IoU does not
+change under axis scaling).
 """
 
 from __future__ import annotations

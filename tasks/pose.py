@@ -10,8 +10,9 @@ Two families:
 
 Keypoints (and box corners) follow the crop, flip and resize through `fn.coord_transform`; a
 flipped sample swaps its left / right keypoint ids (names ``left_*`` / ``right_*``). Targets are
-built from the batch's host values and moved to the device in one copy. Predictions are mapped back to the original image and scored by pycocotools against
-the JSON's keypoints (OKS AP, AP50, AP75; COCO's sigmas for its 17 keypoints, 0.05 otherwise).
+built from the batch's host values and moved to the device in one copy. Predictions are mapped
+back to the original image and scored by pycocotools against the JSON's keypoints (OKS AP, AP50,
+AP75; COCO's sigmas for its 17 keypoints, 0.05 otherwise).
 """
 
 from __future__ import annotations

@@ -206,8 +206,10 @@ def test_depth_loss_equals_the_masked_formula_and_is_zero_without_valid_pixels()
     prediction = torch.tensor(rng.uniform(0.5, 20.0, (2, 6, 7)), dtype=torch.float32)
     target = torch.tensor(rng.uniform(0.5, 20.0, (2, 6, 7)), dtype=torch.float32)
     valid = torch.tensor(rng.random((2, 6, 7)) < 0.6)
-    target[~valid] = torch.tensor([0.0, float("inf"), float("nan")]).repeat(int((~valid).sum()))[: int((~valid).sum())]
-    d = np.log(prediction.numpy()[valid.numpy()].astype(np.float64)) - np.log(target.numpy()[valid.numpy()].astype(np.float64))
+    invalid = int((~valid).sum())
+    target[~valid] = torch.tensor([0.0, float("inf"), float("nan")]).repeat(invalid)[:invalid]
+    mask = valid.numpy()
+    d = np.log(prediction.numpy()[mask].astype(np.float64)) - np.log(target.numpy()[mask].astype(np.float64))
     expected = math.sqrt(np.mean(d**2) - SCALE_INVARIANCE * np.mean(d) ** 2)
     assert scale_invariant_log_loss(prediction, target, valid).item() == pytest.approx(expected, rel=1e-5)
 

@@ -218,8 +218,9 @@ def test_ranks_draw_their_own_qualities(uneven_folder):
 
     config = Config(data=str(uneven_folder), batch_size=BATCH)
     task = SimpleNamespace(memory_format=None)
-    seeds = [pipeline_runtime(config, task, SimpleNamespace(process_index=rank, num_processes=3, local_process_index=rank,
-                                                            device=torch.device("cpu")), True).seed for rank in range(3)]
+    ranks = [SimpleNamespace(process_index=rank, num_processes=3, local_process_index=rank, device=torch.device("cpu"))
+             for rank in range(3)]
+    seeds = [pipeline_runtime(config, task, accelerator, True).seed for accelerator in ranks]
     assert len(set(seeds)) == 3
     files = _image_files(uneven_folder)
     draws = []
