@@ -33,7 +33,7 @@ from PIL import Image
 from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
 from dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from dali_pipes.h264_image import H264ImageBatches, h264_intra_roundtrip
-from dali_pipes.ladder import DEFAULT_LADDER, transcode
+from dali_pipes.ladder import DEFAULT_LADDER, SWSCALE_THREADS, transcode
 from tasks.packaged_data import packaged_clip
 
 CLIPS = ("bikes", "carphone", "bigbuckbunny")
@@ -48,7 +48,7 @@ def plain_pyav_encode(source: Path, target: Path, crf: int, preset: str) -> int:
         out.width, out.height, out.pix_fmt = stream.codec_context.width, stream.codec_context.height, "yuv420p"
         out.options = {"crf": str(crf), "preset": preset, "x264-params": "keyint=15:threads=1"}
         for frame in src.decode(stream):
-            frame = frame.reformat(format="yuv420p")
+            frame = frame.reformat(format="yuv420p", threads=SWSCALE_THREADS)
             frame.pts, frame.time_base = frames, Fraction(1) / stream.average_rate
             dst.mux(out.encode(frame))
             frames += 1

@@ -26,7 +26,7 @@ from nvidia.dali import fn, pipeline_def
 from dali_pipes import ImageGeometry, parse_crf_spec
 from dali_pipes.fidelity import cpu_model
 from dali_pipes.h264_image import H264ImageBatches, image_view
-from dali_pipes.ladder import Ladder, load_ladder, transcode
+from dali_pipes.ladder import SWSCALE_THREADS, Ladder, load_ladder, transcode
 from dali_pipes.pipelines import normalize
 from dali_pipes.reference import psnr
 from tasks.packaged_data import packaged_clip
@@ -94,7 +94,7 @@ def decoded(path: Path, indices: list[int]) -> tuple[dict[int, np.ndarray], dict
     with av.open(str(path)) as container:
         for position, frame in enumerate(container.decode(video=0)):
             if position in wanted:
-                rgb[position] = frame.to_ndarray(format="rgb24")
+                rgb[position] = frame.to_ndarray(format="rgb24", threads=SWSCALE_THREADS)
                 planes[position] = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width].copy()
                                     for p in frame.planes]
             if position >= max(wanted):

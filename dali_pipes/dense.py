@@ -257,8 +257,8 @@ class DenseBatches(FedBatches):
                              batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
                              start_epoch=start_epoch, start_batch=start_batch, threads=num_threads)
         pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, channels_last=channels_last,
-                              batch_size=batch_size,
-                              num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
+                              batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                              prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         names = ["image", "index", feeder.level_name, "valid", "points_mt", "mirror", *layout.rasters]
         names += ["points", "num_points"] if layout.points else []

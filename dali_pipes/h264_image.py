@@ -26,7 +26,7 @@ from PIL import Image
 
 from dali_pipes.crf import CLEAN_CRF, LOSSLESS_CRF, MAX_CRF, MIN_CRF, CrfSpec
 from dali_pipes.feeder import FedBatches, ShardedFeeder
-from dali_pipes.ladder import Ladder
+from dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from dali_pipes.iterator import nchw
 from dali_pipes.pipelines import ImageGeometry, normalize, on_device
 from dali_pipes.video import decode_frames, require_nvdec
@@ -46,11 +46,11 @@ def h264_intra_roundtrip(image: np.ndarray, crf: int, preset: str = "veryfast") 
     encoder.time_base = Fraction(1, 25)
     rate = "qp=1" if crf == LOSSLESS_CRF else f"crf={crf}"
     encoder.options = {"preset": preset, "x264-params": f"{rate}:keyint=1:threads=1"}
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(format="yuv420p", threads=SWSCALE_THREADS)
     packets = encoder.encode(frame) + encoder.encode(None)
     decoder = av.CodecContext.create("h264", "r")
     decoded = [out for packet in packets for out in decoder.decode(packet)] + decoder.decode(None)
-    return np.ascontiguousarray(decoded[0].to_ndarray(format="rgb24")[:height, :width])
+    return np.ascontiguousarray(decoded[0].to_ndarray(format="rgb24", threads=SWSCALE_THREADS)[:height, :width])
 
 
 def h264_roundtrip(images: Sequence[np.ndarray], crf: int | Sequence[int], preset: str = "veryfast") -> list[np.ndarray]:

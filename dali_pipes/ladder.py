@@ -50,6 +50,11 @@ SETTINGS, MANIFEST, FAILED, FRAME_LIST = "ladder.json", "manifest.csv", "failed.
 MANIFEST_COLUMNS = ("clip", "crf", "path", "frames", "fps", "width", "height", "source", "source_width",
                     "source_height", "source_pix_fmt", "retimed", "bytes", "bits_per_pixel", "psnr")
 DEFAULT_FPS = 25
+# Every PyAV frame conversion (swscale) runs on its caller's thread alone (``threads=1``): callers
+# already work on many samples at once, and PyAV >= 19 keeps one converter per thread whose own
+# slice threads do not survive a fork, so a forked process (a DataLoader or pool worker) that frees
+# or reuses an inherited multi-threaded converter hangs for good.
+SWSCALE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -207,10 +212,10 @@ def _even(frame: av.VideoFrame, width: int, height: int, pix_fmt: str) -> av.Vid
     """`frame` as `pix_fmt` cropped to `width` x `height` (at most one pixel off each side's end)."""
     import av
     if frame.width == width and frame.height == height:
-        return frame.reformat(format=pix_fmt)
-    array = frame.to_ndarray(format="rgb24")[:height, :width]
+        return frame.reformat(format=pix_fmt, threads=SWSCALE_THREADS)
+    array = frame.to_ndarray(format="rgb24", threads=SWSCALE_THREADS)[:height, :width]
     converted = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-    return converted if pix_fmt == "rgb24" else converted.reformat(format=pix_fmt)
+    return converted if pix_fmt == "rgb24" else converted.reformat(format=pix_fmt, threads=SWSCALE_THREADS)
 
 
 def _encoder(path: Path, crf: int, width: int, height: int, fps: Fraction, preset: str, keyint: int,
@@ -230,7 +235,7 @@ def _rgb_frames(path: Path) -> Iterator[np.ndarray]:
     import av
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
+            yield frame.to_ndarray(format="rgb24", threads=SWSCALE_THREADS)
 
 
 def _psnr_per_rung(clip: ClipSource, temporaries: dict[int, Path], width: int, height: int,

@@ -23,7 +23,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from dali_pipes.crf import CrfSpec
 from dali_pipes.feeder import FedBatches, ShardedFeeder
-from dali_pipes.ladder import Ladder
+from dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from dali_pipes.pipelines import on_device
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -69,7 +69,7 @@ def decode_frames(path: Path | str, indices: Sequence[int], fps: float) -> np.nd
         for frame in container.decode(stream):
             position = round(float(frame.pts * time_base) * fps)
             if position in wanted:
-                found[position] = frame.to_ndarray(format="rgb24")
+                found[position] = frame.to_ndarray(format="rgb24", threads=SWSCALE_THREADS)
             if position >= wanted[-1]:
                 break
     missing = [i for i in wanted if i not in found]

@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from dali_pipes.ladder import SWSCALE_THREADS
+
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
                   "immunohistochemistry", "retina")
 SKLEARN_PHOTOS = ("china", "flower")
@@ -141,7 +143,7 @@ def read_clip_frames(path: Path, count: int) -> list[Image.Image]:
     with av.open(str(path)) as container:
         for index, frame in enumerate(container.decode(video=0)):
             if index in wanted:
-                frames.append(frame.to_image().convert("RGB"))
+                frames.append(frame.to_image(threads=SWSCALE_THREADS).convert("RGB"))
             if index >= max(wanted):
                 break
     return frames

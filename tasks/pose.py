@@ -154,7 +154,6 @@ class PoseTask(DenseTask):
     def people(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Per sample ``{boxes (N, 4), keypoints (N, K, 3)}`` in the view, mirrored ids swapped back
         (host tensors, from the batch's host values)."""
-        flip = self.flip
         out = []
         for points, count, visibility, mirror in zip(batch["points"], batch["num_points"].tolist(),
                                                      batch["visibility"], batch["mirror"].tolist()):
@@ -162,7 +161,7 @@ class PoseTask(DenseTask):
             keypoints = torch.cat([per_person[:, 2:], visibility[:len(per_person) * self.num_keypoints]
                                    .reshape(-1, self.num_keypoints, 1).to(points.dtype)], dim=2)
             if mirror:
-                keypoints = keypoints[:, flip]
+                keypoints = keypoints[:, self.flip]
             boxes, keep = boxes_from_corners(per_person[:, :2].reshape(-1, 2), self.geometry.height,
                                              self.geometry.width)
             inside = ((keypoints[..., 0] >= 0) & (keypoints[..., 0] < self.geometry.width)

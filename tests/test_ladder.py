@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from dali_pipes.crf import parse_crf_spec, snap
-from dali_pipes.ladder import MANIFEST_COLUMNS, find_clips, load_ladder, transcode
+from dali_pipes.ladder import MANIFEST_COLUMNS, SWSCALE_THREADS, find_clips, load_ladder, transcode
 from tasks.packaged_data import packaged_clip
 from tests.videos import moving_frames, write_empty_video, write_video
 
@@ -63,7 +63,8 @@ def psnr_of(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def yuv420_roundtrip(frame: np.ndarray) -> np.ndarray:
-    return av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
+    yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=SWSCALE_THREADS)
+    return yuv.to_ndarray(format="rgb24", threads=SWSCALE_THREADS)
 
 
 def test_rungs_are_what_nvdec_wants(real_ladder):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dali_pipes.crf import parse_crf_spec
-from dali_pipes.ladder import load_ladder, transcode
+from dali_pipes.ladder import SWSCALE_THREADS, load_ladder, transcode
 from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry, decode_frames
 from tests.videos import moving_frames, write_video
 
@@ -102,7 +102,7 @@ def test_short_clips_loop():
 def test_decode_frames_matches_sequential_decode(ladder):
     path = ladder.path("clip0", 40)
     with av.open(str(path)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        frames = [frame.to_ndarray(format="rgb24", threads=SWSCALE_THREADS) for frame in container.decode(video=0)]
     indices = [33, 17, 18, 2, 39]
     decoded = decode_frames(path, indices, ladder.rungs["clip0"][40].fps)
     np.testing.assert_array_equal(decoded, np.stack([frames[i] for i in indices]))

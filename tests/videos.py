@@ -9,6 +9,8 @@ import av
 import numpy as np
 from skimage import data as skdata
 
+from dali_pipes.ladder import SWSCALE_THREADS
+
 
 def moving_frames(count: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
     """`count` RGB frames panning across a real photo (so compression has texture to lose)."""
@@ -27,7 +29,7 @@ def write_video(path: Path, frames: list[np.ndarray], codec: str = "libx264", pi
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
         stream.codec_context.time_base = Fraction(1, fps)
         for index, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format=pix_fmt)
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format=pix_fmt, threads=SWSCALE_THREADS)
             frame.pts, frame.time_base = (pts[index] if pts else index), Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
