@@ -116,3 +116,29 @@ def test_nvdec_frame_past_the_end_fails_naming_the_clip(real_ladder):
                            num_threads=1)  # frames 0 and n + 100 of an n-frame clip
     with pytest.raises(RuntimeError, match="(?s)out-of-bounds frame.*clip 'carphone'"):
         next(iter(batches))
+
+
+def test_gpu_video_training_step_never_waits_for_the_gpu(real_ladder):
+    """Handing a clip batch over, the loss and the backward pass make no host sync."""
+    import torch.nn.functional as F
+    from torchvision.models.video import r3d_18
+
+    from dali_pipes import parse_crf_spec
+    from dali_pipes.video import ClipSampling, VideoBatches
+
+    clips = sorted(real_ladder.rungs) * 2
+    batches = iter(VideoBatches(real_ladder, clips, batch_size=2, training=True, spec=parse_crf_spec("18-51"),
+                                sampling=ClipSampling(8, 2, 1), targets={"label": torch.arange(len(clips)) % 3},
+                                device_id=0, num_threads=2))
+    model = r3d_18(num_classes=3).cuda()
+    next(batches)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batch = next(batches)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(batch["video"]), batch["label"])
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert batch["video"].is_cuda and torch.isfinite(loss).item()
