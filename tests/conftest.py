@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,16 @@ def run_cli(capsys):
         return status, captured.out, captured.err
 
     return run
+
+
+@contextlib.contextmanager
+def no_host_sync() -> Iterator[None]:
+    """Any host sync torch makes inside raises (its CUDA sync debug mode); queued work is finished first."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

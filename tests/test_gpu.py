@@ -12,7 +12,7 @@ import torch
 from dali_pipes import ImageBatches, jpeg_roundtrip, parse_quality_spec
 from dali_pipes.fidelity import packaged_photos
 from dali_pipes.reference import mean_abs_diff, psnr, reference_jpeg_roundtrip
-from tests.conftest import TINY
+from tests.conftest import TINY, no_host_sync
 
 pytestmark = [
     pytest.mark.gpu,
@@ -102,14 +102,10 @@ def test_gpu_training_step_never_waits_for_the_gpu(name, image_folder, tmp_path)
     batches = iter(task.batches(task.sample_index("train"), training=True, spec=parse_quality_spec("5-95"),
                                 runtime=runtime))
     next(batches)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         batch = next(batches)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = task.forward(model, batch)["loss"]
         loss.backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert batch["image"].is_contiguous(memory_format=torch.channels_last) and batch["image"].shape[1] == 3
     assert torch.isfinite(loss).item()
