@@ -113,6 +113,11 @@ class Config:
                                 "step) instead of stopping at the next log line or checkpoint with the last good "
                                 "checkpoint named", "runtime")
     strict: bool = _key(False, "stop on the first unreadable image instead of skipping it", "runtime")
+    keep_damaged: bool = _key(False, "train on JPEGs whose compressed data is damaged (libjpeg decodes them with a "
+                              "warning, into partly garbage pixels); default: skip and count them", "runtime")
+    max_image_pixels: int = _key(178_956_970, "an image with more pixels than this is a bad file (skipped and "
+                                 "counted, or stops a --strict run): a decompression-bomb guard (default: "
+                                 "Pillow's own error limit)", "runtime")
     wandb: str = _key("online", "W&B mode (online falls back to offline without an API key)", "runtime",
                       ("online", "offline", "disabled"))
     wandb_project: str = _key("codecloop", "W&B project", "runtime")
