@@ -14,7 +14,7 @@ from typing import Any
 
 from dali_pipes.crf import DEFAULT_LADDER, parse_crf_levels
 from dali_pipes.validate import BadImageError
-from trainers.config import Config, coerce, config_keys, load_yaml
+from trainers.config import Config, coerce, config_keys, load_yaml, range_text
 
 CONFIG_COMMANDS = {
     "train": "train or fine-tune a task model with the codec (JPEG or H.264) in the loop",
@@ -62,7 +62,8 @@ def add_config_flags(parser: argparse.ArgumentParser, task: str | None = None) -
     }
     for name, item in config_keys().items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        help_text = f"{item.metadata['help']} (default: {item.default})"
+        bounds = range_text(item)
+        help_text = f"{item.metadata['help']} ({f'{bounds}; ' if bounds else ''}default: {item.default})"
         if name == "model" and task:
             help_text = model_help(task)
         group = groups[item.metadata["group"]]

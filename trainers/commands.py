@@ -1,30 +1,62 @@
-"""Entry points behind the CLI subcommands: set up the accelerator and run directory, then run."""
+"""Entry points behind the CLI subcommands: check everything, set up the accelerator and run directory,
+then run. Nothing is written into a run directory before every check has passed."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
-from trainers.checkpoint import check_resumable
-from trainers.config import Config, save_yaml
+from trainers.checkpoint import check_resumable, ensure_fresh
+from trainers.config import Config, coerce, config_keys, read_yaml_mapping, save_yaml
 from trainers.loop import make_accelerator
-from trainers.protocol import make_task, run_experiment, run_sweep, train
+from trainers.progress import result_settings
+from trainers.protocol import BASELINE, RETRAIN_STAGE, load_model, make_task, run_experiment, run_sweep, train
+
+RUN_COMMANDS = ("train", "sweep", "experiment")
+
+
+def changed_settings(run_dir: Path, config: Config) -> list[str]:
+    """The keys a run's results depend on (hyper-parameters and the checkpoint) whose value differs
+    between `config` and the run directory's ``config.yaml``."""
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        return []
+    recorded = read_yaml_mapping(config_file, "config", "a mapping of keys to values")
+    known = config_keys()
+    return [key for key, value in result_settings(config).items()
+            if key in recorded and key in known and coerce(key, recorded[key]) != value]
+
+
+def check_run_directory(command: str, run_dir: Path, config: Config, world_size: int) -> None:
+    """Refuse, before anything is written, a run directory this command may not use: a resume of another
+    task, world size or settings (naming the keys), or a fresh run over an earlier training run."""
+    if config.resume:
+        check_resumable(run_dir, config.task, world_size)
+        changed = changed_settings(run_dir, config)
+        if changed:
+            raise ValueError(f"{run_dir / 'config.yaml'}: --resume with changed config key(s) {', '.join(changed)}; "
+                             "rerun the interrupted command unchanged, or choose another --out")
+    elif command == "train":
+        ensure_fresh(run_dir, resume=False)
+    elif command == "experiment":
+        for stage in (BASELINE, RETRAIN_STAGE):
+            ensure_fresh(run_dir / stage, resume=False)
 
 
 def prepare_run(command: str, config: Config) -> tuple[Accelerator, Path]:
-    """Validate the config, create the accelerator and the run directory (same on every rank)."""
-    config.validate()
+    """Create the accelerator and, once every check has passed, the run directory with its
+    ``config.yaml`` (the same directory on every rank)."""
     accelerator = make_accelerator(config)
     set_seed(config.seed, device_specific=True)
     run_dir = [config.out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"]
     if accelerator.num_processes > 1:
         broadcast_object_list(run_dir)
     path = Path(run_dir[0])
-    if config.resume:
-        check_resumable(path, config.task, accelerator.num_processes)
+    check_run_directory(command, path, config, accelerator.num_processes)
     if accelerator.is_main_process:
         path.mkdir(parents=True, exist_ok=True)
         save_yaml(config.replace(out=str(path)), path / "config.yaml")
@@ -33,17 +65,23 @@ def prepare_run(command: str, config: Config) -> tuple[Accelerator, Path]:
 
 
 def run_command(command: str, config: Config) -> Path:
-    """Run `train`, `sweep` or `experiment` with `config`; returns the run directory."""
-    if command not in ("train", "sweep", "experiment"):
+    """Run `train`, `sweep` or `experiment` with `config`; returns the run directory.
+
+    ``--checkpoint`` is loaded first, for every command (a file that does not exist, another task's
+    run or another model's weights is refused naming the keys), and the model starts from it.
+    """
+    if command not in RUN_COMMANDS:
         raise ValueError(f"unknown command {command!r}")
+    config.validate()
     task = make_task(config)
+    model: torch.nn.Module | None = load_model(config, task) if config.checkpoint else None
     accelerator, run_dir = prepare_run(command, config)
     if command == "train":
-        train(config, task, run_dir, accelerator)
+        train(config, task, run_dir, accelerator, model=model)
     elif command == "sweep":
-        run_sweep(config, task, run_dir, accelerator)
+        run_sweep(config, task, run_dir, accelerator, model)
     else:
-        run_experiment(config, task, run_dir, accelerator)
+        run_experiment(config, task, run_dir, accelerator, model)
     accelerator.wait_for_everyone()
     accelerator.print(f"run directory: {run_dir}")
     accelerator.end_training()

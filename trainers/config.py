@@ -21,8 +21,28 @@ DEFAULT_LEVELS = {"jpeg": "5,10,15,20,30,50,75,95", "h264": DEFAULT_CRF_LEVELS}
 CODECS = ("jpeg", "h264")
 
 
-def _key(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+def _key(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None, *,
+         at_least: float | None = None, above: float | None = None, at_most: float | None = None) -> Any:
+    """A config field: its help, group, allowed choices and numeric range (checked by `Config.validate`)."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices,
+                                            "range": (at_least, above, at_most)})
+
+
+def range_text(item: dataclasses.Field) -> str:
+    """A key's declared numeric range as text ('>= 1', '> 0', '0..1'; '' if it has none)."""
+    at_least, above, at_most = item.metadata["range"]
+    if at_least is not None and at_most is not None:
+        return f"{at_least:g}..{at_most:g}"
+    parts = [f"{sign} {bound:g}" for sign, bound in ((">=", at_least), (">", above), ("<=", at_most))
+             if bound is not None]
+    return ", ".join(parts)
+
+
+def out_of_range(value: float, item: dataclasses.Field) -> bool:
+    """Whether `value` breaks `item`'s declared range."""
+    at_least, above, at_most = item.metadata["range"]
+    return ((at_least is not None and value < at_least) or (above is not None and value <= above)
+            or (at_most is not None and value > at_most))
 
 
 @dataclass
@@ -37,74 +57,79 @@ class Config:
                              "task's own: resnet50, r3d_18, fasterrcnn_mobilenet_v3_large_fpn, unet_resnet18, "
                              "simplebaseline_resnet18, unet_resnet18)", "hyper")
     pretrained: str | None = _key(None, "local weights file to start from (no hub download)", "hyper")
-    num_classes: int | None = _key(None, "classifier width; default: number of class folders", "hyper")
+    num_classes: int | None = _key(None, "classifier width; default: number of class folders", "hyper", at_least=1)
     codec: str = _key("jpeg", "codec in the loop: jpeg (quality keys) or h264 (crf keys)", "hyper", CODECS)
     quality: str = _key("none", "training JPEG quality spec: none | 30 | 5-95 | 5,10,15", "hyper")
     crf: str = _key("none", "training H.264 CRF spec: none | 28 | 18-51 | 18,28,40 (snapped to ladder rungs)",
                     "hyper")
-    clean_prob: float = _key(0.0, "fraction of training samples left uncompressed", "hyper")
+    clean_prob: float = _key(0.0, "fraction of training samples left uncompressed", "hyper", at_least=0, at_most=1)
     eval_quality: str = _key("none", "JPEG quality spec for evaluation during training", "hyper")
     eval_crf: str = _key("none", "H.264 CRF spec for evaluation during training", "hyper")
     ladder: str | None = _key(None, "H.264 CRF ladder folder (`codecloop transcode` output) of a video dataset",
                               "hyper")
     splits: str | None = _key(None, "video: folder of UCF101-style split files (trainlist0N.txt, testlist0N.txt)",
                               "hyper")
-    split: int = _key(1, "video: which split N of --splits", "hyper")
-    frames: int = _key(16, "video: frames per clip", "hyper")
-    frame_stride: int = _key(2, "video: source frames between two clip frames", "hyper")
-    eval_clips: int = _key(3, "video: clips per video at evaluation (video-level metrics average them)", "hyper")
+    split: int = _key(1, "video: which split N of --splits", "hyper", at_least=1)
+    frames: int = _key(16, "video: frames per clip", "hyper", at_least=1)
+    frame_stride: int = _key(2, "video: source frames between two clip frames", "hyper", at_least=1)
+    eval_clips: int = _key(3, "video: clips per video at evaluation (video-level metrics average them)", "hyper",
+                           at_least=1)
     codec_placement: str = _key(
         "native", "where the codec runs: native resolution, or after_resize (cheaper)", "hyper",
         ("native", "after_resize"),
     )
-    crop_size: int = _key(224, "network input size", "hyper")
+    crop_size: int = _key(224, "network input size", "hyper", at_least=1)
     input_size: str | None = _key(None, "detection / segmentation / pose / depth: network input as S or HxW "
                                   "(default: crop_size square)", "hyper")
     min_scale: float = _key(0.35, "dense tasks: train crop's smallest area, as a fraction of the image (pose: of "
-                            "the person box)", "hyper")
-    min_depth: float = _key(1e-3, "depth: smallest valid depth in metres", "hyper")
-    max_depth: float = _key(80.0, "depth: largest valid depth in metres (prediction clamped to it)", "hyper")
+                            "the person box)", "hyper", above=0, at_most=1)
+    min_depth: float = _key(1e-3, "depth: smallest valid depth in metres", "hyper", above=0)
+    max_depth: float = _key(80.0, "depth: largest valid depth in metres (prediction clamped to it)", "hyper", above=0)
     eigen_crop: bool = _key(False, "depth: evaluate inside the Garg/Eigen KITTI crop only", "hyper")
-    resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper")
-    min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper")
+    resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper", at_least=1)
+    min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper", above=0, at_most=1)
     normalize: str = _key("imagenet", "input normalization: imagenet mean/std or inception (0.5/0.5)", "hyper",
                           ("imagenet", "inception"))
     # --- optimization (hyper-parameters) ---
-    epochs: int = _key(1, "training epochs", "hyper")
-    max_steps: int | None = _key(None, "stop after this many optimizer steps", "hyper")
-    batch_size: int = _key(64, "samples per process per micro-batch", "hyper")
-    eval_batch_size: int | None = _key(None, "evaluation batch size; default: batch_size", "hyper")
-    grad_accum: int = _key(1, "micro-batches per optimizer step", "hyper")
+    epochs: int = _key(1, "training epochs", "hyper", at_least=0)
+    max_steps: int | None = _key(None, "stop after this many optimizer steps", "hyper", at_least=1)
+    batch_size: int = _key(64, "samples per process per micro-batch", "hyper", at_least=1)
+    eval_batch_size: int | None = _key(None, "evaluation batch size; default: batch_size", "hyper", at_least=1)
+    grad_accum: int = _key(1, "micro-batches per optimizer step", "hyper", at_least=1)
     optimizer: str = _key("adamw", "optimizer", "hyper", ("adamw", "sgd"))
-    lr: float = _key(1e-3, "peak learning rate", "hyper")
-    weight_decay: float = _key(0.05, "weight decay", "hyper")
-    momentum: float = _key(0.9, "SGD momentum", "hyper")
-    warmup_steps: int = _key(0, "linear warm-up steps before the cosine decay", "hyper")
-    label_smoothing: float = _key(0.0, "cross-entropy label smoothing", "hyper")
+    lr: float = _key(1e-3, "peak learning rate", "hyper", above=0)
+    weight_decay: float = _key(0.05, "weight decay", "hyper", at_least=0)
+    momentum: float = _key(0.9, "SGD momentum", "hyper", at_least=0, at_most=1)
+    warmup_steps: int = _key(0, "linear warm-up steps before the cosine decay", "hyper", at_least=0)
+    label_smoothing: float = _key(0.0, "cross-entropy label smoothing", "hyper", at_least=0, at_most=1)
     freeze_bn: bool = _key(False, "keep BatchNorm statistics fixed while training (fine-tuning)", "hyper")
     train_layers: str | None = _key(None, "comma-separated parameter-name prefixes to train, the rest frozen "
                                     "(e.g. conv_stem,bn1,blocks.0); default: all", "hyper")
-    seed: int = _key(0, "random seed (per rank and epoch streams derive from it)", "hyper")
+    seed: int = _key(0, "random seed (per rank and epoch streams derive from it)", "hyper", at_least=0)
     # --- protocol (hyper-parameters) ---
     levels: str | None = _key(None, "sweep: JPEG qualities or H.264 CRFs to evaluate, clean always added "
                               f"(default: jpeg {DEFAULT_LEVELS['jpeg']}; h264 {DEFAULT_LEVELS['h264']})", "hyper")
     retrain_quality: str = _key("5-95", "experiment: quality spec for fine-tuning on compressed data", "hyper")
     retrain_crf: str = _key("18-51", "experiment: CRF spec for fine-tuning on compressed data (h264)", "hyper")
-    retrain_clean_prob: float = _key(0.1, "experiment: clean share while fine-tuning", "hyper")
-    retrain_epochs: int | None = _key(None, "experiment: fine-tuning epochs; default: epochs", "hyper")
-    retrain_max_steps: int | None = _key(None, "experiment: fine-tuning step cap; default: max_steps", "hyper")
-    retrain_lr: float | None = _key(None, "experiment: fine-tuning learning rate; default: lr / 10", "hyper")
+    retrain_clean_prob: float = _key(0.1, "experiment: clean share while fine-tuning", "hyper", at_least=0, at_most=1)
+    retrain_epochs: int | None = _key(None, "experiment: fine-tuning epochs; default: epochs", "hyper", at_least=0)
+    retrain_max_steps: int | None = _key(None, "experiment: fine-tuning step cap; default: max_steps", "hyper",
+                                         at_least=1)
+    retrain_lr: float | None = _key(None, "experiment: fine-tuning learning rate; default: lr / 10", "hyper", above=0)
     # --- runtime settings ---
     out: str | None = _key(None, "run directory; default: runs/<command>-<time>", "runtime")
-    checkpoint: str | None = _key(None, "model checkpoint (run or checkpoint dir, or weights file) to evaluate / start from", "runtime")
+    checkpoint: str | None = _key(None, "model checkpoint (run or checkpoint dir, or weights file) to evaluate / "
+                                  "start from", "runtime")
     resume: bool = _key(False, "continue from the last checkpoint in the run directory", "runtime")
-    checkpoint_every: int = _key(500, "save a checkpoint every N optimizer steps (0: only at the end)", "runtime")
-    keep_checkpoints: int = _key(2, "how many step checkpoints to keep", "runtime")
-    log_every: int = _key(10, "log training metrics every N optimizer steps", "runtime")
-    eval_every: int = _key(1, "evaluate on val every N epochs (0: only at the end of training)", "runtime")
+    checkpoint_every: int = _key(500, "save a checkpoint every N optimizer steps (0: only at the end)", "runtime",
+                                 at_least=0)
+    keep_checkpoints: int = _key(2, "how many step checkpoints to keep", "runtime", at_least=1)
+    log_every: int = _key(10, "log training metrics every N optimizer steps", "runtime", at_least=1)
+    eval_every: int = _key(1, "evaluate on val every N epochs (0: only at the end of training)", "runtime", at_least=0)
     precision: str = _key("auto", "auto = bf16 autocast on GPU, fp32 on CPU", "runtime", ("auto", "bf16", "fp32"))
-    num_threads: int | None = _key(None, "DALI CPU threads per process; default: cores / local processes", "runtime")
-    prefetch: int = _key(2, "DALI prefetch queue depth", "runtime")
+    num_threads: int | None = _key(None, "DALI CPU threads per process; default: cores / local processes", "runtime",
+                                   at_least=1)
+    prefetch: int = _key(2, "DALI prefetch queue depth", "runtime", at_least=1)
     channels_last: bool = _key(True, "channels-last memory format for the model and image batches (faster "
                                "convolutions on GPU and CPU)", "runtime")
     one_pass_sweep: bool = _key(True, "sweep JPEG levels in one pass: each image decoded once, every level's codec "
@@ -117,7 +142,7 @@ class Config:
                               "warning, into partly garbage pixels); default: skip and count them", "runtime")
     max_image_pixels: int = _key(178_956_970, "an image with more pixels than this is a bad file (skipped and "
                                  "counted, or stops a --strict run): a decompression-bomb guard (default: "
-                                 "Pillow's own error limit)", "runtime")
+                                 "Pillow's own error limit)", "runtime", at_least=1)
     wandb: str = _key("online", "W&B mode (online falls back to offline without an API key)", "runtime",
                       ("online", "offline", "disabled"))
     wandb_project: str = _key("codecloop", "W&B project", "runtime")
@@ -131,9 +156,6 @@ class Config:
                 parse(getattr(self, spec_key))
             except ValueError as error:
                 raise ValueError(f"config key {spec_key!r}: {error}") from error
-        for prob_key in ("clean_prob", "retrain_clean_prob"):
-            if not 0.0 <= getattr(self, prob_key) <= 1.0:
-                raise ValueError(f"config key {prob_key!r}: {getattr(self, prob_key)} is outside 0..1")
         try:
             sweep_levels(self)
         except ValueError as error:
@@ -142,12 +164,10 @@ class Config:
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:
                 raise ValueError(f"config key {item.name!r}: {getattr(self, item.name)!r} is not one of {choices}")
-        for positive in ("batch_size", "grad_accum", "crop_size", "resize_size", "prefetch", "frames", "frame_stride",
-                         "eval_clips"):
-            if getattr(self, positive) < 1:
-                raise ValueError(f"config key {positive!r}: must be >= 1, got {getattr(self, positive)}")
-        if self.epochs < 0:
-            raise ValueError(f"config key 'epochs': must be >= 0, got {self.epochs}")
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and out_of_range(value, item):
+                raise ValueError(f"config key {item.name!r}: {value} is outside its range ({range_text(item)})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,6 +228,8 @@ def coerce(key: str, value: Any) -> Any:
             if text not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"{value!r} is not a boolean")
             return text in ("true", "1", "yes")
+        if (kind.startswith("int") or kind.startswith("float")) and isinstance(value, bool):
+            raise ValueError(f"{value!r} is a boolean, not a number")
         if kind.startswith("int"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"{value!r} is not an integer")

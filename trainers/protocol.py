@@ -161,21 +161,26 @@ def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
     write_text(run_dir / "report.md", f"# {CODEC_NAMES[codec]} sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
 
 
-def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator) -> list[dict[str, Any]]:
-    """`codecloop sweep`: one model over the levels; files written by the main process."""
+def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator,
+              model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
+    """`codecloop sweep`: one model (`model`, else the config's) over the levels; files written by the main
+    process."""
     progress = RunProgress.open(run_dir, config, accelerator)
     with command_run(run_dir, config.to_dict(), accelerator.is_main_process, config.wandb, config.wandb_project,
                      progress.wandb_run_id) as logger:
         progress.wandb_run_id = logger.wandb_run_id
-        rows = sweep(config, task, load_model(config, task), accelerator, BASELINE, progress)
+        rows = sweep(config, task, model if model is not None else load_model(config, task), accelerator, BASELINE,
+                     progress)
         if accelerator.is_main_process:
             write_sweep(rows, run_dir, task.primary_metric)
             log_results(logger, run_dir, rows, [], task.primary_metric)
     return rows
 
 
-def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator) -> list[dict[str, Any]]:
-    """`codecloop experiment`: baseline -> sweep -> retrain on compressed -> sweep -> recovery.
+def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator,
+                   model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
+    """`codecloop experiment`: baseline -> sweep -> retrain on compressed -> sweep -> recovery; the
+    baseline is `model` (else the config's checkpoint) when given.
 
     With ``--resume`` it continues where it stopped: finished training stages are loaded, not
     trained again; an unfinished one resumes from its last checkpoint; finished sweep levels are
@@ -189,7 +194,7 @@ def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator
                      progress.wandb_run_id) as logger:
         progress.wandb_run_id = logger.wandb_run_id
         if config.checkpoint or config.epochs == 0:
-            baseline = load_model(config, task)
+            baseline = model if model is not None else load_model(config, task)
         else:
             baseline = train_stage(config.replace(quality="none", crf="none", clean_prob=0.0), task, baseline_dir,
                                    accelerator, progress)
