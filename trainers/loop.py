@@ -245,6 +245,8 @@ class Trainer:
         interval = _Interval(first_step=state.step + 1)
         last_saved = state.step if resume_from else -1
         with StopSignals() as stops:
+            if state.batch_in_epoch >= len(train_batches):  # resumed from the checkpoint of an epoch's last step
+                self._close_epoch(model, logger, state, total_steps)
             while state.epoch < config.epochs and state.step < total_steps:
                 set_train_mode(model, config.freeze_bn)
                 batches_in_epoch = len(train_batches)
@@ -305,10 +307,7 @@ class Trainer:
                             break
                     waited_from = time.perf_counter()
                 if state.batch_in_epoch >= batches_in_epoch:
-                    final = state.epoch + 1 >= config.epochs or state.step >= total_steps
-                    self._end_epoch(model, logger, state, final)
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
+                    self._close_epoch(model, logger, state, total_steps)
         bar.close()
         if state.batch_in_epoch:
             self._end_epoch(model, logger, state, final=True)
@@ -321,6 +320,15 @@ class Trainer:
         accelerator.save_model(model, self.run_dir)
         logger.close()
         return accelerator.unwrap_model(model)
+
+    def _close_epoch(self, model: torch.nn.Module, logger: MetricsLogger, state: TrainState, total_steps: int) -> None:
+        """The end of a whole epoch: evaluation and its log line, then the next epoch's position. A
+        checkpoint taken at an epoch's last step precedes this, so a resume from it closes the epoch
+        first, before reading on (the pipeline resumes at the next epoch's first batch)."""
+        final = state.epoch + 1 >= self.config.epochs or state.step >= total_steps
+        self._end_epoch(model, logger, state, final)
+        state.epoch += 1
+        state.batch_in_epoch = 0
 
     def _end_epoch(self, model: torch.nn.Module, logger: MetricsLogger, state: TrainState, final: bool) -> None:
         """Evaluate on ``val`` (when present and due) and log it with the skipped files of both splits."""
