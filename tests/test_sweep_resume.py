@@ -71,9 +71,11 @@ def test_resume_with_changed_settings_is_refused(image_folder, weights, tmp_path
     counting_evaluate(monkeypatch, interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
         run_cli(*command)
+    record = (tmp_path / "run" / "config.yaml").read_bytes()
     status, _, err = run_cli(*command, "--resume", "true", "--crop_size", "48")
     assert status == 2
-    assert "progress.json" in err and "crop_size" in err
+    assert "config.yaml: --resume with changed config key(s) crop_size" in err
+    assert (tmp_path / "run" / "config.yaml").read_bytes() == record
 
 
 def test_resumed_experiment_skips_finished_stages_and_levels(image_folder, tmp_path, run_cli, monkeypatch):
