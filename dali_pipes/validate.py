@@ -1,73 +1,327 @@
-"""Cheap checks that keep unreadable files out of a DALI reader.
+"""Checks that keep unreadable, oversized and damaged image files out of a DALI reader, once per file.
 
-A DALI decoder that meets a corrupt file fails the whole batch, so files are checked before
-the pipeline is built: the header must parse (Pillow reads only the header here) and a JPEG
-must end with its EOI marker, a PNG with its IEND chunk (a truncated download fails that).
-Bad files are skipped and reported with their path and reason, or, in strict mode, stop
-the run naming the file.
+A DALI decoder that meets a corrupt file fails the whole batch, and one that meets a JPEG whose
+entropy-coded data is damaged decodes it into partly garbage pixels without a word. So every file
+is checked when a task builds its sample index, before any pipeline:
+
+- structure: the header must parse (Pillow reads only the header), a JPEG must end with its EOI
+  marker, a PNG with its IEND chunk and every chunk must pass its CRC (a truncated download or a
+  flipped bit fails that);
+- size: an image with more than ``max_image_pixels`` pixels is a bad file, known from the header
+  alone (a decompression-bomb guard that replaces Pillow's own, so the limit is one setting);
+- damage: a JPEG is decoded once in full by libjpeg-turbo (simplejpeg, grey at 1/8 scale: every
+  entropy-coded bit is read, little else is done) and any libjpeg warning ("Corrupt JPEG data:
+  ...") marks it damaged: skipped unless ``keep_damaged``. About 0.25 ms for a 500x375 photo.
+
+What the checks found about a file is cached by (path, size, mtime_ns) in the user's cache folder
+(`scan_cache_dir`), never in the dataset, so a second run, a sweep or another rank reads it back
+instead of decoding again; scans of the same folder take turns under a lock, so ranks started
+together decode each file once. A cache that cannot be read or written costs time, never the run.
+Bad files are skipped and reported with their path and reason, or, in strict mode, stop the run
+naming the file.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+import struct
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import simplejpeg
+from PIL import Image, JpegImagePlugin, PngImagePlugin
 
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own warning limit (it refuses twice that)
+PIPELINE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM")
+CACHE_VERSION = 1  # raise when a check changes: older verdicts are then ignored
 _TAIL_BYTES = 1024  # camera files may pad after the end marker
-_JPEG_EOI = b"\xff\xd9"
-_PNG_IEND = b"IEND\xaeB`\x82"
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+_UNREADABLE = "cannot be read"  # an open or read that failed: not cached, permissions may change
+_PARSE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+                 Image.DecompressionBombError)
 
 
 class BadImageError(RuntimeError):
-    """Raised in strict mode for the first unreadable image, naming it."""
+    """Raised in strict mode for the first bad image, naming it."""
+
+
+@dataclass(frozen=True)
+class ScanPolicy:
+    """What makes a file bad, from the config keys of the same names."""
+
+    strict: bool = False  # stop on the first bad file instead of skipping it
+    keep_damaged: bool = False  # keep JPEGs whose compressed data libjpeg warns about (no decode check)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@dataclass
+class FileFacts:
+    """What checking one file found, whatever the policy (so it can be cached): format, stored size
+    (``width x height`` before any EXIF rotation), a structural problem, and libjpeg's complaint about
+    the compressed data ("" when it decoded cleanly, None while not decoded)."""
+
+    format: str | None = None
+    width: int = 0
+    height: int = 0
+    problem: str | None = None
+    damage: str | None = None
 
 
 @dataclass
 class ScanResult:
-    """Files that passed, and ``(path, reason)`` for each file skipped."""
+    """Files that passed (in the order given), ``(path, reason)`` for each file skipped, and the stored
+    ``(width, height)`` of each file that passed."""
 
     good: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def image_problem(path: str | Path) -> str | None:
-    """Why `path` cannot be decoded, or None when it looks whole."""
+def _open_header(path: str | Path, head: bytes) -> Image.Image:
+    """The file opened for its header. JPEG and PNG go straight to their Pillow plugin, past
+    `Image.open`'s decompression-bomb check: the pixel limit is ours (`ScanPolicy`), and a bomb's
+    size must be read to be named. (A multi-picture JPEG then reads as the JPEG it starts with.)"""
+    if head.startswith(_JPEG_SOI):
+        return JpegImagePlugin.JpegImageFile(path)
+    if head.startswith(_PNG_SIGNATURE):
+        return PngImagePlugin.PngImageFile(path)
+    return Image.open(path)
+
+
+def read_facts(path: str | Path) -> FileFacts:
+    """Header, end marker and (PNG) chunk CRCs of `path`; raises OSError only when the file cannot be
+    read at all (a verdict that must not be cached: permissions may change)."""
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - _TAIL_BYTES))
+        tail = handle.read()
+    if len(head) < 8:
+        return FileFacts(problem="file too short to be an image")
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-            if len(head) < 8:
-                return "file too short to be an image"
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - _TAIL_BYTES))
-            tail = handle.read()
-        with Image.open(path) as image:
-            image_format = image.format
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"not a readable image ({error.__class__.__name__}: {error})"
-    if width < 1 or height < 1:
-        return f"image has size {width}x{height}"
-    if image_format == "JPEG" and _JPEG_EOI not in tail:
-        return "truncated JPEG (no end-of-image marker)"
-    if image_format == "PNG" and _PNG_IEND not in tail:
-        return "truncated PNG (no IEND chunk)"
-    if image_format not in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM"):
-        return f"image format {image_format} is not decoded by the pipeline"
+        with _open_header(path, head) as image:
+            facts = FileFacts(image.format, *image.size)
+            if image.format == "PNG" and _PNG_IEND in tail:
+                image.verify()
+    except _PARSE_ERRORS as error:
+        return FileFacts(problem=f"not a readable image ({error.__class__.__name__}: {error})")
+    if facts.width < 1 or facts.height < 1:
+        facts.problem = f"image has size {facts.width}x{facts.height}"
+    elif facts.format == "JPEG" and _JPEG_EOI not in tail:
+        facts.problem = "truncated JPEG (no end-of-image marker)"
+    elif facts.format == "PNG" and _PNG_IEND not in tail:
+        facts.problem = "truncated PNG (no IEND chunk)"
+    elif facts.format not in PIPELINE_FORMATS:
+        facts.problem = f"image format {facts.format} is not decoded by the pipeline"
+    return facts
+
+
+def jpeg_damage(path: str | Path) -> str:
+    """libjpeg-turbo's first warning or error while decoding all of `path`'s compressed data, or "".
+
+    Grey output at 1/8 scale: the entropy decoder still reads every coefficient of every component
+    (that is where damage shows), while the inverse DCT, upsampling and colour work shrink."""
+    data = Path(path).read_bytes()
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        target = "CMYK" if colorspace in ("CMYK", "YCCK") else "GRAY"
+        simplejpeg.decode_jpeg(data, colorspace=target, min_height=1, min_width=1, strict=True)
+    except (ValueError, RuntimeError) as error:
+        return str(error).strip() or error.__class__.__name__
+    return ""
+
+
+def verdict(facts: FileFacts, policy: ScanPolicy) -> str | None:
+    """Why a file with these facts is bad under `policy`, or None when it is kept."""
+    if facts.problem:
+        return facts.problem
+    pixels = facts.width * facts.height
+    if pixels > policy.max_image_pixels:
+        return (f"image is {facts.width}x{facts.height} = {pixels:,} pixels, above max_image_pixels = "
+                f"{policy.max_image_pixels:,} (a decompression-bomb guard; raise it to keep the file)")
+    if facts.damage and not policy.keep_damaged:
+        return f"damaged JPEG data: {facts.damage}"
     return None
 
 
-def scan_images(paths: Sequence[str], strict: bool = False, workers: int = 8) -> ScanResult:
-    """Check every path; skip bad ones (or raise `BadImageError` naming the first if `strict`)."""
-    result = ScanResult()
+def needs_decode(facts: FileFacts, policy: ScanPolicy) -> bool:
+    """Whether the damage check still has to decode this file: a JPEG kept so far, never decoded."""
+    return facts.format == "JPEG" and facts.damage is None and not policy.keep_damaged and verdict(facts, policy) is None
+
+
+def file_problem(path: str | Path, policy: ScanPolicy = ScanPolicy()) -> str | None:
+    """Why `path` is a bad file under `policy`, or None (no cache: for one file)."""
+    try:
+        facts = read_facts(path)
+    except OSError as error:
+        return f"{_UNREADABLE} ({error.__class__.__name__}: {error})"
+    if needs_decode(facts, policy):
+        facts.damage = jpeg_damage(path)
+    return verdict(facts, policy)
+
+
+def scan_cache_dir() -> Path:
+    """Where scan results are cached: ``$CODECLOOP_CACHE_DIR``, else ``$XDG_CACHE_HOME/codecloop``,
+    else ``~/.cache/codecloop``; a ``scan/`` folder below it. Never inside the dataset, which may be
+    read-only."""
+    if os.environ.get("CODECLOOP_CACHE_DIR"):
+        return Path(os.environ["CODECLOOP_CACHE_DIR"]) / "scan"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "codecloop" / "scan"
+
+
+Stamp = tuple[int, int]  # (size, mtime_ns): a file whose stamp changed is checked again
+
+
+class ScanCache:
+    """The cached `FileFacts` of the files below one folder (``root``), keyed by relative path and
+    valid while the file's stamp is unchanged. `locked` holds an exclusive lock for a whole scan and
+    writes what it learned atomically at the end; any failure there only costs the cache."""
+
+    def __init__(self, root: str, folder: Path | None = None) -> None:
+        self.root = root
+        name = hashlib.sha256(root.encode()).hexdigest()[:24]
+        self.folder = folder or scan_cache_dir()
+        self.path = self.folder / f"{name}.json"
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+
+    def get(self, path: str, stamp: Stamp) -> FileFacts | None:
+        """The facts cached for `path` at this stamp, or None."""
+        entry = self.entries.get(os.path.relpath(path, self.root))
+        if entry is None or tuple(entry[:2]) != stamp:
+            return None
+        return FileFacts(*entry[2:])
+
+    def put(self, path: str, stamp: Stamp, facts: FileFacts) -> None:
+        """Remember `facts` for `path` at this stamp."""
+        self.entries[os.path.relpath(path, self.root)] = [*stamp, *astuple(facts)]
+        self.dirty = True
+
+    @contextmanager
+    def locked(self) -> Iterator["ScanCache"]:
+        """Load under the folder's lock (waiting while another process scans it), save on exit."""
+        lock = self._lock()
+        try:
+            self._load()
+            try:
+                yield self
+            finally:
+                if self.dirty:
+                    self._save()
+        finally:
+            if lock is not None:
+                lock.close()  # releases the lock
+
+    def _lock(self):
+        """The exclusive lock of this cache file (held while open), or None where locks do not work:
+        the scan then runs unlocked (at worst two processes check the same files)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_suffix(".lock"), "a")
+        except OSError:
+            return None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            lock.close()
+            return None
+        return lock
+
+    def _load(self) -> None:
+        try:
+            payload = json.loads(self.path.read_text())
+            if payload.get("version") == CACHE_VERSION and payload.get("root") == self.root:
+                self.entries = payload["files"]
+        except (FileNotFoundError, NotADirectoryError):  # nothing cached yet, or no cache folder
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            self._warn(f"unreadable, checking again ({error})")
+
+    def _save(self) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            temporary.write_text(json.dumps({"version": CACHE_VERSION, "root": self.root, "files": self.entries}))
+            os.replace(temporary, self.path)
+        except OSError as error:
+            self._warn(f"not written ({error})")
+            with suppress(OSError):
+                temporary.unlink(missing_ok=True)
+
+    def _warn(self, what: str) -> None:
+        warnings.warn(f"image scan cache {self.path}: {what}; the next run checks these files again", stacklevel=2)
+
+
+def _stamp(path: str) -> Stamp | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def _facts_or_unreadable(path: str) -> FileFacts:
+    try:
+        return read_facts(path)
+    except OSError as error:
+        return FileFacts(problem=f"{_UNREADABLE} ({error.__class__.__name__}: {error})")
+
+
+def _cache_root(paths: Sequence[str]) -> str:
+    """The deepest folder holding every path: one cache file per dataset split (or dataset)."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths])
+
+
+def check_files(paths: Sequence[str], policy: ScanPolicy, cache: ScanCache | None, workers: int) -> list[FileFacts]:
+    """The facts of every path, from `cache` where its stamp matches, else checked (and decoded where
+    `policy` needs it) on `workers` threads and put in `cache`."""
+    stamps = [_stamp(path) for path in paths]
+    facts: list[FileFacts | None] = [cache.get(path, stamp) if cache and stamp else None
+                                     for path, stamp in zip(paths, stamps)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path, problem in zip(paths, pool.map(image_problem, paths)):
-            if problem is None:
-                result.good.append(path)
-            elif strict:
-                raise BadImageError(f"{path}: {problem} (strict mode stops on the first bad file)")
-            else:
-                result.skipped.append((path, problem))
+        todo = [i for i, found in enumerate(facts) if found is None]
+        for i, found in zip(todo, pool.map(_facts_or_unreadable, [paths[i] for i in todo])):
+            facts[i] = found
+        decode = [i for i, found in enumerate(facts) if needs_decode(found, policy)]
+        for i, damage in zip(decode, pool.map(jpeg_damage, [paths[i] for i in decode])):
+            facts[i].damage = damage
+    if cache is not None:
+        for i in sorted(set(todo) | set(decode)):
+            if stamps[i] is not None and not (facts[i].problem or "").startswith(_UNREADABLE):
+                cache.put(paths[i], stamps[i], facts[i])
+    return facts
+
+
+def scan_images(paths: Sequence[str], policy: ScanPolicy = ScanPolicy(), *, cache: bool = True,
+                workers: int | None = None) -> ScanResult:
+    """Check every path (`ScanPolicy`); skip bad ones, or raise `BadImageError` naming the first one
+    (in the order given) when ``policy.strict``. What was learned is cached before that."""
+    paths = [str(path) for path in paths]
+    result = ScanResult()
+    if not paths:
+        return result
+    workers = workers or min(32, os.cpu_count() or 1)
+    store = ScanCache(_cache_root(paths)) if cache else None
+    if store is None:
+        facts = check_files(paths, policy, None, workers)
+    else:
+        with store.locked():
+            facts = check_files(paths, policy, store, workers)
+    for path, found in zip(paths, facts):
+        reason = verdict(found, policy)
+        if reason is None:
+            result.good.append(path)
+            result.sizes[path] = (found.width, found.height)
+        elif policy.strict:
+            raise BadImageError(f"{path}: {reason} (strict mode stops on the first bad file)")
+        else:
+            result.skipped.append((path, reason))
     return result

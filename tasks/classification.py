@@ -20,7 +20,7 @@ from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, CrfSpec, ImageBatches, Image
 from dali_pipes.h264_image import H264ImageBatches
 from dali_pipes.iterator import SweepBatches
 from dali_pipes.ladder import load_ladder
-from dali_pipes.validate import scan_images
+from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
 from tasks.pretrained import load_pretrained
 from tasks.registry import register_task
 from tasks.sample_index import SampleIndex
@@ -68,6 +68,8 @@ class ClassificationTask:
         num_classes: int | None = None,
         label_smoothing: float = 0.0,
         strict: bool = False,
+        keep_damaged: bool = False,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         crop_size: int = 224,
         resize_size: int = 256,
         min_area: float = 0.08,
@@ -81,7 +83,7 @@ class ClassificationTask:
         self.model_name = model
         self.pretrained = pretrained
         self.label_smoothing = label_smoothing
-        self.strict = strict
+        self.scan_policy = ScanPolicy(strict, keep_damaged, max_image_pixels)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize {normalize!r} must be one of {sorted(NORMALIZATIONS)}")
         self.geometry = ImageGeometry(crop_size, resize_size, min_area, *NORMALIZATIONS[normalize])
@@ -99,13 +101,13 @@ class ClassificationTask:
         return (self.root / split).is_dir()
 
     def sample_index(self, split: str) -> SampleIndex:
-        """Readable files of `split` with their class ids; unreadable files skipped (or strict)."""
+        """Files of `split` that pass the scan (`ScanPolicy`) with their class ids; bad ones skipped (or strict)."""
         classes, files, class_ids = list_image_folder(self.root / split)
         unknown = sorted(set(classes) - set(self.classes))
         if unknown:
             raise ValueError(f"{self.root / split} has classes absent from train: {', '.join(unknown[:5])}")
         remap = [self.classes.index(name) for name in classes]
-        scan = scan_images(files, strict=self.strict)
+        scan = scan_images(files, self.scan_policy)
         id_of = dict(zip(files, class_ids))
         labels = torch.tensor([remap[id_of[path]] for path in scan.good], dtype=torch.long)
         if not scan.good:

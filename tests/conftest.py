@@ -17,6 +17,14 @@ TINY = ["--model", "test_efficientnet", "--crop_size", "32", "--resize_size", "4
         "--wandb", "disabled", "--progress", "false", "--num_threads", "2"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def scan_cache_dir(tmp_path_factory) -> Path:
+    """Image scan verdicts cached in this session's temporary folder, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("scan-cache")
+    os.environ["CODECLOOP_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     """Three classes of real JPEG crops: 8 train and 5 val images per class (15 val in all)."""
