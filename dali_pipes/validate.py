@@ -154,7 +154,8 @@ def verdict(facts: FileFacts, policy: ScanPolicy) -> str | None:
 
 def needs_decode(facts: FileFacts, policy: ScanPolicy) -> bool:
     """Whether the damage check still has to decode this file: a JPEG kept so far, never decoded."""
-    return facts.format == "JPEG" and facts.damage is None and not policy.keep_damaged and verdict(facts, policy) is None
+    return (facts.format == "JPEG" and facts.damage is None and not policy.keep_damaged
+            and verdict(facts, policy) is None)
 
 
 def file_problem(path: str | Path, policy: ScanPolicy = ScanPolicy()) -> str | None:

@@ -3,16 +3,23 @@
 A split's annotation file is ``DATA/annotations/<kind>_<split>*.json`` (``instances_val2017.json``
 for split ``val``) and its images live in ``DATA/<name after the kind>/`` (``DATA/val2017/``),
 ``file_name`` relative to that folder: the layout COCO ships.
+
+Image ids must be unique. Every image file passes the scan (`checked_images`): a bad one leaves the
+split with its annotations. The size used for an image is its file's stored size (the header's,
+before any EXIF rotation); a JSON width / height that differs is warned about once per split.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dali_pipes.validate import ScanPolicy, scan_images
 
 
 @dataclass
@@ -45,12 +52,18 @@ def has_annotation_file(root: Path, kind: str, split: str) -> bool:
 
 
 def read_coco(root: Path, kind: str, split: str) -> CocoSplit:
-    """Parse a split; images the JSON names but the disk lacks are an error listing the first few."""
+    """Parse a split; images the JSON names but the disk lacks are an error listing the first few, an
+    image id listed twice an error naming both files."""
     json_path, image_dir = annotation_file(root, kind, split)
     try:
         payload = json.loads(json_path.read_text())
-        images = {int(entry["id"]): (str(image_dir / entry["file_name"]), int(entry["width"]), int(entry["height"]))
-                  for entry in payload["images"]}
+        images: dict[int, tuple[str, int, int]] = {}
+        for entry in payload["images"]:
+            image_id, path = int(entry["id"]), str(image_dir / entry["file_name"])
+            if image_id in images:
+                raise ValueError(f"{json_path}: image id {image_id} is listed twice, for {images[image_id][0]} "
+                                 f"and {path} (its annotations would go to one of them)")
+            images[image_id] = (path, int(entry["width"]), int(entry["height"]))
         categories = sorted(payload["categories"], key=lambda category: category["id"])
         annotations: dict[int, list[dict]] = {image_id: [] for image_id in images}
         for annotation in payload.get("annotations", []):
@@ -65,6 +78,27 @@ def read_coco(root: Path, kind: str, split: str) -> CocoSplit:
         raise FileNotFoundError(f"{json_path} references {len(missing)} missing image(s) (first: "
                                 f"{', '.join(missing[:3])})")
     return CocoSplit(json_path, images, annotations, categories)
+
+
+def checked_images(coco: CocoSplit,
+                   policy: ScanPolicy) -> tuple[dict[int, tuple[str, int, int]], list[tuple[str, str]]]:
+    """The split's images that pass the scan, with their file's stored size, and the files skipped.
+
+    A JSON width / height unlike the file's header is replaced by the file's (boxes are clipped to
+    it), counted in ``coco.counts["image_sizes_from_file"]`` and warned about once, with the first few.
+    """
+    scan = scan_images([path for path, _, _ in coco.images.values()], policy)
+    good, images, differing = set(scan.good), {}, []
+    for image_id, (path, width, height) in coco.images.items():
+        if path in good:
+            images[image_id] = (path, *scan.sizes[path])
+            if scan.sizes[path] != (width, height):
+                differing.append(f"{path} (JSON {width}x{height}, file {'x'.join(map(str, scan.sizes[path]))})")
+    if differing:
+        coco.counts["image_sizes_from_file"] = len(differing)
+        warnings.warn(f"{coco.json_path}: {len(differing)} image(s) whose JSON width / height differ from the "
+                      f"file; the file's size is used (first: {', '.join(differing[:3])})", stacklevel=2)
+    return images, scan.skipped
 
 
 def clean_box(bbox: list[float], width: int, height: int) -> tuple[np.ndarray | None, str]:

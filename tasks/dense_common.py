@@ -15,6 +15,7 @@ import torch
 
 from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec
 from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+from dali_pipes.validate import ScanPolicy, ScanResult, scan_images
 from tasks.classification import IMAGE_SUFFIXES
 from tasks.sample_index import SampleIndex
 
@@ -76,11 +77,26 @@ def paired_files(root: Path, split: str, target_folder: str, suffixes: tuple[str
     return pairs
 
 
+def scan_pairs(pairs: list[tuple[str, str]], policy: ScanPolicy) -> tuple[list[tuple[str, str]], ScanResult]:
+    """The ``(image, target)`` pairs whose image and target file both pass the scan, and the scan
+    (skipped files, stored sizes). A bad target file leaves with its image, and its reason names the
+    image; ``.npy`` targets are not images (the task checks them)."""
+    image_of = {target: image for image, target in pairs}
+    scan = scan_images([image for image, _ in pairs] + [target for _, target in pairs if not target.endswith(".npy")],
+                       policy)
+    bad = {path for path, _ in scan.skipped}
+    scan.skipped = [(path, f"{reason}; its image {image_of[path]} is left out with it" if path in image_of else reason)
+                    for path, reason in scan.skipped]
+    return [(image, target) for image, target in pairs if image not in bad and target not in bad], scan
+
+
 class DenseTask:
     """Base of the dense tasks: geometry from the config, the shared pipeline, channels-last models.
 
     A subclass reads its format in `sample_index` and defines ``load_targets(index, position)``:
-    the target arrays of one sample, as its `layout` names them.
+    the target arrays of one sample, as its `layout` names them. Its image and target files pass the
+    scan (`scan_policy`, from the config keys ``strict``, ``keep_damaged``, ``max_image_pixels``)
+    when the index is built: a bad file is skipped and counted with its sample, or stops a strict run.
     """
 
     codecs = ("jpeg", "h264")
@@ -88,12 +104,13 @@ class DenseTask:
     layout = DenseLayout()
 
     def __init__(self, data: str | Path, input_size: str | None, crop_size: int, min_scale: float,
-                 normalized: bool = True) -> None:
+                 normalized: bool = True, scan_policy: ScanPolicy = ScanPolicy()) -> None:
         self.root = Path(data)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset path {self.root} does not exist")
         if not 0.0 < min_scale <= 1.0:
             raise ValueError(f"config key 'min_scale': {min_scale} is outside (0, 1]")
+        self.scan_policy = scan_policy
         height, width = parse_input_size(input_size, crop_size)
         self.geometry = DenseGeometry(height, width, min_scale)
         if not normalized:  # torchvision detectors normalize inside the model: hand them 0..1 pixels

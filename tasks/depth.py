@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dali_pipes.dense import DenseLayout, image_size
-from tasks.dense_common import DenseTask, paired_files
+from dali_pipes.dense import DenseLayout
+from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from tasks.dense_common import DenseTask, paired_files, scan_pairs
 from tasks.dense_metrics import depth_errors
 from tasks.dense_models import check_model_name, model_names, create_depth_model
 from tasks.registry import register_task
@@ -29,7 +30,10 @@ SCALE_INVARIANCE = 0.85  # 1 = fully scale-invariant, 0 = plain log RMSE
 def check_depth_file(path: str) -> tuple[int, int]:
     """(width, height) of a depth file; a wrong dtype is an error naming the file."""
     if path.endswith(".npy"):
-        array = np.load(path, mmap_mode="r")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as error:
+            raise ValueError(f"depth file {path} is not a readable .npy array ({error})") from error
         if array.dtype.kind != "f" or array.ndim != 2:
             raise ValueError(f"depth file {path} is {array.dtype} {array.shape}; expected a 2-D float array of metres")
         return array.shape[1], array.shape[0]
@@ -72,8 +76,10 @@ class DepthTask(DenseTask):
 
     def __init__(self, data: str | Path, model: str = "unet_resnet18", pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35,
-                 min_depth: float = 1e-3, max_depth: float = 80.0, eigen_crop: bool = False) -> None:
-        super().__init__(data, input_size, crop_size, min_scale)
+                 min_depth: float = 1e-3, max_depth: float = 80.0, eigen_crop: bool = False, strict: bool = False,
+                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        super().__init__(data, input_size, crop_size, min_scale,
+                         scan_policy=ScanPolicy(strict, keep_damaged, max_image_pixels))
         if not 0 < min_depth < max_depth:
             raise ValueError(f"config keys 'min_depth' / 'max_depth': need 0 < {min_depth} < {max_depth}")
         check_model_name("depth", model)
@@ -81,12 +87,16 @@ class DepthTask(DenseTask):
         self.min_depth, self.max_depth, self.eigen_crop = min_depth, max_depth, eigen_crop
 
     def sample_index(self, split: str) -> SampleIndex:
-        """Image / depth pairs of `split`; a wrong dtype or a size unlike the image's is an error naming it."""
-        pairs = paired_files(self.root, split, "depth", (".png", ".npy"))
+        """Image / depth pairs of `split` that pass the scan (a bad image or depth PNG skips the pair);
+        a wrong dtype or a size unlike the image's is an error naming the file."""
+        pairs, scan = scan_pairs(paired_files(self.root, split, "depth", (".png", ".npy")), self.scan_policy)
         for image, depth in pairs:
-            if check_depth_file(depth) != image_size(image):
+            if check_depth_file(depth) != scan.sizes[image]:
                 raise ValueError(f"depth file {depth} is not the size of its image {image}")
-        return SampleIndex(split, [image for image, _ in pairs], {}, annotations=[{"depth": d} for _, d in pairs])
+        if not pairs:
+            raise ValueError(f"dataset split {self.root / 'images' / split} has no readable image / depth pair")
+        return SampleIndex(split, [image for image, _ in pairs], {}, scan.skipped,
+                           annotations=[{"depth": d} for _, d in pairs])
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         return {"depth": read_depth(index.annotations[position]["depth"])}

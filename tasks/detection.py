@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from dali_pipes.dense import DenseLayout
-from tasks.coco import boxes_from_corners, boxes_of, has_annotation_file, read_coco
+from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from tasks.coco import boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
 from tasks.dense_common import DenseTask, to_device
 from tasks.dense_metrics import coco_box_metrics
 from tasks.dense_models import check_model_name, model_names, create_detection_model
@@ -63,8 +64,10 @@ class DetectionTask(DenseTask):
 
     def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn",
                  pretrained: str | None = None,
-                 input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35) -> None:
-        super().__init__(data, input_size, crop_size, min_scale, normalized=False)
+                 input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35, strict: bool = False,
+                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        super().__init__(data, input_size, crop_size, min_scale, normalized=False,
+                         scan_policy=ScanPolicy(strict, keep_damaged, max_image_pixels))
         self.timm_family = check_model_name("detection", model)
         self.model_name, self.pretrained = model, pretrained
         self.categories = read_coco(self.root, "instances", "train").categories
@@ -76,10 +79,12 @@ class DetectionTask(DenseTask):
         return has_annotation_file(self.root, "instances", split)
 
     def sample_index(self, split: str) -> SampleIndex:
-        """Every image of the split with its cleaned boxes; negatives kept, fixes counted."""
+        """Every image of the split that passes the scan, with its cleaned boxes; negatives kept, fixes
+        counted, bad files skipped with their boxes."""
         coco = read_coco(self.root, "instances", split)
-        files, annotations, counts = [], [], {"images_without_boxes": 0}
-        for image_id, (path, width, height) in coco.images.items():
+        images, skipped = checked_images(coco, self.scan_policy)
+        files, annotations, counts = [], [], {"images_without_boxes": 0, **coco.counts}
+        for image_id, (path, width, height) in images.items():
             boxes, kept = boxes_of(coco.annotations[image_id], width, height, counts)
             unknown = {int(a["category_id"]) for a in kept} - set(self.label_of)
             if unknown:
@@ -90,7 +95,9 @@ class DetectionTask(DenseTask):
                 "boxes": np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
                 "labels": np.array([self.label_of[int(a["category_id"])] for a in kept], np.int64),
             })
-        return SampleIndex(split, files, {}, annotations=annotations, counts=counts)
+        if not files:
+            raise ValueError(f"{coco.json_path} has no readable image")
+        return SampleIndex(split, files, {}, skipped, annotations=annotations, counts=counts)
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         annotation = index.annotations[position]

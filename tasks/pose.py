@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from dali_pipes.dense import DenseLayout
-from tasks.coco import boxes_from_corners, boxes_of, has_annotation_file, read_coco
+from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from tasks.coco import CocoSplit, boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
 from tasks.dense_common import DenseTask, to_device
 from tasks.dense_metrics import COCO_KEYPOINT_SIGMAS, coco_keypoint_metrics
 from tasks.dense_models import check_model_name, model_names, create_pose_model
@@ -40,6 +41,24 @@ def flip_permutation(names: Sequence[str]) -> list[int]:
     """For each keypoint, the id of its mirror image (``left_x`` <-> ``right_x``; others stay)."""
     swapped = [name.replace("left", "\0").replace("right", "left").replace("\0", "right") for name in names]
     return [names.index(name) if name in names else position for position, name in enumerate(swapped)]
+
+
+def person_category(coco: CocoSplit) -> dict:
+    """The split's keypoint category, which must be COCO's person category: another one (a category
+    with keypoints named otherwise, or an annotation of another category) is refused, naming it."""
+    keypointed = [category for category in coco.categories if category.get("keypoints")]
+    if len(keypointed) != 1 or keypointed[0].get("name") != "person":
+        found = ", ".join(f"{c.get('name')!r} (id {c.get('id')})" for c in keypointed) or "none"
+        raise ValueError(f"{coco.json_path}: the pose task reads the person category's keypoints; keypoint "
+                         f"categories found: {found}")
+    person = keypointed[0]
+    names = {int(category["id"]): category.get("name") for category in coco.categories}
+    for annotation in (a for image in coco.annotations.values() for a in image):
+        if int(annotation["category_id"]) != int(person["id"]):
+            category = int(annotation["category_id"])
+            raise ValueError(f"{coco.json_path}: annotation {annotation.get('id')} is of category "
+                             f"{names.get(category)!r} (id {category}), not the person category (id {person['id']})")
+    return person
 
 
 def person_region(bbox: Sequence[float], aspect: float) -> tuple[float, float, float, float]:
@@ -88,12 +107,14 @@ class PoseTask(DenseTask):
     model_help = model_names("pose")
 
     def __init__(self, data: str | Path, model: str = "simplebaseline_resnet18", pretrained: str | None = None,
-                 input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35) -> None:
+                 input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35, strict: bool = False,
+                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         top_down = check_model_name("pose", model) is not None
-        super().__init__(data, input_size, crop_size, min_scale, normalized=top_down)
+        super().__init__(data, input_size, crop_size, min_scale, normalized=top_down,
+                         scan_policy=ScanPolicy(strict, keep_damaged, max_image_pixels))
         self.top_down = top_down
         self.model_name, self.pretrained = model, pretrained
-        category = read_coco(self.root, "person_keypoints", "train").categories[0]
+        category = person_category(read_coco(self.root, "person_keypoints", "train"))
         self.keypoint_names = list(category["keypoints"])
         self.num_keypoints = len(self.keypoint_names)
         self.flip = torch.tensor(flip_permutation(self.keypoint_names))
@@ -106,11 +127,14 @@ class PoseTask(DenseTask):
         return has_annotation_file(self.root, "person_keypoints", split)
 
     def sample_index(self, split: str) -> SampleIndex:
-        """People (top-down) or images (Keypoint R-CNN) with keypoints, boxes and the original truth."""
+        """People (top-down) or images (Keypoint R-CNN) with keypoints, boxes and the original truth; an
+        image that fails the scan is skipped with all its people."""
         coco = read_coco(self.root, "person_keypoints", split)
-        files, annotations, truth, counts = [], [], [], {"images_without_people": 0}
+        person_category(coco)
+        images, skipped = checked_images(coco, self.scan_policy)
+        files, annotations, truth, counts = [], [], [], {"images_without_people": 0, **coco.counts}
         aspect = self.geometry.width / self.geometry.height
-        for image_id, (path, width, height) in coco.images.items():
+        for image_id, (path, width, height) in images.items():
             boxes, people = boxes_of(coco.annotations[image_id], width, height, counts)
             keypoints = [np.asarray(p["keypoints"], np.float32).reshape(-1, 3) for p in people]
             if any(len(k) != self.num_keypoints for k in keypoints):
@@ -132,7 +156,7 @@ class PoseTask(DenseTask):
                                          for i in group]))
         if not files:
             raise ValueError(f"{coco.json_path} has no person with a labelled keypoint")
-        return SampleIndex(split, files, self._truth_tensors(truth), annotations=annotations, counts=counts)
+        return SampleIndex(split, files, self._truth_tensors(truth), skipped, annotations=annotations, counts=counts)
 
     def _truth_tensors(self, truth: list[tuple[int, list]]) -> dict[str, torch.Tensor]:
         """Original keypoints, boxes and areas per sample, padded to the most people in a sample."""

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dali_pipes.dense import DenseLayout, image_size
-from tasks.dense_common import DenseTask, paired_files
+from dali_pipes.dense import DenseLayout
+from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from tasks.dense_common import DenseTask, paired_files, scan_pairs
 from tasks.dense_metrics import ConfusionMatrix
 from tasks.dense_models import check_model_name, model_names, create_segmentation_model
 from tasks.registry import register_task
@@ -71,8 +72,10 @@ class SegmentationTask(DenseTask):
 
     def __init__(self, data: str | Path, model: str = "unet_resnet18", pretrained: str | None = None,
                  num_classes: int | None = None, input_size: str | None = None, crop_size: int = 224,
-                 min_scale: float = 0.35, label_smoothing: float = 0.0) -> None:
-        super().__init__(data, input_size, crop_size, min_scale)
+                 min_scale: float = 0.35, label_smoothing: float = 0.0, strict: bool = False,
+                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        super().__init__(data, input_size, crop_size, min_scale,
+                         scan_policy=ScanPolicy(strict, keep_damaged, max_image_pixels))
         names_file = self.root / "classes.txt"
         self.classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] \
             if names_file.is_file() else []
@@ -85,13 +88,17 @@ class SegmentationTask(DenseTask):
         check_model_name("segmentation", model)
 
     def sample_index(self, split: str) -> SampleIndex:
-        """Image / mask pairs of `split`; a mask whose size differs from its image is an error naming it."""
-        pairs = paired_files(self.root, split, "masks", (".png",))
+        """Image / mask pairs of `split` that pass the scan (a bad image or mask file skips the pair);
+        a mask whose size differs from its image is an error naming it."""
+        pairs, scan = scan_pairs(paired_files(self.root, split, "masks", (".png",)), self.scan_policy)
         for image, mask in pairs:
-            if image_size(image) != image_size(mask):
-                raise ValueError(f"mask {mask} is {'x'.join(map(str, image_size(mask)))}, its image {image} "
-                                 f"{'x'.join(map(str, image_size(image)))}")
-        return SampleIndex(split, [image for image, _ in pairs], {}, annotations=[{"mask": m} for _, m in pairs])
+            if scan.sizes[image] != scan.sizes[mask]:
+                raise ValueError(f"mask {mask} is {'x'.join(map(str, scan.sizes[mask]))}, its image {image} "
+                                 f"{'x'.join(map(str, scan.sizes[image]))}")
+        if not pairs:
+            raise ValueError(f"dataset split {self.root / 'images' / split} has no readable image / mask pair")
+        return SampleIndex(split, [image for image, _ in pairs], {}, scan.skipped,
+                           annotations=[{"mask": m} for _, m in pairs])
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         return {"mask": read_mask(index.annotations[position]["mask"], self.num_classes)}
