@@ -14,6 +14,7 @@ from typing import Any
 
 from dali_pipes.crf import DEFAULT_LADDER, parse_crf_levels
 from dali_pipes.validate import BadImageError
+from trainers.checkpoint import DiskFullError
 from trainers.config import Config, coerce, config_keys, load_yaml, range_text
 
 CONFIG_COMMANDS = {
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
             rebuild_report(args.run_dir, args.metric)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NotImplementedError,
-            BadImageError, FloatingPointError) as error:
+            BadImageError, FloatingPointError, DiskFullError) as error:
         print(f"codecloop {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

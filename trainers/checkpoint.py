@@ -7,8 +7,11 @@ every rank has finished, so a directory named ``step_*`` is always whole.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +23,12 @@ from tasks.pretrained import load_pretrained, read_state_dict
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 BATCH_COUNTER = "num_batches_tracked"
+FINAL_TEMPORARY = ".final.tmp"
+LOW_SPACE = 64 * 2**20  # bytes: below this, a failed write is taken for a full disk
+
+
+class DiskFullError(OSError):
+    """A save ran out of space; its temporary was removed and the last whole checkpoint named."""
 
 
 @dataclass
@@ -48,6 +57,57 @@ def ensure_fresh(run_dir: Path, resume: bool) -> None:
                          "it, or choose another --out")
 
 
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what an interrupted save left in `run_dir` (a ``checkpoints/.step_*.tmp`` folder, a
+    ``.final.tmp`` folder, ``*.tmp`` / ``.tmp-*`` files, in stage folders too, W&B's own files aside),
+    so that it neither fills the disk nor is ever read; returns what was removed."""
+    removed = []
+    for folder, subfolders, files in os.walk(run_dir):
+        subfolders[:] = [name for name in subfolders if name != "wandb"]
+        for name in [*subfolders, *files]:
+            if name.endswith(".tmp") or name.startswith(".tmp-") or ".tmp-" in name:
+                removed.append(Path(folder) / name)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if removed:
+        print(f"removed {len(removed)} leftover(s) of an interrupted save in {run_dir}: "
+              f"{', '.join(str(path) for path in removed[:3])}")
+    return removed
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write is a full disk: ENOSPC, or torch's zip writer failing with little space left."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, RuntimeError) and _free_bytes(folder) < LOW_SPACE
+
+
+def _saving(run_dir: Path, temporary: Path, write: Callable[[], None]) -> None:
+    """Run `write` (which fills `temporary`); on a full disk remove the temporary and say so plainly."""
+    try:
+        write()
+    except (OSError, RuntimeError) as error:
+        if not _disk_full(error, temporary.parent):
+            raise
+        shutil.rmtree(temporary, ignore_errors=True)
+        last = (checkpoint_dirs(run_dir) or ["none"])[-1]
+        free = _free_bytes(temporary.parent)
+        raise DiskFullError(errno.ENOSPC, f"the disk holding {run_dir} is full ({free / 2**20:.0f} MiB free) while "
+                            f"writing {temporary.name}, which was removed; the last whole checkpoint is {last}. "
+                            "Free space, then rerun the same command with --resume") from error
+
+
 def save_checkpoint(
     accelerator: Accelerator, run_dir: Path, state: TrainState, dali_state: bytes | str, keep: int
 ) -> Path:
@@ -57,9 +117,13 @@ def save_checkpoint(
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
     payload = dali_state.encode() if isinstance(dali_state, str) else dali_state
-    (temporary / f"dali_rank{accelerator.process_index}.cpt").write_bytes(payload)
+
+    def write() -> None:
+        accelerator.save_state(str(temporary))
+        (temporary / f"dali_rank{accelerator.process_index}.cpt").write_bytes(payload)
+
+    _saving(run_dir, temporary, write)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
@@ -70,6 +134,23 @@ def save_checkpoint(
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_final_weights(accelerator: Accelerator, model: torch.nn.Module, run_dir: Path) -> None:
+    """The trained model's weights in `run_dir`, each file written whole under a temporary folder and
+    renamed into place (a kill or a full disk never leaves a truncated weights file)."""
+    run_dir = Path(run_dir)
+    temporary = run_dir / FINAL_TEMPORARY
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    _saving(run_dir, temporary, lambda: accelerator.save_model(model, temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for file in sorted(temporary.iterdir()):
+            file.replace(run_dir / file.name)
+        temporary.rmdir()
+    accelerator.wait_for_everyone()
 
 
 def check_resumable(run_dir: Path, task: str, world_size: int) -> None:

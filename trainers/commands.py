@@ -3,18 +3,22 @@ then run. Nothing is written into a run directory before every check has passed.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
-from trainers.checkpoint import check_resumable, ensure_fresh
+from trainers.checkpoint import check_resumable, ensure_fresh, remove_leftovers
 from trainers.config import Config, coerce, config_keys, read_yaml_mapping, save_yaml
 from trainers.loop import make_accelerator
 from trainers.progress import result_settings
 from trainers.protocol import BASELINE, RETRAIN_STAGE, load_model, make_task, run_experiment, run_sweep, train
+from trainers.run_lock import RunDirectoryBusy, RunLock
 
 RUN_COMMANDS = ("train", "sweep", "experiment")
 
@@ -47,21 +51,48 @@ def check_run_directory(command: str, run_dir: Path, config: Config, world_size:
             ensure_fresh(run_dir / stage, resume=False)
 
 
-def prepare_run(command: str, config: Config) -> tuple[Accelerator, Path]:
-    """Create the accelerator and, once every check has passed, the run directory with its
-    ``config.yaml`` (the same directory on every rank)."""
+@contextlib.contextmanager
+def opened_run(command: str, config: Config) -> Iterator[tuple[Accelerator, Path]]:
+    """The accelerator and the run directory (the same on every rank), held for the command.
+
+    In order: the directory's lock (a second command on it stops, naming the holder), every check,
+    and only then a write: leftovers of an interrupted save removed, ``config.yaml`` saved. A refused
+    command leaves the directory as it found it; the lock is released when the command ends.
+    """
     accelerator = make_accelerator(config)
     set_seed(config.seed, device_specific=True)
     run_dir = [config.out or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"]
     if accelerator.num_processes > 1:
         broadcast_object_list(run_dir)
-    path = Path(run_dir[0])
-    check_run_directory(command, path, config, accelerator.num_processes)
+    path, lock = Path(run_dir[0]), RunLock(run_dir[0])
+    existed = path.exists()
+    busy: list[str | None] = [None]
     if accelerator.is_main_process:
-        path.mkdir(parents=True, exist_ok=True)
-        save_yaml(config.replace(out=str(path)), path / "config.yaml")
-    accelerator.wait_for_everyone()
-    return accelerator, path
+        try:
+            stale = lock.acquire(command)
+            if stale:
+                print(stale)
+        except RunDirectoryBusy as error:
+            busy = [str(error)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(busy)
+    if busy[0]:
+        raise RunDirectoryBusy(busy[0])
+    try:
+        check_run_directory(command, path, config, accelerator.num_processes)
+    except Exception:
+        lock.release()
+        if not existed and accelerator.is_main_process:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
+        if accelerator.is_main_process:
+            remove_leftovers(path)
+            save_yaml(config.replace(out=str(path)), path / "config.yaml")
+        accelerator.wait_for_everyone()
+        yield accelerator, path
+    finally:
+        lock.release()
 
 
 def run_command(command: str, config: Config) -> Path:
@@ -75,14 +106,14 @@ def run_command(command: str, config: Config) -> Path:
     config.validate()
     task = make_task(config)
     model: torch.nn.Module | None = load_model(config, task) if config.checkpoint else None
-    accelerator, run_dir = prepare_run(command, config)
-    if command == "train":
-        train(config, task, run_dir, accelerator, model=model)
-    elif command == "sweep":
-        run_sweep(config, task, run_dir, accelerator, model)
-    else:
-        run_experiment(config, task, run_dir, accelerator, model)
-    accelerator.wait_for_everyone()
+    with opened_run(command, config) as (accelerator, run_dir):
+        if command == "train":
+            train(config, task, run_dir, accelerator, model=model)
+        elif command == "sweep":
+            run_sweep(config, task, run_dir, accelerator, model)
+        else:
+            run_experiment(config, task, run_dir, accelerator, model)
+        accelerator.wait_for_everyone()
     accelerator.print(f"run directory: {run_dir}")
     accelerator.end_training()
     return run_dir

@@ -25,7 +25,7 @@ from tasks.classification import ClassificationTask
 from tasks.packaged_data import write_demo_dataset
 from tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
 from tasks.sample_index import SampleIndex
-from trainers.commands import prepare_run
+from trainers.commands import opened_run
 from trainers.config import Config, level_spec, sweep_levels
 from trainers.loop import build_batches, channels_last
 from trainers.protocol import run_experiment, task_options
@@ -139,13 +139,13 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
         config = config.replace(ladder=str(out / "ladder"))
     if retrain_steps is not None:
         config = config.replace(retrain_max_steps=retrain_steps)
-    accelerator, run_dir = prepare_run("demo", config)
-    for stage in ("baseline", "retrain"):
-        shutil.rmtree(run_dir / stage, ignore_errors=True)
-    plain = ClassificationTask(**task_options(config, ClassificationTask))
-    targets = teacher_outputs(config, plain, accelerator, out / "data" / "teacher_outputs.pt")
-    task = DistilledTask(targets, **task_options(config, ClassificationTask))
-    recovery = run_experiment(config, task, run_dir, accelerator)
+    with opened_run("demo", config) as (accelerator, run_dir):
+        for stage in ("baseline", "retrain"):
+            shutil.rmtree(run_dir / stage, ignore_errors=True)
+        plain = ClassificationTask(**task_options(config, ClassificationTask))
+        targets = teacher_outputs(config, plain, accelerator, out / "data" / "teacher_outputs.pt")
+        task = DistilledTask(targets, **task_options(config, ClassificationTask))
+        recovery = run_experiment(config, task, run_dir, accelerator)
     minutes = (time.perf_counter() - started) / 60
     if accelerator.is_main_process:
         print(f"\nagreement with the teacher's clean-image top-1, before and after fine-tuning on "

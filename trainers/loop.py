@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec, default_num_threads
 from tasks.sample_index import SampleIndex
-from trainers.checkpoint import TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint
+from trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint,
+                                 save_final_weights)
 from trainers.config import Config
 from trainers.logger import CODEC_KEYS, MetricsLogger, codec_metrics
 
@@ -317,7 +318,7 @@ class Trainer:
         if last_saved != state.step:
             save_checkpoint(accelerator, self.run_dir, state, train_batches.checkpoint(), config.keep_checkpoints)
         accelerator.wait_for_everyone()
-        accelerator.save_model(model, self.run_dir)
+        save_final_weights(accelerator, model, self.run_dir)
         logger.close()
         return accelerator.unwrap_model(model)
 
