@@ -6,7 +6,8 @@ for split ``val``) and its images live in ``DATA/<name after the kind>/`` (``DAT
 
 Image ids must be unique. Every image file passes the scan (`checked_images`): a bad one leaves the
 split with its annotations. The size used for an image is its file's stored size (the header's,
-before any EXIF rotation); a JSON width / height that differs is warned about once per split.
+before any EXIF rotation: which size rules is left to the EXIF decision of issue 13); a JSON width /
+height that differs is warned about once per split, naming the file's EXIF orientation if it has one.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dali_pipes.validate import ScanPolicy, scan_images
+
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -80,6 +84,17 @@ def read_coco(root: Path, kind: str, split: str) -> CocoSplit:
     return CocoSplit(json_path, images, annotations, categories)
 
 
+def exif_note(path: str) -> str:
+    """``", EXIF orientation N"`` for a file its EXIF says to rotate or mirror (N > 1: a JSON may then
+    give the upright size while the header stores the other), else ""."""
+    try:
+        with Image.open(path) as image:
+            orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, SyntaxError):
+        return ""
+    return f", EXIF orientation {orientation}" if orientation > 1 else ""
+
+
 def checked_images(coco: CocoSplit,
                    policy: ScanPolicy) -> tuple[dict[int, tuple[str, int, int]], list[tuple[str, str]]]:
     """The split's images that pass the scan, with their file's stored size, and the files skipped.
@@ -93,7 +108,8 @@ def checked_images(coco: CocoSplit,
         if path in good:
             images[image_id] = (path, *scan.sizes[path])
             if scan.sizes[path] != (width, height):
-                differing.append(f"{path} (JSON {width}x{height}, file {'x'.join(map(str, scan.sizes[path]))})")
+                differing.append(f"{path} (JSON {width}x{height}, file {'x'.join(map(str, scan.sizes[path]))}"
+                                 f"{exif_note(path)})")
     if differing:
         coco.counts["image_sizes_from_file"] = len(differing)
         warnings.warn(f"{coco.json_path}: {len(differing)} image(s) whose JSON width / height differ from the "

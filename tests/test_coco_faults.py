@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tasks.detection import DetectionTask
 from tasks.pose import PoseTask
@@ -51,19 +52,25 @@ def test_json_size_unlike_the_file_is_warned_once_and_the_file_size_used(synthet
     def lie(coco):
         coco["images"][0].update(width=40, height=30)
         coco["images"][2].update(width=100, height=90)
+        coco["images"][4].update(width=64, height=80)  # the upright size of the EXIF-rotated file below
 
     clean = DetectionTask(synthetic["detection"], input_size="96").sample_index("train")
     root = _edit(synthetic["detection"], tmp_path, "instances_train.json", lie)
+    with Image.open(root / "train" / "000004.png") as image:
+        exif = image.getexif()
+        exif[0x0112] = 6  # stored 80x64, shown rotated by 90 degrees
+        image.save(root / "train" / "000004.png", exif=exif)
     task = DetectionTask(root, input_size="96")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         index = task.sample_index("train")
     assert len(caught) == 1, [str(w.message) for w in caught]
     message = str(caught[0].message)
-    assert "2 image(s) whose JSON width / height differ from the file; the file's size is used" in message
+    assert "3 image(s) whose JSON width / height differ from the file; the file's size is used" in message
     assert f"{root / 'train' / '000000.png'} (JSON 40x30, file 80x64)" in message
     assert f"{root / 'train' / '000002.png'} (JSON 100x90, file 80x64)" in message
-    assert index.counts["image_sizes_from_file"] == 2
+    assert f"{root / 'train' / '000004.png'} (JSON 64x80, file 80x64, EXIF orientation 6)" in message
+    assert index.counts["image_sizes_from_file"] == 3
     for fixed, truth in zip(index.annotations, clean.annotations):  # boxes clipped to the file, not the JSON
         np.testing.assert_array_equal(fixed["boxes"], truth["boxes"])
 
