@@ -198,8 +198,8 @@ class ScanCache:
     def get(self, path: str, stamp: Stamp) -> FileFacts | None:
         """The facts cached for `path` at this stamp, or None."""
         entry = self.entries.get(os.path.relpath(path, self.root))
-        if entry is None or tuple(entry[:2]) != stamp:
-            return None
+        if not isinstance(entry, list) or len(entry) != 7 or tuple(entry[:2]) != stamp:
+            return None  # not cached, changed since, or an entry this version did not write
         return FileFacts(*entry[2:])
 
     def put(self, path: str, stamp: Stamp, facts: FileFacts) -> None:
@@ -240,7 +240,8 @@ class ScanCache:
     def _load(self) -> None:
         try:
             payload = json.loads(self.path.read_text())
-            if payload.get("version") == CACHE_VERSION and payload.get("root") == self.root:
+            if payload.get("version") == CACHE_VERSION and payload.get("root") == self.root \
+                    and isinstance(payload.get("files"), dict):
                 self.entries = payload["files"]
         except (FileNotFoundError, NotADirectoryError):  # nothing cached yet, or no cache folder
             pass

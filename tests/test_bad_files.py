@@ -191,3 +191,19 @@ def test_unwritable_cache_is_not_fatal(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="image scan cache .* not written"):
         result = scan_images(paths)
     assert len(result.good) == 3 and len(result.skipped) == 2
+
+
+def test_corrupt_cache_file_is_checked_again(tmp_path, counted_decodes):
+    paths = _folder_of_jpegs(tmp_path / "data")
+    first = scan_images(paths)
+    (cache_file,) = (tmp_path / "cache" / "scan").glob("*.json")
+    payload = json.loads(cache_file.read_text())
+    payload["files"]["photo0.jpg"] = ["not", "an", "entry"]
+    cache_file.write_text(json.dumps(payload))
+    counted_decodes.clear()
+    assert scan_images(paths) == first and counted_decodes == [paths[0]]  # the bad entry is checked again
+    cache_file.write_text('{"version": 1, "files": [')
+    counted_decodes.clear()
+    with pytest.warns(UserWarning, match="unreadable, checking again"):
+        assert scan_images(paths) == first
+    assert sorted(counted_decodes) == sorted(paths[:4])
