@@ -26,6 +26,7 @@ naming the file.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
-import simplejpeg
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own warning limit (it refuses twice that)
@@ -126,11 +126,25 @@ def read_facts(path: str | Path) -> FileFacts:
     return facts
 
 
+@functools.cache
+def _libjpeg_turbo():
+    """simplejpeg, or None where it is not installed (say, a bare GPU machine): the damaged-JPEG check is
+    then left out, with one warning, and files are not marked as decoded, so a later scan with it decodes."""
+    try:
+        import simplejpeg
+    except ImportError:
+        warnings.warn("damaged JPEG data is not looked for: simplejpeg is not installed (pip install simplejpeg)",
+                      stacklevel=2)
+        return None
+    return simplejpeg
+
+
 def jpeg_damage(path: str | Path) -> str:
     """libjpeg-turbo's first warning or error while decoding all of `path`'s compressed data, or "".
 
     Grey output at 1/8 scale: the entropy decoder still reads every coefficient of every component
     (that is where damage shows), while the inverse DCT, upsampling and colour work shrink."""
+    simplejpeg = _libjpeg_turbo()
     data = Path(path).read_bytes()
     try:
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
@@ -155,9 +169,10 @@ def verdict(facts: FileFacts, policy: ScanPolicy) -> str | None:
 
 
 def needs_decode(facts: FileFacts, policy: ScanPolicy) -> bool:
-    """Whether the damage check still has to decode this file: a JPEG kept so far, never decoded."""
+    """Whether the damage check still has to decode this file: a JPEG kept so far, never decoded (and a
+    decoder to do it)."""
     return (facts.format == "JPEG" and facts.damage is None and not policy.keep_damaged
-            and verdict(facts, policy) is None)
+            and verdict(facts, policy) is None and _libjpeg_turbo() is not None)
 
 
 def file_problem(path: str | Path, policy: ScanPolicy = ScanPolicy()) -> str | None:

@@ -22,7 +22,7 @@ from dali_pipes.iterator import SweepBatches
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-HIDDEN = ("av", "pycocotools")
+HIDDEN = ("av", "pycocotools", "simplejpeg")  # none is on a bare GPU machine
 
 
 def _run(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
@@ -31,7 +31,7 @@ def _run(args: list[str], env: dict[str, str], timeout: int = 240) -> subprocess
 
 @pytest.fixture(scope="module")
 def hidden_packages(tmp_path_factory) -> Path:
-    """A folder that, first on PYTHONPATH, makes ``import av`` and ``import pycocotools`` fail."""
+    """A folder that, first on PYTHONPATH, makes ``import av``, ``pycocotools`` and ``simplejpeg`` fail."""
     folder = tmp_path_factory.mktemp("hidden")
     for name in HIDDEN:
         (folder / name).mkdir()
@@ -84,19 +84,22 @@ def test_gpu_check_failure_hides_nothing(tmp_path, hidden_packages):
     assert _run(["bash", "bench/gpu_check.sh", "3"], {}).returncode == 2
 
 
-def test_jpeg_commands_need_neither_pyav_nor_pycocotools(image_folder, tmp_path, hidden_packages):
+def test_jpeg_commands_need_neither_pyav_nor_pycocotools_nor_simplejpeg(image_folder, tmp_path, hidden_packages):
+    """What a bare GPU machine lacks: the video and COCO packages, and the damaged-JPEG decoder (its check is
+    then left out, saying so)."""
     env = {"PYTHONPATH": _hiding(hidden_packages), "WANDB_MODE": "disabled"}
     imports = _run([sys.executable, "-c", "import av"], env)
     assert imports.returncode != 0 and "av is hidden" in imports.stderr
     train = _run([sys.executable, "-m", "launch.cli", "train", "--data", str(image_folder), *TINY, "--epochs", "1",
                   "--out", str(tmp_path / "run")], env)
     assert train.returncode == 0, train.stderr[-3000:]
+    assert "damaged JPEG data is not looked for: simplejpeg is not installed" in train.stderr
     bench = _run([sys.executable, "-m", "launch.cli", "bench", "--images", "4", "--batch_size", "2", "--crop", "32",
                   "--iterations", "1", "--warmup", "1", "--repeats", "1", "--threads", "1", "--contenders",
                   "codecloop", "--out", str(tmp_path / "bench")], env)
     assert bench.returncode == 0, bench.stderr[-3000:]
     loaded = _run([sys.executable, "-c", "import sys, tasks, trainers.protocol, trainers.bench, launch.cli; "
-                   "print(sorted(name for name in ('av', 'pycocotools') if name in sys.modules))"], env)
+                   "print(sorted(name for name in ('av', 'pycocotools', 'simplejpeg') if name in sys.modules))"], env)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
 
 

@@ -110,7 +110,8 @@ def test_bad_value_is_named_with_the_parameter(tmp_path, at_root):
     with pytest.raises(ValueError, match=r"parameter 'optimizer' value 'lamb': .*invalid choice: 'lamb'"):
         check_sweep_file(path)
     path = write_sweep(tmp_path, {"epochs": {"min": -1, "max": 3}})
-    with pytest.raises(ValueError, match=r"parameter 'epochs' value -1: config key 'epochs': must be >= 0"):
+    with pytest.raises(ValueError,
+                       match=r"parameter 'epochs' value -1: config key 'epochs': -1 is outside its range \(>= 0\)"):
         check_sweep_file(path)
 
 
