@@ -123,7 +123,7 @@ class DenseFeeder(ShardedFeeder):
         self.h264 = isinstance(spec, CrfSpec)
         self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
 
-    def describe(self, index: int) -> str:
+    def sample_path(self, index: int) -> str:
         return self.samples[index].path
 
     @property

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from dali_pipes.validate import decode_failure, record_pipeline_failure
+
 
 class ShardedFeeder:
     """Base external-source callable: this rank's batches of one epoch after another.
@@ -50,13 +52,17 @@ class ShardedFeeder:
         """Every output but ``index`` and ``valid`` for sample `index`, drawing from `rng`."""
         raise NotImplementedError
 
-    def describe(self, index: int) -> str:
-        """How an error names sample `index` (subclasses name its file or clip)."""
-        return f"sample {index}"
+    def sample_path(self, index: int) -> str | None:
+        """The image file sample `index` is decoded from by DALI, where it has one (subclasses)."""
+        return None
 
-    def in_flight(self) -> list[str]:
-        """The samples of the last few batches handed to DALI, named by `describe`."""
-        return list(dict.fromkeys(self.describe(index) for batch in list(self._in_flight) for index in batch))
+    def describe(self, index: int) -> str:
+        """How an error names sample `index`: its file, else its number (subclasses may say more)."""
+        return self.sample_path(index) or f"sample {index}"
+
+    def in_flight(self) -> list[int]:
+        """The samples of the last few batches handed to DALI."""
+        return list(dict.fromkeys(index for batch in list(self._in_flight) for index in batch))
 
     def shard_size(self) -> int:
         """Sample slots per rank and epoch (the largest shard)."""
@@ -108,6 +114,21 @@ def valid_count(valid: torch.Tensor) -> int:
     return count
 
 
+def blame(feeder: ShardedFeeder, samples: list[int], error: str) -> str:
+    """Find, among `samples` of a failed batch, the image files Pillow cannot decode either, and record each
+    as a bad file (`record_pipeline_failure`) so that the next scan, a resume included, skips it: a broken
+    file the scan could not see stops a run once, not at every resume. Returns what to add to the error."""
+    lines = []
+    for path in dict.fromkeys(filter(None, map(feeder.sample_path, samples))):
+        problem = decode_failure(path)
+        if problem:
+            recorded = record_pipeline_failure(path, f"{error.strip().splitlines()[-1][:200]}; Pillow: {problem}")
+            lines.append(f"\n{path} cannot be decoded ({problem}): "
+                         + ("recorded as a bad file, so the next run and --resume skip it" if recorded
+                            else "remove it from the dataset (the record could not be written)"))
+    return "".join(lines)
+
+
 class FedBatches:
     """Epochs of dict batches from a pipeline fed by a `ShardedFeeder`, padding dropped.
 
@@ -137,9 +158,11 @@ class FedBatches:
         try:
             yield
         except RuntimeError as error:
-            reading = self.feeder.in_flight()
-            raise RuntimeError(f"{error}\nwhile reading one of {len(reading)} samples: {', '.join(reading[:8])}"
-                               f"{' ...' if len(reading) > 8 else ''}") from error
+            samples = self.feeder.in_flight()
+            reading = [self.feeder.describe(index) for index in samples]
+            message = (f"{error}\nwhile reading one of {len(reading)} samples: {', '.join(reading[:8])}"
+                       f"{' ...' if len(reading) > 8 else ''}")
+            raise RuntimeError(message + blame(self.feeder, samples, str(error))) from error
 
     @staticmethod
     def start(checkpoint: bytes | str | None) -> tuple[int, int]:

@@ -279,6 +279,48 @@ class ScanCache:
         warnings.warn(f"image scan cache {self.path}: {what}; the next run checks these files again", stacklevel=2)
 
 
+FAILURES_FILE = "pipeline_failures.json"
+
+
+def pipeline_failures() -> dict[str, list]:
+    """Files a pipeline could not decode although they passed the scan: ``{path: [size, mtime_ns, reason]}``."""
+    try:
+        failures = json.loads((scan_cache_dir() / FAILURES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return failures if isinstance(failures, dict) else {}
+
+
+def decode_failure(path: str | Path) -> str | None:
+    """Why Pillow cannot decode all of `path` (None if it can): the check run on the files of a batch the
+    pipeline failed on, to find the one to blame."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # noqa: BLE001 - any decoder failure blames the file
+        return f"{error.__class__.__name__}: {error}"
+    return None
+
+
+def record_pipeline_failure(path: str | Path, reason: str) -> bool:
+    """Remember that the pipeline could not decode `path` (at its current size and time), so that every
+    later scan, a ``--resume`` included, skips it instead of failing on it again; False if not recorded."""
+    path = os.path.abspath(path)
+    stamp = _stamp(path)
+    if stamp is None:
+        return False
+    failures = {**pipeline_failures(), path: [*stamp, reason]}
+    target = scan_cache_dir() / FAILURES_FILE
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(failures, indent=1))
+        os.replace(temporary, target)
+    except OSError:
+        return False
+    return True
+
+
 def _stamp(path: str) -> Stamp | None:
     try:
         status = os.stat(path)
@@ -334,8 +376,12 @@ def scan_images(paths: Sequence[str], policy: ScanPolicy = ScanPolicy(), *, cach
     else:
         with store.locked():
             facts = check_files(paths, policy, store, workers)
+    failed = pipeline_failures()
     for path, found in zip(paths, facts):
         reason = verdict(found, policy)
+        failure = failed.get(os.path.abspath(path))
+        if reason is None and failure and tuple(failure[:2]) == _stamp(path):
+            reason = f"the pipeline could not decode it in an earlier run ({failure[2]})"
         if reason is None:
             result.good.append(path)
             result.sizes[path] = (found.width, found.height)

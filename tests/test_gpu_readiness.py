@@ -6,6 +6,7 @@ the files in flight."""
 from __future__ import annotations
 
 import csv
+import json
 import ctypes
 import os
 import subprocess
@@ -237,3 +238,39 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
                               decode_on_cpu=False, **sharding)
         video_pipeline(feeder=feeder, geometry=VideoGeometry(32, 40), on_gpu=True, **run)
     _roundtrip_pipeline(device="gpu", **run)
+
+
+def _png_with_broken_pixel_data(source: Path, target: Path) -> None:
+    """`source` PNG with its compressed pixel data (IDAT) scrambled and the chunk CRC recomputed: the
+    header, every CRC and the end chunk are right, so only a full decode finds it broken."""
+    import struct
+    import zlib
+
+    data = bytearray(source.read_bytes())
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[start:start + 4])[0]
+    body = start + 8
+    data[body + 2:body + length] = bytes(reversed(data[body + 2:body + length]))
+    data[body + length:body + length + 4] = struct.pack(">I", zlib.crc32(data[start + 4:body + length]))
+    target.write_bytes(bytes(data))
+
+
+def test_a_file_the_pipeline_cannot_decode_stops_a_run_once_not_at_every_resume(tmp_path, run_cli):
+    """A PNG that passes the scan but that DALI cannot decode: the run stops naming it and records it as
+    a bad file; --resume then skips and counts it and finishes."""
+    from tasks.synthetic import make_synthetic
+
+    data = make_synthetic("segmentation", tmp_path / "data", train=6, val=2)
+    broken = data / "images" / "train" / "000003.png"
+    _png_with_broken_pixel_data(broken, broken)
+    args = ["train", "--task", "segmentation", "--data", data, "--input_size", "64", "--batch_size", "3",
+            "--epochs", "1", "--checkpoint_every", "1", "--wandb", "disabled", "--progress", "false",
+            "--num_threads", "1", "--out", tmp_path / "run"]
+    with pytest.raises(RuntimeError, match=f"(?s){broken} cannot be decoded .*recorded as a bad file"):
+        run_cli(*args)
+    status, _, err = run_cli(*args, "--resume")
+    assert status == 0, err
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [record for record in records if "data/skipped_files" in record][-1]
+    assert skipped["data/skipped_files"] == 1
+    assert "the pipeline could not decode it in an earlier run" in skipped["data/skipped_paths"][0]
