@@ -46,7 +46,8 @@ def h264_intra_roundtrip(image: np.ndarray, crf: int, preset: str = "veryfast") 
     encoder.time_base = Fraction(1, 25)
     rate = "qp=1" if crf == LOSSLESS_CRF else f"crf={crf}"
     encoder.options = {"preset": preset, "x264-params": f"{rate}:keyint=1:threads=1"}
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24").reformat(format="yuv420p", threads=SWSCALE_THREADS)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
+    frame = frame.reformat(format="yuv420p", threads=SWSCALE_THREADS)
     packets = encoder.encode(frame) + encoder.encode(None)
     decoder = av.CodecContext.create("h264", "r")
     decoded = [out for packet in packets for out in decoder.decode(packet)] + decoder.decode(None)
