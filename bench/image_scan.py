@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -20,17 +19,9 @@ from pathlib import Path
 
 import simplejpeg
 
-from dali_pipes.fidelity import write_photo_jpegs
+from dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from dali_pipes.validate import ScanPolicy, scan_images
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else the machine type."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
+from trainers.report import write_text
 
 
 def per_image_ms(paths: list[str], rounds: int, cached: bool, **options) -> float:
@@ -65,14 +56,14 @@ def main() -> None:
             ("second scan: every verdict from the cache", per_image_ms(paths, args.rounds, True)),
         ]
     lines = [f"# Image scan cost per 500x375 JPEG (quality 90), {args.images} images",
-             "", f"{cpu_name()}, {cores} cores, simplejpeg {simplejpeg.__version__}; "
+             "", f"{cpu_model()}, {cores} cores, simplejpeg {simplejpeg.__version__}; "
              f"median of {args.rounds} rounds, wall time / images.", "",
              "| scan | ms per image |", "| --- | ---: |"]
     lines += [f"| {name} | {ms:.3f} |" for name, ms in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.write_text(text)
+        write_text(args.out, text)
 
 
 if __name__ == "__main__":

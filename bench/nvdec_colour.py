@@ -30,6 +30,7 @@ from dali_pipes.ladder import SWSCALE_THREADS, Ladder, load_ladder, transcode
 from dali_pipes.pipelines import normalize
 from dali_pipes.reference import psnr
 from tasks.packaged_data import packaged_clip
+from trainers.report import write_text
 
 F32 = np.float32
 INV_255, LUMA_SCALE = np.uint32(0x3B808081).view(F32), np.uint32(0x3F950A85).view(F32)  # 1/255, 255/219
@@ -221,7 +222,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.write_text(text)
+        write_text(args.out, text)
 
 
 if __name__ == "__main__":

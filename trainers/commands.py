@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 from trainers.checkpoint import check_resumable, ensure_fresh, remove_leftovers
-from trainers.config import Config, coerce, config_keys, read_yaml_mapping, save_yaml
+from trainers.config import Config, coerce, read_yaml_mapping, save_yaml
 from trainers.loop import make_accelerator
 from trainers.progress import result_settings
 from trainers.protocol import BASELINE, RETRAIN_STAGE, load_model, make_task, run_experiment, run_sweep, train
@@ -30,9 +30,8 @@ def changed_settings(run_dir: Path, config: Config) -> list[str]:
     if not config_file.is_file():
         return []
     recorded = read_yaml_mapping(config_file, "config", "a mapping of keys to values")
-    known = config_keys()
     return [key for key, value in result_settings(config).items()
-            if key in recorded and key in known and coerce(key, recorded[key]) != value]
+            if key in recorded and coerce(key, recorded[key]) != value]
 
 
 def check_run_directory(command: str, run_dir: Path, config: Config, world_size: int) -> None:
