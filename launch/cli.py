@@ -21,6 +21,8 @@ CONFIG_COMMANDS = {
     "train": "train or fine-tune a task model with the codec (JPEG or H.264) in the loop",
     "sweep": "evaluate a checkpoint clean and at each JPEG quality or H.264 CRF: sweep.csv, sweep.png, report.md",
     "experiment": "the paper protocol: baseline -> sweep -> retrain on compressed data -> sweep -> recovery",
+    "check-data": "read a dataset as a run would (layout, split files, every file scanned) and list every "
+                  "missing and skipped file, without training",
 }
 EXAMPLES = """examples:
   codecloop demo
@@ -162,7 +164,11 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
                     "(depth). Written to a temporary folder and renamed when whole.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    synthetic.add_argument("--task", required=True, choices=("detection", "segmentation", "pose", "depth"))
+    synthetic.add_argument("--task", required=True, choices=("detection", "segmentation", "pose", "depth", "action"))
+    synthetic.add_argument("--format", default=None,
+                           help="dataset layout to write (default: folder, or coco for detection / pose); "
+                                "segmentation: folder, cityscapes, voc, ade20k; depth: folder, kitti, nyu; "
+                                "action: ucf101, hmdb51")
     synthetic.add_argument("--out", required=True, type=Path, help="dataset folder to create (must not hold files)")
     synthetic.add_argument("--train", type=int, default=24, help="training images")
     synthetic.add_argument("--val", type=int, default=8, help="validation images")
@@ -240,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2 if failures else 0
         if getattr(args, "launcher", None):
             raise ValueError("--launcher goes with --grid")
+        if args.command == "check-data":
+            from trainers.commands import check_data
+
+            return check_data(config_from_args(args))
         if args.command in CONFIG_COMMANDS:
             from trainers.commands import run_command
 
@@ -274,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             from tasks.synthetic import make_synthetic
 
             height, width = parse_input_size(args.size, 0)
-            out = make_synthetic(args.task, args.out, train=args.train, val=args.val, height=height, width=width,
-                                 seed=args.seed)
+            out = make_synthetic(args.task, args.out, format=args.format, train=args.train, val=args.val,
+                                 height=height, width=width, seed=args.seed)
+            layout = f" --format {args.format}" if args.format else ""
             print(f"wrote a synthetic {args.task} dataset to {out}; try: codecloop experiment --task {args.task} "
-                  f"--data {out} --input_size {args.size} --max_steps 100")
+                  f"--data {out}{layout} --input_size {args.size} --max_steps 100")
         elif args.command == "report":
             from trainers.protocol import rebuild_report
 

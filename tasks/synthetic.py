@@ -358,15 +358,36 @@ _WRITERS: dict[str, SplitWriter] = {
 }
 
 
-def make_synthetic(task: str, out: str | Path, *, train: int = 24, val: int = 8, height: int = 96,
-                   width: int = 128, seed: int = 0) -> Path:
-    """Write a synthetic `task` dataset into `out` (which must be absent or empty) and return its path.
+def layout_writers() -> dict[tuple[str, str], SplitWriter]:
+    """Every ``(task, format)`` make-synthetic writes: the folder / COCO layouts here, the native layouts
+    of other datasets from their own modules."""
+    from tasks import synthetic_action, synthetic_depth, synthetic_segmentation
+
+    writers = {(task, "coco" if task in ("detection", "pose") else "folder"): writer
+               for task, writer in _WRITERS.items()}
+    for task, module in (("segmentation", synthetic_segmentation), ("depth", synthetic_depth),
+                         ("action", synthetic_action)):
+        writers.update({(task, name): writer for name, writer in module.WRITERS.items()})
+    return writers
+
+
+def make_synthetic(task: str, out: str | Path, *, format: str | None = None, train: int = 24, val: int = 8,
+                   height: int = 96, width: int = 128, seed: int = 0) -> Path:
+    """Write a synthetic `task` dataset in layout `format` (default: the task's folder or COCO layout)
+    into `out` (which must be absent or empty) and return its path.
 
     Everything is built in a hidden sibling folder and renamed into place at the end, so `out` either
     holds a complete dataset or does not exist; the sibling is removed if anything fails.
     """
-    if task not in _WRITERS:
-        raise ValueError(f"unknown synthetic task {task!r}; choose one of: {', '.join(SYNTHETIC_TASKS)}")
+    writers = layout_writers()
+    formats = [name for kind, name in writers if kind == task]
+    if not formats:
+        raise ValueError(f"unknown synthetic task {task!r}; choose one of: "
+                         f"{', '.join(dict.fromkeys(kind for kind, _ in writers))}")
+    format = format or formats[0]
+    if (task, format) not in writers:
+        raise ValueError(f"make_synthetic: the {task} task has no layout {format!r}; choose one of: "
+                         f"{', '.join(formats)}")
     for field, value, least in (("train", train, 0), ("val", val, 0), ("height", height, _MIN_SIZE),
                                 ("width", width, _MIN_SIZE), ("seed", seed, 0)):
         if value < least:
@@ -379,7 +400,7 @@ def make_synthetic(task: str, out: str | Path, *, train: int = 24, val: int = 8,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _WRITERS[task](staging, {"train": train, "val": val}, height, width, seed)
+        writers[task, format](staging, {"train": train, "val": val}, height, width, seed)
         if out.exists():
             out.rmdir()
         staging.rename(out)

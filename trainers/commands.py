@@ -19,6 +19,7 @@ from trainers.loop import make_accelerator
 from trainers.progress import result_settings
 from trainers.protocol import BASELINE, RETRAIN_STAGE, load_model, make_task, run_experiment, run_sweep, train
 from trainers.run_lock import RunDirectoryBusy, RunLock
+from tasks.layout_errors import MissingFilesError
 
 RUN_COMMANDS = ("train", "sweep", "experiment")
 
@@ -116,3 +117,28 @@ def run_command(command: str, config: Config) -> Path:
     accelerator.print(f"run directory: {run_dir}")
     accelerator.end_training()
     return run_dir
+
+
+def check_data(config: Config) -> int:
+    """Build each split's sample index as a run would and print what it holds, every file skipped (with
+    why) and every file a split or annotation file names but the disk lacks; 2 if a split is unreadable."""
+    config.validate()
+    task = make_task(config)
+    status = 0
+    for split in ("train", "val"):
+        if not task.has_split(split):
+            print(f"{split}: absent")
+            continue
+        try:
+            index = task.sample_index(split)
+        except MissingFilesError as error:
+            print(f"{split}: {error.source} names {len(error.missing)} missing file(s):")
+            for path in error.missing:
+                print(f"  {path}")
+            status = 2
+            continue
+        counts = "".join(f", {key} {value}" for key, value in sorted(index.counts.items()))
+        print(f"{split}: {len(index)} samples, {len(index.skipped)} file(s) skipped{counts}")
+        for path, reason in index.skipped:
+            print(f"  skipped {path}: {reason}")
+    return status

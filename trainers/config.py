@@ -67,8 +67,12 @@ class Config:
     eval_crf: str = _key("none", "H.264 CRF spec for evaluation during training", "hyper")
     ladder: str | None = _key(None, "H.264 CRF ladder folder (`codecloop transcode` output) of a video dataset",
                               "hyper")
-    splits: str | None = _key(None, "video: folder of UCF101-style split files (trainlist0N.txt, testlist0N.txt)",
-                              "hyper")
+    format: str | None = _key(None, "dataset layout (default: detected from the folder). segmentation: folder, "
+                              "cityscapes, voc, ade20k; depth: folder, kitti, nyu; action: folders, ucf101, hmdb51; "
+                              "detection / pose: coco", "hyper")
+    splits: str | None = _key(None, "folder of split files: UCF101 (trainlist0N.txt, testlist0N.txt), HMDB51 "
+                              "(<class>_test_splitN.txt), KITTI Eigen (train_files.txt, val_files.txt / "
+                              "test_files.txt)", "hyper")
     split: int = _key(1, "video: which split N of --splits", "hyper", at_least=1)
     frames: int = _key(16, "video: frames per clip", "hyper", at_least=1)
     frame_stride: int = _key(2, "video: source frames between two clip frames", "hyper", at_least=1)
@@ -86,6 +90,15 @@ class Config:
     min_depth: float = _key(1e-3, "depth: smallest valid depth in metres", "hyper", above=0)
     max_depth: float = _key(80.0, "depth: largest valid depth in metres (prediction clamped to it)", "hyper", above=0)
     eigen_crop: bool = _key(False, "depth: evaluate inside the Garg/Eigen KITTI crop only", "hyper")
+    depth_scale: float | None = _key(None, "depth: 16-bit PNG value per metre (default from the layout: kitti and "
+                                     "folder 256, nyu 1000)", "hyper", above=0)
+    raw: str | None = _key(None, "depth, kitti: the KITTI raw data folder (<date>/<drive>_sync/image_02/data/)",
+                           "hyper")
+    mask_folder: str | None = _key(None, "segmentation: the label folder where a layout has several (voc: "
+                                   "SegmentationClass | SegmentationClassAug; cityscapes: gtFine | gtCoarse)",
+                                   "hyper")
+    reduce_zero_label: bool | None = _key(None, "segmentation: label 0 is ignore and the other ids shift down by "
+                                          "one (default: true for ade20k, false otherwise)", "hyper")
     resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper", at_least=1)
     min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper", above=0, at_most=1)
     normalize: str = _key("imagenet", "input normalization: imagenet mean/std or inception (0.5/0.5)", "hyper",
