@@ -30,6 +30,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CODEC_PLACEMENTS = ("native", "after_resize")
 JPEG_TILE = 16  # the codec's 4:2:0 minimum coded unit, in pixels
+# Images are decoded in their stored orientation: an EXIF orientation tag is not applied. COCO's
+# annotations, Pillow, torchvision.io and pycocotools all use the stored pixel grid, and the stored
+# size is what file headers (and the scan) report, so every size, box, mask and keypoint follows it.
+ADJUST_ORIENTATION = False
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ def split_channels(images, start: int, stop: int, channels_last: bool):
 
 
 def decode(encoded, on_gpu: bool):
-    """Decode encoded images to RGB uint8 HWC, with nvJPEG ("mixed") on a GPU."""
-    return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+    """Decode encoded images to RGB uint8 HWC in their stored orientation, with nvJPEG ("mixed") on a GPU."""
+    return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB,
+                             adjust_orientation=ADJUST_ORIENTATION)
 
 
 def train_geometry(images, geometry: ImageGeometry):
@@ -82,7 +87,7 @@ def train_window(encoded, geometry: ImageGeometry):
     """Per encoded image: a random-resized-crop window (`anchor`, `size`, HW pixels, the law of
     `fn.random_resized_crop`) and the region (`start`, `end`) on the codec's 16-pixel grid holding
     it with one tile to spare on each side, clipped to the image."""
-    shape = fn.peek_image_shape(encoded)
+    shape = fn.peek_image_shape(encoded, adjust_orientation=ADJUST_ORIENTATION)
     anchor, size = fn.random_crop_generator(shape, random_area=[geometry.min_area, 1.0],
                                             random_aspect_ratio=[3 / 4, 4 / 3])
     start = dali_math.max(anchor // JPEG_TILE * JPEG_TILE - JPEG_TILE, 0)
@@ -145,7 +150,8 @@ def image_pipeline(
     view = train_geometry if training else eval_geometry
     if codec_placement == "native" and training and not on_gpu and not spec.is_none:
         anchor, size, start, end = train_window(encoded, geometry)
-        images = fn.decoders.image_slice(encoded, start, end - start, axes=[0, 1], output_type=types.RGB)
+        images = fn.decoders.image_slice(encoded, start, end - start, axes=[0, 1], output_type=types.RGB,
+                                         adjust_orientation=ADJUST_ORIENTATION)
         compressed, quality = jpeg_codec(images, spec)
         images = resize_window(fn.cat(compressed, images, axis=2) if with_clean else compressed, anchor, size, start,
                                geometry)

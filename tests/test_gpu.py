@@ -109,3 +109,19 @@ def test_gpu_training_step_never_waits_for_the_gpu(name, image_folder, tmp_path)
         loss.backward()
     assert batch["image"].is_contiguous(memory_format=torch.channels_last) and batch["image"].shape[1] == 3
     assert torch.isfinite(loss).item()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_gpu_decode_ignores_exif_orientation(orientation, tmp_path):
+    """nvJPEG ("mixed") follows the stored-orientation rule too: a tagged file decodes to the untagged
+    file's pixels (within nvJPEG's own IDCT rounding of the CPU decoder's)."""
+    from PIL import Image
+
+    from tests.test_exif_orientation import write_jpeg
+
+    pixels = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
+    plain = write_jpeg(pixels, tmp_path / "plain.jpg", None)
+    tagged = write_jpeg(pixels, tmp_path / "tagged.jpg", orientation)
+    batches = {path: next(iter(ImageBatches([str(path)], batch_size=1, training=False, spec=parse_quality_spec("none"),
+                                            device_id=0)))["image"] for path in (plain, tagged)}
+    assert torch.equal(batches[plain], batches[tagged])
