@@ -128,17 +128,19 @@ def clean_box(bbox: list[float], width: int, height: int) -> tuple[np.ndarray | 
     return clipped, "clipped" if not np.array_equal(box, clipped) else "kept"
 
 
-def boxes_of(annotations: list[dict], width: int, height: int,
-             counts: dict[str, int]) -> tuple[list[np.ndarray], list[dict]]:
-    """Clean boxes of non-crowd annotations and the annotations kept; ``counts`` gains
-    ``boxes_clipped``, ``boxes_dropped`` and ``crowd_skipped``."""
+def boxes_of(annotations: list[dict], width: int, height: int, counts: dict[str, int],
+             crowd: bool = False) -> tuple[list[np.ndarray], list[dict]]:
+    """Clean boxes of the non-crowd annotations (with `crowd`: of the crowd regions) and the annotations
+    kept; ``counts`` gains ``boxes_clipped``, ``boxes_dropped`` and ``crowd_regions`` (crowd regions are
+    never training targets; the official evaluation treats them as ignore regions)."""
     boxes, kept = [], []
     for annotation in annotations:
-        if annotation.get("iscrowd", 0):
-            counts["crowd_skipped"] = counts.get("crowd_skipped", 0) + 1
+        if bool(annotation.get("iscrowd", 0)) != crowd:
+            if not crowd:
+                counts["crowd_regions"] = counts.get("crowd_regions", 0) + 1
             continue
         box, fate = clean_box(annotation["bbox"], width, height)
-        if fate != "kept":
+        if fate != "kept" and not crowd:
             counts[f"boxes_{fate}"] = counts.get(f"boxes_{fate}", 0) + 1
         if box is not None:
             boxes.append(box)

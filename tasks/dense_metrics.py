@@ -66,7 +66,8 @@ def coco_box_metrics(ground_truth: list[dict], predictions: list[dict]) -> dict[
     """COCO box mAP@[.5:.95], AP50 and AP75 of per-image xyxy predictions against per-image ground truth.
 
     Every image listed in either input is evaluated, so a prediction on an image without boxes is a
-    false positive. Categories are the label ids seen in either input. No prediction at all gives 0.0
+    false positive. A ground-truth item may flag boxes in ``iscrowd``: crowd regions, which pycocotools
+    treats as ignore regions (a detection matching one counts neither way). Categories are the label ids seen in either input. No prediction at all gives 0.0
     (pycocotools cannot load an empty result list); no ground truth box at all gives nan.
     """
     images: dict[int, list[float]] = {}
@@ -83,10 +84,11 @@ def coco_box_metrics(ground_truth: list[dict], predictions: list[dict]) -> dict[
     for item in ground_truth:
         image_id, boxes = int(item["image_id"]), _numpy(item["boxes"], 4)
         labels = _numpy(item["labels"]).astype(int)
+        crowd = _numpy(item["iscrowd"]).astype(int) if "iscrowd" in item else np.zeros(len(labels), int)
         add_image(image_id, boxes)
-        for box, label in zip(_xyxy_to_xywh(boxes), labels):
+        for box, label, is_crowd in zip(_xyxy_to_xywh(boxes), labels, crowd):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
-                                "bbox": box.tolist(), "area": float(box[2] * box[3]), "iscrowd": 0})
+                                "bbox": box.tolist(), "area": float(box[2] * box[3]), "iscrowd": int(is_crowd)})
             categories.add(int(label))
     for item in predictions:
         image_id, boxes = int(item["image_id"]), _numpy(item["boxes"], 4)

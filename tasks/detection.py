@@ -1,8 +1,10 @@
 """Object detection: COCO JSON (``annotations/instances_<split>*.json``), torchvision detectors, COCO mAP.
 
-Boxes outside the image are clipped to it, boxes of zero area (after clipping) dropped, crowd
-boxes left out, each counted in the split's ``counts``; images without annotations stay, as
-negatives. Category ids map to labels 1..K in id order (0 is the background). The codec runs on
+Boxes outside the image are clipped to it, boxes of zero area (after clipping) dropped, each
+counted in the split's ``counts``. Crowd regions (``iscrowd: 1``) are never training targets; in
+evaluation they go to pycocotools as crowd ground truth, the ignore regions of the official
+evaluation (a detection on a crowd region is neither a hit nor a false positive). Images without
+annotations stay, as negatives, in training and in evaluation; grayscale images are decoded to RGB. Category ids map to labels 1..K in id order (0 is the background). The codec runs on
 the whole image; box corners follow the crop, flip and resize through `fn.coord_transform` and
 are reordered, clipped and cut into per-image targets on the host, then moved to the device in
 one copy (torchvision's detectors take a list of variable-length targets). mAP, AP50 and AP75
@@ -40,7 +42,8 @@ class BoxAccumulator:
         self.task, self.ground_truth, self.predictions = task, [], []
 
     def update(self, detections: list[dict[str, torch.Tensor]], batch: dict[str, torch.Tensor]) -> None:
-        for image_id, truth, found in zip(batch["index"].tolist(), self.task.host_targets(batch), detections):
+        for image_id, truth, found in zip(batch["index"].tolist(), self.task.host_targets(batch, crowd=True),
+                                          detections):
             self.ground_truth.append({"image_id": image_id, **{key: _numpy(value) for key, value in truth.items()}})
             self.predictions.append({"image_id": image_id, **{key: _numpy(found[key])
                                                               for key in ("boxes", "scores", "labels")}})
@@ -59,7 +62,7 @@ class DetectionTask(DenseTask):
     primary_metric = "map"
     higher_is_better = True
     memory_format = None
-    layout = DenseLayout(points=True, extras=("labels",))
+    layout = DenseLayout(points=True, extras=("labels", "crowd"))
     model_help = model_names("detection")
 
     def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn",
@@ -79,21 +82,23 @@ class DetectionTask(DenseTask):
         return has_annotation_file(self.root, "instances", split)
 
     def sample_index(self, split: str) -> SampleIndex:
-        """Every image of the split that passes the scan, with its cleaned boxes; negatives kept, fixes
-        counted, bad files skipped with their boxes."""
+        """Every image of the split that passes the scan, with its cleaned boxes and crowd regions (flagged
+        in ``crowd``, after the boxes); negatives kept, fixes counted, bad files skipped with their boxes."""
         coco = read_coco(self.root, "instances", split)
         images, skipped = checked_images(coco, self.scan_policy)
         files, annotations, counts = [], [], {"images_without_boxes": 0, **coco.counts}
         for image_id, (path, width, height) in images.items():
             boxes, kept = boxes_of(coco.annotations[image_id], width, height, counts)
-            unknown = {int(a["category_id"]) for a in kept} - set(self.label_of)
+            crowd_boxes, crowds = boxes_of(coco.annotations[image_id], width, height, counts, crowd=True)
+            unknown = {int(a["category_id"]) for a in kept + crowds} - set(self.label_of)
             if unknown:
                 raise ValueError(f"{coco.json_path}: category id {min(unknown)} is not a category of the train split")
             counts["images_without_boxes"] += not boxes
             files.append(path)
             annotations.append({
-                "boxes": np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
-                "labels": np.array([self.label_of[int(a["category_id"])] for a in kept], np.int64),
+                "boxes": np.stack(boxes + crowd_boxes) if boxes or crowd_boxes else np.zeros((0, 4), np.float32),
+                "labels": np.array([self.label_of[int(a["category_id"])] for a in kept + crowds], np.int64),
+                "crowd": np.array([0] * len(kept) + [1] * len(crowds), np.int64),
             })
         if not files:
             raise ValueError(f"{coco.json_path} has no readable image")
@@ -101,15 +106,22 @@ class DetectionTask(DenseTask):
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         annotation = index.annotations[position]
-        return {"points": annotation["boxes"].reshape(-1, 2), "labels": annotation["labels"]}
+        return {"points": annotation["boxes"].reshape(-1, 2), "labels": annotation["labels"],
+                "crowd": annotation["crowd"]}
 
-    def host_targets(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def host_targets(self, batch: dict[str, torch.Tensor], crowd: bool = False) -> list[dict[str, torch.Tensor]]:
         """Per image ``{boxes, labels}`` in the view, from the batch's host values: corners reordered,
-        clipped, slivers dropped."""
+        clipped, slivers dropped. Crowd regions are left out, or with `crowd` (evaluation ground truth)
+        kept and flagged in ``iscrowd``."""
         out = []
-        for corners, count, labels in zip(batch["points"], batch["num_points"].tolist(), batch["labels"]):
+        for corners, count, labels, flags in zip(batch["points"], batch["num_points"].tolist(), batch["labels"],
+                                                 batch["crowd"]):
             boxes, keep = boxes_from_corners(corners[:count], self.geometry.height, self.geometry.width)
-            out.append({"boxes": boxes[keep], "labels": labels[:count // 2][keep]})
+            is_crowd = flags[:count // 2].bool()
+            if not crowd:
+                keep &= ~is_crowd
+            target = {"boxes": boxes[keep], "labels": labels[:count // 2][keep]}
+            out.append({**target, "iscrowd": is_crowd[keep]} if crowd else target)
         return out
 
     def targets(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
