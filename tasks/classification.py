@@ -21,6 +21,7 @@ from dali_pipes.h264_image import H264ImageBatches
 from dali_pipes.iterator import SweepBatches
 from dali_pipes.ladder import load_ladder
 from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
+from tasks.layout_errors import choose_format
 from tasks.pretrained import load_pretrained
 from tasks.registry import register_task
 from tasks.sample_index import SampleIndex
@@ -76,10 +77,12 @@ class ClassificationTask:
         normalize: str = "imagenet",
         codec_placement: str = "native",
         ladder: str | Path | None = None,
+        format: str | None = None,
     ) -> None:
         self.root = Path(data)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset path {self.root} does not exist")
+        choose_format("classification", self.root, format, {"imagefolder": lambda root: True})  # the only layout
         self.model_name = model
         self.pretrained = pretrained
         self.label_smoothing = label_smoothing

@@ -26,6 +26,7 @@ from tasks.coco import boxes_from_corners, boxes_of, checked_images, has_annotat
 from tasks.dense_common import DenseTask, to_device
 from tasks.dense_metrics import coco_box_metrics
 from tasks.dense_models import check_model_name, model_names, create_detection_model
+from tasks.layout_errors import choose_format
 from tasks.pretrained import load_pretrained
 from tasks.registry import register_task
 from tasks.sample_index import SampleIndex
@@ -68,7 +69,9 @@ class DetectionTask(DenseTask):
     def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn",
                  pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35, strict: bool = False,
-                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 format: str | None = None) -> None:
+        choose_format("detection", Path(data), format, {"coco": lambda root: True})  # the only layout: COCO's
         super().__init__(data, input_size, crop_size, min_scale, normalized=False,
                          scan_policy=ScanPolicy(strict, keep_damaged, max_image_pixels))
         self.timm_family = check_model_name("detection", model)

@@ -29,6 +29,7 @@ from tasks.coco import CocoSplit, boxes_from_corners, boxes_of, checked_images, 
 from tasks.dense_common import DenseTask, to_device
 from tasks.dense_metrics import COCO_KEYPOINT_SIGMAS, coco_keypoint_metrics
 from tasks.dense_models import check_model_name, model_names, create_pose_model
+from tasks.layout_errors import choose_format
 from tasks.registry import register_task
 from tasks.sample_index import SampleIndex
 
@@ -108,7 +109,9 @@ class PoseTask(DenseTask):
 
     def __init__(self, data: str | Path, model: str = "simplebaseline_resnet18", pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35, strict: bool = False,
-                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 format: str | None = None) -> None:
+        choose_format("pose", Path(data), format, {"coco": lambda root: True})  # the only layout: COCO's
         top_down = check_model_name("pose", model) is not None
         super().__init__(data, input_size, crop_size, min_scale, normalized=top_down,
                          scan_policy=ScanPolicy(strict, keep_damaged, max_image_pixels))

@@ -125,3 +125,11 @@ def test_grayscale_images_are_read_as_rgb(dataset, tmp_path):
     gray = batch["image"][files.index(str(first.with_suffix(".jpg")))]
     assert gray.shape[0] == 3 and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     assert len(task.host_targets(batch)[files.index(str(first.with_suffix(".jpg")))]["boxes"]) > 0
+
+
+def test_format_names_the_layouts_a_task_reads(dataset, run_cli):
+    status, _, err = run_cli("check-data", "--task", "detection", "--data", dataset, "--format", "voc")
+    assert status == 2 and "the detection task reads coco; not 'voc'" in err
+    status, out, err = run_cli("check-data", "--task", "detection", "--data", dataset, "--format", "coco")
+    assert status == 0, err
+    assert "val: 6 samples, 0 file(s) skipped" in out and "crowd_regions 1" in out and "images_without_boxes 1" in out

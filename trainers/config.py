@@ -69,7 +69,7 @@ class Config:
                               "hyper")
     format: str | None = _key(None, "dataset layout (default: detected from the folder). segmentation: folder, "
                               "cityscapes, voc, ade20k; depth: folder, kitti, nyu; action: folders, ucf101, hmdb51; "
-                              "detection / pose: coco", "hyper")
+                              "detection / pose: coco; classification: imagefolder", "hyper")
     splits: str | None = _key(None, "folder of split files: UCF101 (trainlist0N.txt, testlist0N.txt), HMDB51 "
                               "(<class>_test_splitN.txt), KITTI Eigen (train_files.txt, val_files.txt / "
                               "test_files.txt)", "hyper")
