@@ -113,7 +113,8 @@ def coco_keypoint_metrics(ground_truth: list[dict], predictions: list[dict],
     """COCO keypoint AP (OKS@[.5:.95]), AP50 and AP75 of predicted people against ground-truth people.
 
     One category (person) with K = len(sigmas) keypoints. A ground-truth person with no labelled
-    keypoint (all v == 0) is ignored, as COCO does. No prediction gives 0.0, no ground truth nan.
+    keypoint (all v == 0) is ignored, as COCO does, and so is a crowd region (``iscrowd`` 1). No prediction
+    gives 0.0, no ground truth nan.
     """
     num_keypoints = len(sigmas)
     annotations: list[dict] = []
@@ -124,7 +125,8 @@ def coco_keypoint_metrics(ground_truth: list[dict], predictions: list[dict],
         annotations.append({"id": len(annotations) + 1, "image_id": int(item["image_id"]), "category_id": 1,
                             "keypoints": keypoints.reshape(-1).tolist(),
                             "num_keypoints": int((keypoints[:, 2] > 0).sum()),
-                            "bbox": _numpy(item["bbox"]).tolist(), "area": float(item["area"]), "iscrowd": 0})
+                            "bbox": _numpy(item["bbox"]).tolist(), "area": float(item["area"]),
+                            "iscrowd": int(item.get("iscrowd", 0))})
     results: list[dict] = []
     for item in predictions:
         keypoints = _numpy(item["keypoints"], 3)

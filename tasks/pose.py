@@ -12,7 +12,8 @@ Keypoints (and box corners) follow the crop, flip and resize through `fn.coord_t
 flipped sample swaps its left / right keypoint ids (names ``left_*`` / ``right_*``). Targets are
 built from the batch's host values and moved to the device in one copy. Predictions are mapped
 back to the original image and scored by pycocotools against the JSON's keypoints (OKS AP, AP50,
-AP75; COCO's sigmas for its 17 keypoints, 0.05 otherwise).
+AP75; COCO's sigmas for its 17 keypoints, 0.05 otherwise). Crowd regions (``iscrowd: 1``) are never
+targets; they stay in the evaluation ground truth, where pycocotools ignores what matches them.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class KeypointAccumulator:
                 self.ground_truth.append({"image_id": image_id,
                                           "keypoints": batch["gt_keypoints"][sample, person].cpu().numpy(),
                                           "bbox": batch["gt_bbox"][sample, person].cpu().numpy(),
-                                          "area": float(batch["gt_area"][sample, person])})
+                                          "area": float(batch["gt_area"][sample, person]),
+                                          "iscrowd": int(batch["gt_crowd"][sample, person])})
         self.predictions += people
 
     def state(self) -> tuple[list, list]:
@@ -139,6 +141,7 @@ class PoseTask(DenseTask):
         aspect = self.geometry.width / self.geometry.height
         for image_id, (path, width, height) in images.items():
             boxes, people = boxes_of(coco.annotations[image_id], width, height, counts)
+            crowds = boxes_of(coco.annotations[image_id], width, height, counts, crowd=True)[1]
             keypoints = [np.asarray(p["keypoints"], np.float32).reshape(-1, 3) for p in people]
             if any(len(k) != self.num_keypoints for k in keypoints):
                 raise ValueError(f"{coco.json_path}: image {image_id} has a person without {self.num_keypoints} "
@@ -146,7 +149,7 @@ class PoseTask(DenseTask):
             counts["images_without_people"] += not people
             groups = [[i] for i, k in enumerate(keypoints) if (k[:, 2] > 0).any()] if self.top_down else [
                 list(range(len(people)))]
-            for group in groups:
+            for position, group in enumerate(groups):
                 files.append(path)
                 annotations.append({
                     "region": person_region(people[group[0]]["bbox"], aspect) if self.top_down else None,
@@ -155,24 +158,30 @@ class PoseTask(DenseTask):
                     "visibility": np.concatenate([keypoints[i][:, 2] for i in group]).astype(np.int64)
                     if group else np.zeros(0, np.int64),
                 })
-                truth.append((image_id, [(keypoints[i], people[i]["bbox"], float(people[i].get("area", 0.0)))
-                                         for i in group]))
+                crowd_truth = [(np.zeros((self.num_keypoints, 3), np.float32), crowd["bbox"],
+                                float(crowd.get("area", 0.0)), True) for crowd in crowds] if position == 0 else []
+                truth.append((image_id, [(keypoints[i], people[i]["bbox"], float(people[i].get("area", 0.0)), False)
+                                         for i in group] + crowd_truth))
         if not files:
             raise ValueError(f"{coco.json_path} has no person with a labelled keypoint")
         return SampleIndex(split, files, self._truth_tensors(truth), skipped, annotations=annotations, counts=counts)
 
     def _truth_tensors(self, truth: list[tuple[int, list]]) -> dict[str, torch.Tensor]:
-        """Original keypoints, boxes and areas per sample, padded to the most people in a sample."""
+        """Original keypoints, boxes, areas and crowd flags per sample, padded to the most people in a
+        sample. An image's crowd regions ride with its first sample: evaluation ground truth, never targets."""
         most = max(1, max(len(people) for _, people in truth))
         keypoints = torch.zeros(len(truth), most, self.num_keypoints, 3)
         bbox, area = torch.zeros(len(truth), most, 4), torch.zeros(len(truth), most)
+        crowd = torch.zeros(len(truth), most, dtype=torch.bool)
         for sample, (_, people) in enumerate(truth):
-            for person, (points, box, size) in enumerate(people):
+            for person, (points, box, size, is_crowd) in enumerate(people):
                 keypoints[sample, person] = torch.from_numpy(points)
                 bbox[sample, person] = torch.tensor(box, dtype=torch.float32)
                 area[sample, person] = size or box[2] * box[3]
+                crowd[sample, person] = is_crowd
         return {"image_id": torch.tensor([image_id for image_id, _ in truth]), "gt_keypoints": keypoints,
-                "gt_bbox": bbox, "gt_area": area, "gt_count": torch.tensor([len(people) for _, people in truth])}
+                "gt_bbox": bbox, "gt_area": area, "gt_crowd": crowd,
+                "gt_count": torch.tensor([len(people) for _, people in truth])}
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         annotation = index.annotations[position]

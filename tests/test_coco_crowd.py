@@ -133,3 +133,42 @@ def test_format_names_the_layouts_a_task_reads(dataset, run_cli):
     status, out, err = run_cli("check-data", "--task", "detection", "--data", dataset, "--format", "coco")
     assert status == 0, err
     assert "val: 6 samples, 0 file(s) skipped" in out and "crowd_regions 1" in out and "images_without_boxes 1" in out
+
+
+def test_pose_crowd_regions_are_ignored_as_pycocotools_does(tmp_path):
+    """Keypoint AP with a prediction inside a crowd region: ignored as pycocotools run by hand on the
+    JSON ignores it (the crowd rides along as ground truth), not a false positive."""
+    from tasks.pose import PoseTask
+
+    root = make_synthetic("pose", tmp_path / "pose", train=1, val=3, height=96, width=80)
+    json_path = root / "annotations" / "person_keypoints_val.json"
+    coco = json.loads(json_path.read_text())
+    crowd_image = coco["images"][0]["id"]
+    coco["annotations"].append({"id": 9999, "image_id": crowd_image, "category_id": 1, "bbox": [2.0, 2.0, 20.0, 30.0],
+                                "area": 600.0, "iscrowd": 1, "num_keypoints": 0, "keypoints": [0] * 51,
+                                "segmentation": {}})
+    json_path.write_text(json.dumps(coco))
+    task = PoseTask(root, input_size="64x48")
+    index = task.sample_index("val")
+    batch = next(iter(task.batches(index, training=False, spec=parse_quality_spec("none"),
+                                   runtime=PipelineRuntime(batch_size=len(index)))))
+    keypoints = torch.stack([person["keypoints"][0] for person in task.people(batch)])
+    accumulator = task.metric_accumulator()
+    accumulator.update(task.heatmaps(keypoints, (16, 12), 4.0), batch)
+    in_crowd = np.zeros((17, 3), np.float32)
+    in_crowd[:, 0], in_crowd[:, 1], in_crowd[:, 2] = np.linspace(4, 20, 17), np.linspace(4, 30, 17), 1
+    accumulator.predictions.append({"image_id": crowd_image, "keypoints": in_crowd, "score": 2.0})
+    truth, predictions = accumulator.state()
+    assert sum(person["iscrowd"] for person in truth) == 1
+    found = accumulator.compute([accumulator.state()])
+    results = [{"image_id": p["image_id"], "category_id": 1, "keypoints": np.asarray(p["keypoints"]).ravel().tolist(),
+                "score": float(p["score"])} for p in predictions]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(str(json_path))
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), "keypoints")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert found["oks_ap"] == pytest.approx(float(evaluation.stats[0]), abs=1e-6)
+    without_crowd = accumulator.compute([([p for p in truth if not p["iscrowd"]], predictions)])
+    assert without_crowd["oks_ap"] < found["oks_ap"] - 0.01
