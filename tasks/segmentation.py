@@ -1,11 +1,26 @@
-"""Semantic segmentation: image folder + class-id mask PNGs (VOC / Cityscapes style), mIoU.
+"""Semantic segmentation in four layouts (`tasks.segmentation_layouts`), mIoU.
 
-Layout: ``DATA/images/<split>/X.jpg|png`` with ``DATA/masks/<split>/X.png``, one mask per image,
-same size, pixel values = class ids, 255 = ignore (mode "L", or a palette PNG whose indices are
-the ids, as VOC ships them). Classes: ``DATA/classes.txt`` (one name per line, in id order), or
-``--num_classes``. Models: torchvision ``deeplabv3_resnet50``, ``fcn_resnet50``,
-``lraspp_mobilenet_v3_large`` or ``unet_<timm encoder>``. Metrics: mIoU and pixel accuracy from
-an exact confusion matrix summed over every rank.
+Layouts (``--format``; detected from the folder when not given, ``folder`` first):
+
+- ``folder``: ``DATA/images/<split>/X.jpg|png`` with ``DATA/masks/<split>/X.png``, one mask per image,
+  same size, pixel values = class ids, 255 = ignore (mode "L" or a palette PNG whose indices are the
+  ids); class names in ``DATA/classes.txt`` (one a line, in id order), or ``--num_classes``.
+- ``cityscapes``: ``DATA/leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png`` with
+  ``DATA/gtFine/{train,val}/<city>/<stem>_gtFine_labelTrainIds.png`` where present, else
+  ``<stem>_gtFine_labelIds.png`` mapped to the 19 train ids by cityscapesScripts' table (255 = ignore);
+  ``--mask_folder gtCoarse`` reads ``gtCoarse/.../<stem>_gtCoarse_labelIds.png``.
+- ``voc``: ``DATA[/VOCdevkit][/VOC2012]/JPEGImages/<name>.jpg`` with ``SegmentationClass/<name>.png``
+  (palette PNGs, 21 classes, 255 boundary = ignore), split by ``ImageSets/Segmentation/{train,val}.txt``;
+  ``--mask_folder SegmentationClassAug`` trains on SBD's labels (``trainaug.txt`` / ``train_aug.txt``, or
+  ``train.txt`` + ``aug.txt``).
+- ``ade20k``: ``DATA[/ADEChallengeData2016]/images/{training,validation}/*.jpg`` with
+  ``annotations/{training,validation}/*.png`` (mode L, 0 = other); ``--reduce_zero_label`` (default on
+  here) makes 0 ignore and k class k-1: 150 classes, named by ``objectInfo150.txt`` when present.
+
+Labels are decoded per sample in `load_targets` through one 256-entry lookup table per layout; a value
+the layout does not define, or an RGB label PNG, stops the run naming the file. Models: torchvision
+``deeplabv3_resnet50``, ``fcn_resnet50``, ``lraspp_mobilenet_v3_large`` or ``unet_<timm encoder>``.
+Metrics: mIoU and pixel accuracy from an exact confusion matrix summed over every rank.
 """
 
 from __future__ import annotations
@@ -16,31 +31,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from dali_pipes.dense import DenseLayout
 from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
-from tasks.dense_common import DenseTask, paired_files, scan_pairs
+from tasks.dense_common import DenseTask, scan_pairs
 from tasks.dense_metrics import ConfusionMatrix
 from tasks.dense_models import check_model_name, model_names, create_segmentation_model
+from tasks.layout_errors import choose_format
 from tasks.registry import register_task
 from tasks.sample_index import SampleIndex
+from tasks.segmentation_layouts import DETECTORS, IGNORE_INDEX, LabelTable, decode_labels, id_table, open_layout, \
+    read_label_png
 
-IGNORE_INDEX = 255
 
-
-def read_mask(path: str, num_classes: int) -> np.ndarray:
-    """Class ids of a mask PNG as uint8 HxW; an RGB mask or an id beyond the classes is an error naming it."""
-    with Image.open(path) as mask:
-        if mask.mode not in ("L", "P"):
-            raise ValueError(f"mask {path} is mode {mask.mode}; expected class ids (mode L or a palette PNG)")
-        ids = np.asarray(mask, dtype=np.uint8)
-    present = np.unique(ids)
-    beyond = present[(present >= num_classes) & (present != IGNORE_INDEX)]
-    if beyond.size:
-        raise ValueError(f"mask {path} holds class id {int(beyond[0])}, beyond the {num_classes} classes "
-                         f"(ids 0..{num_classes - 1}, {IGNORE_INDEX} = ignore)")
-    return ids
+def read_mask(path: str, num_classes: int, table: LabelTable | None = None) -> np.ndarray:
+    """Class ids of a label PNG as uint8 HxW, its values decoded by `table` (default: they are the ids
+    0..num_classes-1, 255 = ignore); an RGB PNG or a value the table does not define names the file."""
+    return decode_labels(read_label_png(path), table or id_table(num_classes), path)
 
 
 class ConfusionAccumulator:
@@ -73,35 +80,58 @@ class SegmentationTask(DenseTask):
     def __init__(self, data: str | Path, model: str = "unet_resnet18", pretrained: str | None = None,
                  num_classes: int | None = None, input_size: str | None = None, crop_size: int = 224,
                  min_scale: float = 0.35, label_smoothing: float = 0.0, strict: bool = False,
-                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 format: str | None = None, mask_folder: str | None = None,
+                 reduce_zero_label: bool | None = None) -> None:
         super().__init__(data, input_size, crop_size, min_scale,
                          scan_policy=ScanPolicy(strict, keep_damaged, max_image_pixels))
-        names_file = self.root / "classes.txt"
-        self.classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] \
-            if names_file.is_file() else []
-        if not self.classes and num_classes is None:
-            raise ValueError(f"config key 'num_classes': {names_file} does not exist, so give the number of classes")
-        self.num_classes = num_classes or len(self.classes)
-        if self.num_classes < len(self.classes):
-            raise ValueError(f"num_classes {self.num_classes} is below the {len(self.classes)} names of {names_file}")
+        self.format = choose_format("segmentation", self.root, format, DETECTORS)
+        self.dataset_layout = open_layout(self.format, self.root, mask_folder)
+        self.reduce_zero_label = reduce_zero_label if reduce_zero_label is not None \
+            else self.dataset_layout.reduce_zero_label
+        self.classes, self.num_classes = self._classes(num_classes)
+        self.tables = self.dataset_layout.tables(self.num_classes, self.reduce_zero_label)
         self.model_name, self.pretrained, self.label_smoothing = model, pretrained, label_smoothing
         check_model_name("segmentation", model)
+
+    def _classes(self, num_classes: int | None) -> tuple[list[str], int]:
+        """Class names (the layout's, less id 0's with `reduce_zero_label`) and the class count."""
+        names, source = self.dataset_layout.stored_names()
+        if not names and num_classes is None:
+            raise ValueError(f"config key 'num_classes': {source} does not exist, so give the number of classes")
+        if self.reduce_zero_label:
+            names = names[1:]
+        count = num_classes or len(names)
+        if count < len(names):
+            raise ValueError(f"config key 'num_classes': {count} is below the {len(names)} names of {source}")
+        if count > IGNORE_INDEX - int(self.reduce_zero_label):
+            raise ValueError(f"config key 'num_classes': {count} classes do not fit 8-bit label PNGs, where "
+                             f"{IGNORE_INDEX} is ignore")
+        return names, count
+
+    def has_split(self, split: str) -> bool:
+        return self.dataset_layout.has_split(split)
 
     def sample_index(self, split: str) -> SampleIndex:
         """Image / mask pairs of `split` that pass the scan (a bad image or mask file skips the pair);
         a mask whose size differs from its image is an error naming it."""
-        pairs, scan = scan_pairs(paired_files(self.root, split, "masks", (".png",)), self.scan_policy)
+        samples = self.dataset_layout.samples(split)
+        table_of = {sample.mask: sample.table for sample in samples}
+        pairs, scan = scan_pairs([(sample.image, sample.mask) for sample in samples], self.scan_policy)
         for image, mask in pairs:
             if scan.sizes[image] != scan.sizes[mask]:
                 raise ValueError(f"mask {mask} is {'x'.join(map(str, scan.sizes[mask]))}, its image {image} "
                                  f"{'x'.join(map(str, scan.sizes[image]))}")
         if not pairs:
-            raise ValueError(f"dataset split {self.root / 'images' / split} has no readable image / mask pair")
+            raise ValueError(f"dataset split {self.dataset_layout.split_folder(split)} has no readable image / mask "
+                             f"pair")
         return SampleIndex(split, [image for image, _ in pairs], {}, scan.skipped,
-                           annotations=[{"mask": m} for _, m in pairs])
+                           annotations=[{"mask": mask, "table": table_of[mask]} for _, mask in pairs])
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
-        return {"mask": read_mask(index.annotations[position]["mask"], self.num_classes)}
+        """The class ids of one sample's label file, decoded by its layout's lookup table."""
+        annotation = index.annotations[position]
+        return {"mask": read_mask(annotation["mask"], self.num_classes, self.tables[annotation["table"]])}
 
     def create_model(self) -> torch.nn.Module:
         """The named model; `pretrained` is a weights file of its encoder / backbone (a classifier's will do)."""
