@@ -88,7 +88,8 @@ class Config:
     min_scale: float = _key(0.35, "dense tasks: train crop's smallest area, as a fraction of the image (pose: of "
                             "the person box)", "hyper", above=0, at_most=1)
     min_depth: float = _key(1e-3, "depth: smallest valid depth in metres", "hyper", above=0)
-    max_depth: float = _key(80.0, "depth: largest valid depth in metres (prediction clamped to it)", "hyper", above=0)
+    max_depth: float | None = _key(None, "depth: largest valid depth in metres, prediction clamped to it (default from "
+                                   "the layout: folder and kitti 80, nyu 10)", "hyper", above=0)
     eigen_crop: bool = _key(False, "depth: evaluate inside the Garg/Eigen KITTI crop only", "hyper")
     depth_scale: float | None = _key(None, "depth: 16-bit PNG value per metre (default from the layout: kitti and "
                                      "folder 256, nyu 1000)", "hyper", above=0)
