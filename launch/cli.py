@@ -157,11 +157,13 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     transcode.add_argument("--fps", default="25", help="frame rate given to image sequences")
     transcode.add_argument("--workers", type=int, default=None, help="clips encoded in parallel (default: cores)")
     synthetic = commands.add_parser(
-        "make-synthetic", help="write a small dataset in a dense task's real format (to check an install)",
-        description="Shapes with known boxes, masks and keypoints, and rendered depth, with fine textures that "
-                    "compression visibly hurts, written as PNGs in the task's real on-disk format: COCO JSON "
-                    "(detection, pose), image + mask PNG folders (segmentation), image + 16-bit depth PNGs "
-                    "(depth). Written to a temporary folder and renamed when whole.",
+        "make-synthetic", help="write a small dataset in a real dataset's on-disk layout (to check an install)",
+        description="Shapes with known boxes, masks and keypoints, rendered depth, and short moving-shape videos, "
+                    "with fine textures that compression visibly hurts, written file for file in a real "
+                    "dataset's layout (--format): COCO JSON (detection, pose); image + mask folders, Cityscapes, "
+                    "Pascal VOC 2012 or ADE20K (segmentation); image + 16-bit depth folders, KITTI depth or "
+                    "NYU Depth v2 (depth); UCF101 or HMDB51 with their split files (action). Written to a "
+                    "temporary folder and renamed when whole.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     synthetic.add_argument("--task", required=True, choices=("detection", "segmentation", "pose", "depth", "action"))
@@ -287,8 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             out = make_synthetic(args.task, args.out, format=args.format, train=args.train, val=args.val,
                                  height=height, width=width, seed=args.seed)
             layout = f" --format {args.format}" if args.format else ""
-            print(f"wrote a synthetic {args.task} dataset to {out}; try: codecloop experiment --task {args.task} "
-                  f"--data {out}{layout} --input_size {args.size} --max_steps 100")
+            if args.task == "action":
+                from tasks.synthetic_action import run_hint
+
+                print(f"wrote a synthetic action dataset to {out}; try: {run_hint(out, args.format)}")
+            else:
+                print(f"wrote a synthetic {args.task} dataset to {out}; try: codecloop experiment --task {args.task} "
+                      f"--data {out}{layout} --input_size {args.size} --max_steps 100")
         elif args.command == "report":
             from trainers.protocol import rebuild_report
 
