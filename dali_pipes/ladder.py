@@ -349,19 +349,26 @@ def _settings(src: Path, dst: Path, crfs: list[int], preset: str, keyint: int, f
             "command": shlex.join(command)}
 
 
-def _exit_with_parent() -> None:
-    """Pool worker initializer: when `transcode`'s process is killed, its workers exit too (a worker
-    would otherwise wait for jobs forever, orphaned): the fork server they come from exits with
-    `transcode`'s process, and they are re-parented. A rung in flight is lost whole: files are
-    renamed into place only when complete."""
-    parent = os.getppid()
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (exists and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
+
+def _exit_with(transcode_pid: int) -> None:
+    """Pool worker initializer: when `transcode`'s process is killed, its workers exit too. Nothing else
+    would end them: a worker waits for jobs forever, its parent is the fork server, not `transcode`'s
+    process, and it holds the fork server's liveness pipe, so the fork server waits for it in turn.
+    A rung in flight is lost whole: files are renamed into place only when complete."""
     def watch() -> None:
-        while os.getppid() == parent:
+        while _alive(transcode_pid):
             time.sleep(0.5)
         os._exit(1)
 
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    threading.Thread(target=watch, name="exit-with-transcode", daemon=True).start()
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -409,7 +416,8 @@ def transcode(src: Path, dst: Path, crfs: Sequence[int] = DEFAULT_LADDER, preset
     threads = 1 if workers > 1 else 0
     report = TranscodeReport(dst, clips=len(clips))
     report.skipped_existing = sum(_rung_paths(dst, c.clip, crf)[1].is_file() for c in clips for crf in crfs)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_exit_with_parent)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_exit_with,
+                               initargs=(os.getpid(),))
     with pool, tqdm(total=len(clips), unit="clip", desc="transcode", disable=not progress) as bar:
         jobs = {pool.submit(_transcode_job, clip, dst, crfs, preset, keyint, fps, threads): clip for clip in clips}
         for job in as_completed(jobs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -151,12 +152,13 @@ def test_unreadable_and_empty_sources_are_skipped_and_listed(tmp_path):
     assert not list((tmp_path / "ladder").rglob("*.tmp-*"))
 
 
-def _processes_naming(path: Path) -> list[int]:
-    """Live (not zombie) processes whose command line holds `path`."""
+def _processes_tagged(tag: str) -> list[int]:
+    """Live (not zombie) processes started with ``CODECLOOP_TEST_TAG=tag`` in their environment: a process
+    and everything it started, fork server and pool workers included."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and str(path).encode() in (entry / "cmdline").read_bytes() \
+            if entry.name.isdigit() and f"CODECLOOP_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes() \
                     and ") Z " not in (entry / "stat").read_text():
                 found.append(int(entry.name))
         except OSError:
@@ -169,7 +171,9 @@ def test_killed_transcode_reruns_to_a_whole_ladder(tmp_path):
         write_video(tmp_path / "src" / f"clip{index}.mp4", moving_frames(60, 128, 96, seed=index))
     command = [sys.executable, "-m", "launch.cli", "transcode", "--src", str(tmp_path / "src"),
                "--dst", str(tmp_path / "ladder"), "--crfs", "0,23,40", "--workers", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tag = str(tmp_path)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "CODECLOOP_TEST_TAG": tag})
     deadline = time.monotonic() + 120
     while not list((tmp_path / "ladder").rglob("crf*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -177,10 +181,11 @@ def test_killed_transcode_reruns_to_a_whole_ladder(tmp_path):
     process.wait()
     done = len(list((tmp_path / "ladder").rglob("crf*.json")))
     assert 0 < done < 18, "the kill should land half-way"
-    deadline = time.monotonic() + 10  # its encoding worker does not outlive it
-    while _processes_naming(tmp_path / "ladder") and time.monotonic() < deadline:
+    assert _processes_tagged(tag), "its fork server and worker are found while they wind down"
+    deadline = time.monotonic() + 10  # neither its fork server nor its encoding worker outlives it
+    while _processes_tagged(tag) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _processes_naming(tmp_path / "ladder")
+    assert not _processes_tagged(tag)
     assert subprocess.run(command, capture_output=True).returncode == 0
     ladder = load_ladder(tmp_path / "ladder")
     assert sorted(ladder.rungs) == [f"clip{i}" for i in range(6)] and ladder.crfs() == [0, 23, 40]
