@@ -20,9 +20,9 @@ from pathlib import Path
 import nvidia.dali
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipes.codec import jpeg_stage
-from dali_pipes.fidelity import cpu_model, write_photo_jpegs
-from dali_pipes.pipelines import ImageGeometry, normalize, resize_window, train_geometry, train_window
+from codecloop.dali_pipes.codec import jpeg_stage
+from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
+from codecloop.dali_pipes.pipelines import ImageGeometry, normalize, resize_window, train_geometry, train_window
 
 GEOMETRY = ImageGeometry(crop_size=224)
 

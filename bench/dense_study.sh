@@ -12,7 +12,7 @@ COMMON=(--wandb disabled --progress false --batch_size 8 --eval_every 0)
 # task model input_size baseline_epochs retrain_epochs extra options
 # (detection starts from the ImageNet EfficientNet-Lite0 weights shipped in a pip package: from
 # random weights no detector learns enough in CPU minutes to sweep)
-LITE0=$(python -c "from tasks.pretrained import packaged_efficientnet_lite0_path as p; print(p())")
+LITE0=$(python -c "from codecloop.tasks.pretrained import packaged_efficientnet_lite0_path as p; print(p())")
 SGD="--optimizer sgd --weight_decay 1e-4 --warmup_steps 20"
 RUNS=(
   "segmentation unet_resnet18 96x128 25 10"
@@ -29,19 +29,19 @@ RUNS=(
 for run in "${RUNS[@]}"; do
   read -r task model size epochs retrain_epochs extra <<<"$run"
   data="$OUT/data/$task"
-  [ -d "$data" ] || python -m launch.cli make-synthetic --task "$task" --out "$data" --train 64 --val 16
+  [ -d "$data" ] || python -m codecloop make-synthetic --task "$task" --out "$data" --train 64 --val 16
   base=(--task "$task" --model "$model" --data "$data" --input_size "$size" "${COMMON[@]}")
   # shellcheck disable=SC2206
   options=($extra)
   dir="$OUT/$task-$model"
   if [ ! -f "$dir/baseline/model.safetensors" ]; then
     rm -rf "$dir/baseline"
-    python -m launch.cli train "${base[@]}" "${options[@]}" --epochs "$epochs" --out "$dir/baseline"
+    python -m codecloop train "${base[@]}" "${options[@]}" --epochs "$epochs" --out "$dir/baseline"
   fi
   for codec in jpeg h264; do
     [ -f "$dir/$codec/recovery.csv" ] && continue
     rm -rf "$dir/$codec"
-    python -m launch.cli experiment "${base[@]}" "${options[@]}" --checkpoint "$dir/baseline" --codec "$codec" \
+    python -m codecloop experiment "${base[@]}" "${options[@]}" --checkpoint "$dir/baseline" --codec "$codec" \
       --retrain_epochs "$retrain_epochs" --retrain_quality 5-95 --retrain_crf 18-51 --retrain_clean_prob 0.1 --out "$dir/$codec"
   done
 done

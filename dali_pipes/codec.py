@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipes.quality import CLEAN_QUALITY, MAX_QUALITY, MIN_QUALITY, QualitySpec
+from codecloop.dali_pipes.quality import CLEAN_QUALITY, MAX_QUALITY, MIN_QUALITY, QualitySpec
 
 
 def jpeg_stage(images, quality):

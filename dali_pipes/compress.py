@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from dali_pipes.reference import JPEG_SAVE_OPTIONS, check_quality
+from codecloop.dali_pipes.reference import JPEG_SAVE_OPTIONS, check_quality
 
 __all__ = ["IMAGE_SUFFIXES", "CompressReport", "compress_dataset"]
 

@@ -27,13 +27,13 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
-from dali_pipes.codec import jpeg_stage
-from dali_pipes.crf import CLEAN_CRF, CrfSpec
-from dali_pipes.feeder import FedBatches, ShardedFeeder
-from dali_pipes.h264_image import h264_intra_roundtrip
-from dali_pipes.iterator import nchw
-from dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
-from dali_pipes.quality import CLEAN_QUALITY, QualitySpec
+from codecloop.dali_pipes.codec import jpeg_stage
+from codecloop.dali_pipes.crf import CLEAN_CRF, CrfSpec
+from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
+from codecloop.dali_pipes.h264_image import h264_intra_roundtrip
+from codecloop.dali_pipes.iterator import nchw
+from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
+from codecloop.dali_pipes.quality import CLEAN_QUALITY, QualitySpec
 
 Box = tuple[float, float, float, float]
 TargetLoader = Callable[[int], Mapping[str, np.ndarray]]

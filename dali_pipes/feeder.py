@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from dali_pipes.validate import decode_failure, record_pipeline_failure
+from codecloop.dali_pipes.validate import decode_failure, record_pipeline_failure
 
 
 class ShardedFeeder:

@@ -5,7 +5,7 @@ wrong thing. This module runs both on the colour photographs shipped inside scik
 scikit-learn (no downloads) and tabulates PSNR against the original and the mean absolute
 difference between the two outputs (DALI's own bound is < 5).
 
-    python -m dali_pipes.fidelity --device cpu --out bench/fidelity_cpu.md
+    python -m codecloop.dali_pipes.fidelity --device cpu --out bench/fidelity_cpu.md
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import skimage.data
 from PIL import features
 from sklearn.datasets import load_sample_images
 
-from dali_pipes.codec import jpeg_roundtrip
-from dali_pipes.reference import mean_abs_diff, psnr, reference_jpeg_roundtrip
+from codecloop.dali_pipes.codec import jpeg_roundtrip
+from codecloop.dali_pipes.reference import mean_abs_diff, psnr, reference_jpeg_roundtrip
 
 __all__ = ["DEFAULT_QUALITIES", "fidelity_table", "format_markdown", "main", "packaged_photos"]
 
@@ -184,7 +184,7 @@ def _qualities(text: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure the fidelity table, print it and optionally write it to ``--out``."""
-    parser = argparse.ArgumentParser(prog="python -m dali_pipes.fidelity", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m codecloop.dali_pipes.fidelity", description=__doc__)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--qualities", type=_qualities, default=DEFAULT_QUALITIES)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")

@@ -24,12 +24,12 @@ import torch
 from nvidia.dali import fn, pipeline_def
 from PIL import Image
 
-from dali_pipes.crf import CLEAN_CRF, LOSSLESS_CRF, MAX_CRF, MIN_CRF, CrfSpec
-from dali_pipes.feeder import FedBatches, ShardedFeeder
-from dali_pipes.ladder import SWSCALE_THREADS, Ladder
-from dali_pipes.iterator import nchw
-from dali_pipes.pipelines import ImageGeometry, normalize, on_device
-from dali_pipes.video import decode_frames, require_nvdec
+from codecloop.dali_pipes.crf import CLEAN_CRF, LOSSLESS_CRF, MAX_CRF, MIN_CRF, CrfSpec
+from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
+from codecloop.dali_pipes.iterator import nchw
+from codecloop.dali_pipes.pipelines import ImageGeometry, normalize, on_device
+from codecloop.dali_pipes.video import decode_frames, require_nvdec
 
 LadderFrame = tuple[str, int]
 

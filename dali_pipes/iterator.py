@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from dali_pipes.pipelines import CODEC_PLACEMENTS, READER_NAME, ImageGeometry, image_pipeline, sweep_pipeline
-from dali_pipes.quality import QualitySpec
+from codecloop.dali_pipes.pipelines import CODEC_PLACEMENTS, READER_NAME, ImageGeometry, image_pipeline, sweep_pipeline
+from codecloop.dali_pipes.quality import QualitySpec
 
 
 def nchw(images: torch.Tensor, channels_last: bool) -> torch.Tensor:

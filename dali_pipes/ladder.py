@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dali_pipes.crf import DEFAULT_LADDER, LOSSLESS_CRF, MAX_CRF, MIN_CRF
+from codecloop.dali_pipes.crf import DEFAULT_LADDER, LOSSLESS_CRF, MAX_CRF, MIN_CRF
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv",
                             ".wmv", ".ts", ".3gp", ".ogv"})

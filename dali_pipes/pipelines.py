@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import nvidia.dali.math as dali_math
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipes.codec import jpeg_codec, jpeg_stage
-from dali_pipes.quality import QualitySpec
+from codecloop.dali_pipes.codec import jpeg_codec, jpeg_stage
+from codecloop.dali_pipes.quality import QualitySpec
 
 READER_NAME = "Reader"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

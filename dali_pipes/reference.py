@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from dali_pipes.quality import MAX_QUALITY, MIN_QUALITY
+from codecloop.dali_pipes.quality import MAX_QUALITY, MIN_QUALITY
 
 __all__ = [
     "JPEG_SAVE_OPTIONS",

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipes.crf import CrfSpec
-from dali_pipes.feeder import FedBatches, ShardedFeeder
-from dali_pipes.ladder import SWSCALE_THREADS, Ladder
-from dali_pipes.pipelines import on_device
+from codecloop.dali_pipes.crf import CrfSpec
+from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
+from codecloop.dali_pipes.pipelines import on_device
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dali_pipes.crf import DEFAULT_LADDER, parse_crf_levels
-from dali_pipes.validate import BadImageError
-from trainers.checkpoint import DiskFullError
-from trainers.config import Config, coerce, config_keys, load_yaml, range_text
+from codecloop.dali_pipes.crf import DEFAULT_LADDER, parse_crf_levels
+from codecloop.dali_pipes.validate import BadImageError
+from codecloop.trainers.checkpoint import DiskFullError
+from codecloop.trainers.config import Config, coerce, config_keys, load_yaml, range_text
 
 CONFIG_COMMANDS = {
     "train": "train or fine-tune a task model with the codec (JPEG or H.264) in the loop",
@@ -30,7 +30,7 @@ EXAMPLES = """examples:
   codecloop sweep --data ~/imagenette --model resnet50 --checkpoint runs/train-X --levels 5,10,15,30,50
   codecloop experiment --config launch/configs/classification.yaml --data ~/imagenette --retrain_quality 5,10,15
   codecloop experiment --grid launch/grids/segmentation_families.yaml --data ~/voc --out runs/grid-seg
-  accelerate launch --config_file launch/accelerate/single_node_multi_gpu.yaml -m launch.cli train ...
+  accelerate launch --config_file launch/accelerate/single_node_multi_gpu.yaml -m codecloop train ...
 """
 
 
@@ -48,7 +48,7 @@ def model_help(task_name: str) -> str:
     """The ``--model`` help of one task: its model names and default."""
     import inspect
 
-    from tasks import get_task_class
+    from codecloop.tasks import get_task_class
 
     task_class = get_task_class(task_name)
     default = inspect.signature(task_class.__init__).parameters["model"].default
@@ -88,7 +88,7 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         "still run, and the exit status is then 2.")
     group.add_argument("--grid", metavar="FILE.yaml", default=None, help="grid file to expand and run")
     group.add_argument("--launcher", default=None,
-                       help="with --grid: run each cell as `LAUNCHER -m launch.cli experiment ...`, e.g. "
+                       help="with --grid: run each cell as `LAUNCHER -m codecloop experiment ...`, e.g. "
                             "'torchrun --nproc_per_node 8' (default: the grid file's launcher, else in this "
                             "process; none: in this process)")
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "grid", None):
-            from trainers.grid import run_grid
+            from codecloop.trainers.grid import run_grid
 
             if args.config:
                 raise ValueError("--config and --grid: name the base config file as `config:` in the grid file")
@@ -249,24 +249,24 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "launcher", None):
             raise ValueError("--launcher goes with --grid")
         if args.command == "check-data":
-            from trainers.commands import check_data
+            from codecloop.trainers.commands import check_data
 
             return check_data(config_from_args(args))
         if args.command in CONFIG_COMMANDS:
-            from trainers.commands import run_command
+            from codecloop.trainers.commands import run_command
 
             run_command(args.command, config_from_args(args))
         elif args.command == "demo":
-            from trainers.demo import run_demo
+            from codecloop.trainers.demo import run_demo
 
             out = args.out or ("runs/demo-h264" if args.codec == "h264" else "runs/demo")
             run_demo(Path(out), retrain_steps=args.retrain_steps, wandb=args.wandb, codec=args.codec)
         elif args.command == "compress":
-            from dali_pipes.compress import compress_dataset
+            from codecloop.dali_pipes.compress import compress_dataset
 
             print(compress_dataset(args.src, args.dst, args.quality, workers=args.workers).summary())
         elif args.command == "transcode":
-            from dali_pipes.ladder import transcode
+            from codecloop.dali_pipes.ladder import transcode
 
             result = transcode(args.src, args.dst, crfs=parse_crf_levels(args.crfs), preset=args.preset,
                                keyint=args.keyint, fps=args.fps, workers=args.workers)
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipped {source}: {reason}", file=sys.stderr)
             print(result.summary())
         elif args.command == "bench":
-            from trainers.bench import run_bench
+            from codecloop.trainers.bench import run_bench
 
             run_bench(args.mode, codec=args.codec, data=args.data, images=args.images, batch_size=args.batch_size,
                       crop=args.crop, quality=args.quality, crf=args.crf, frames=args.frames,
@@ -282,22 +282,22 @@ def main(argv: list[str] | None = None) -> int:
                       precision=args.precision, workers=args.workers, threads=args.threads,
                       contenders=args.contenders.split(",") if args.contenders else None, out=args.out)
         elif args.command == "make-synthetic":
-            from tasks.dense_common import parse_input_size
-            from tasks.synthetic import make_synthetic
+            from codecloop.tasks.dense_common import parse_input_size
+            from codecloop.tasks.synthetic import make_synthetic
 
             height, width = parse_input_size(args.size, 0)
             out = make_synthetic(args.task, args.out, format=args.format, train=args.train, val=args.val,
                                  height=height, width=width, seed=args.seed)
             layout = f" --format {args.format}" if args.format else ""
             if args.task == "action":
-                from tasks.synthetic_action import run_hint
+                from codecloop.tasks.synthetic_action import run_hint
 
                 print(f"wrote a synthetic action dataset to {out}; try: {run_hint(out, args.format)}")
             else:
                 print(f"wrote a synthetic {args.task} dataset to {out}; try: codecloop experiment --task {args.task} "
                       f"--data {out}{layout} --input_size {args.size} --max_steps 100")
         elif args.command == "report":
-            from trainers.protocol import rebuild_report
+            from codecloop.trainers.protocol import rebuild_report
 
             rebuild_report(args.run_dir, args.metric)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NotImplementedError,

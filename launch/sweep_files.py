@@ -6,7 +6,7 @@ parameter and each ``${envvar:NAME}`` replaced by that environment variable. So 
 must be a codecloop config key, and every value the file lists (or a range's ``min`` and ``max``)
 must parse and validate for the command's subcommand, on top of the command's fixed flags::
 
-    python -m launch.sweep_files launch/sweeps/*.yaml
+    python -m codecloop.launch.sweep_files launch/sweeps/*.yaml
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 
-from launch.cli import CONFIG_COMMANDS, build_parser, config_from_args
-from trainers.config import coerce, config_keys, read_yaml_mapping
+from codecloop.launch.cli import CONFIG_COMMANDS, build_parser, config_from_args
+from codecloop.trainers.config import coerce, config_keys, read_yaml_mapping
 
 PROGRAM = "codecloop"
 ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     """Check each sweep file named; status 2 at the first bad one."""
     paths = sys.argv[1:] if argv is None else argv
     if not paths:
-        print("usage: python -m launch.sweep_files SWEEP.yaml [SWEEP.yaml ...]", file=sys.stderr)
+        print("usage: python -m codecloop.launch.sweep_files SWEEP.yaml [SWEEP.yaml ...]", file=sys.stderr)
         return 2
     for path in paths:
         try:

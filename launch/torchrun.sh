@@ -8,7 +8,7 @@
 #   NNODES=4 MASTER_ADDR=node001 bash launch/torchrun.sh train ... --out runs/r50
 # which runs, on each node,
 #   python -m torch.distributed.run --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d \
-#       --rdzv_endpoint node001:29500 --rdzv_id codecloop -m launch.cli train ... --out runs/r50
+#       --rdzv_endpoint node001:29500 --rdzv_id codecloop -m codecloop train ... --out runs/r50
 #
 # Settings (SLURM's variables are used when present; see launch/slurm/codecloop.sbatch):
 #   NNODES          nodes in the job             default: $SLURM_NNODES, else 1
@@ -58,4 +58,4 @@ else
 fi
 
 exec "${PYTHON:-python}" -m torch.distributed.run --nnodes "$NNODES" --nproc_per_node "$NPROC_PER_NODE" \
-    "${RENDEZVOUS[@]}" -m launch.cli "$@"
+    "${RENDEZVOUS[@]}" -m codecloop "$@"

@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import get_model
 
-from dali_pipes import CrfSpec, PipelineRuntime
-from dali_pipes.ladder import VIDEO_SUFFIXES, load_ladder
-from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
-from tasks.layout_errors import MissingFilesError, choose_format
-from tasks.pretrained import load_pretrained
-from tasks.registry import register_task
-from tasks.sample_index import SampleIndex
+from codecloop.dali_pipes import CrfSpec, PipelineRuntime
+from codecloop.dali_pipes.ladder import VIDEO_SUFFIXES, load_ladder
+from codecloop.dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
+from codecloop.tasks.layout_errors import MissingFilesError, choose_format
+from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.registry import register_task
+from codecloop.tasks.sample_index import SampleIndex
 
 VIDEO_MODELS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v2_s")
 SMALLEST_INPUT = {"s3d": (16, 224), "mvit_v2_s": (16, 224)}  # (frames, crop): s3d at least, mvit exactly

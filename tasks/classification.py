@@ -16,15 +16,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from dali_pipes import IMAGENET_MEAN, IMAGENET_STD, CrfSpec, ImageBatches, ImageGeometry, PipelineRuntime, QualitySpec
-from dali_pipes.h264_image import H264ImageBatches
-from dali_pipes.iterator import SweepBatches
-from dali_pipes.ladder import load_ladder
-from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
-from tasks.layout_errors import choose_format
-from tasks.pretrained import load_pretrained
-from tasks.registry import register_task
-from tasks.sample_index import SampleIndex
+from codecloop.dali_pipes import IMAGENET_MEAN, IMAGENET_STD, CrfSpec, ImageBatches, ImageGeometry, PipelineRuntime, QualitySpec
+from codecloop.dali_pipes.h264_image import H264ImageBatches
+from codecloop.dali_pipes.iterator import SweepBatches
+from codecloop.dali_pipes.ladder import load_ladder
+from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
+from codecloop.tasks.layout_errors import choose_format
+from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.registry import register_task
+from codecloop.tasks.sample_index import SampleIndex
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": ((0.5,) * 3, (0.5,) * 3)}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dali_pipes.validate import ScanPolicy, scan_images
+from codecloop.dali_pipes.validate import ScanPolicy, scan_images
 
 EXIF_ORIENTATION = 0x0112
 

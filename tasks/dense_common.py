@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec
-from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
-from dali_pipes.validate import ScanPolicy, ScanResult, scan_images
-from tasks.classification import IMAGE_SUFFIXES
-from tasks.sample_index import SampleIndex
+from codecloop.dali_pipes import CrfSpec, PipelineRuntime, QualitySpec
+from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+from codecloop.dali_pipes.validate import ScanPolicy, ScanResult, scan_images
+from codecloop.tasks.classification import IMAGE_SUFFIXES
+from codecloop.tasks.sample_index import SampleIndex
 
 
 def to_device(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

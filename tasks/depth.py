@@ -34,15 +34,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dali_pipes.dense import DenseLayout
-from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
-from tasks.dense_common import DenseTask, scan_pairs
-from tasks.dense_metrics import depth_errors
-from tasks.dense_models import check_model_name, model_names, create_depth_model
-from tasks.depth_layouts import DEFAULT_MAX_DEPTHS, DEFAULT_SCALES, DETECTORS, open_layout
-from tasks.layout_errors import choose_format
-from tasks.registry import register_task
-from tasks.sample_index import SampleIndex
+from codecloop.dali_pipes.dense import DenseLayout
+from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from codecloop.tasks.dense_common import DenseTask, scan_pairs
+from codecloop.tasks.dense_metrics import depth_errors
+from codecloop.tasks.dense_models import check_model_name, model_names, create_depth_model
+from codecloop.tasks.depth_layouts import DEFAULT_MAX_DEPTHS, DEFAULT_SCALES, DETECTORS, open_layout
+from codecloop.tasks.layout_errors import choose_format
+from codecloop.tasks.registry import register_task
+from codecloop.tasks.sample_index import SampleIndex
 
 SCALE_INVARIANCE = 0.85  # 1 = fully scale-invariant, 0 = plain log RMSE
 SAMPLED_MAPS = 32

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.dense_common import list_images
-from tasks.layout_errors import MissingFilesError
+from codecloop.tasks.dense_common import list_images
+from codecloop.tasks.layout_errors import MissingFilesError
 
 DEFAULT_SCALES = {"folder": 256.0, "kitti": 256.0, "nyu": 1000.0}
 DEFAULT_MAX_DEPTHS = {"folder": 80.0, "kitti": 80.0, "nyu": 10.0}  # metres: the Eigen-split and NYU evaluation caps

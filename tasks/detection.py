@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dali_pipes.dense import DenseLayout
-from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
-from tasks.coco import boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
-from tasks.dense_common import DenseTask, to_device
-from tasks.dense_metrics import coco_box_metrics
-from tasks.dense_models import check_model_name, model_names, create_detection_model
-from tasks.layout_errors import choose_format
-from tasks.pretrained import load_pretrained
-from tasks.registry import register_task
-from tasks.sample_index import SampleIndex
+from codecloop.dali_pipes.dense import DenseLayout
+from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from codecloop.tasks.coco import boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
+from codecloop.tasks.dense_common import DenseTask, to_device
+from codecloop.tasks.dense_metrics import coco_box_metrics
+from codecloop.tasks.dense_models import check_model_name, model_names, create_detection_model
+from codecloop.tasks.layout_errors import choose_format
+from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.registry import register_task
+from codecloop.tasks.sample_index import SampleIndex
 
 
 def _numpy(value: torch.Tensor) -> np.ndarray:

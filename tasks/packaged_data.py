@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from dali_pipes.ladder import SWSCALE_THREADS
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
                   "immunohistochemistry", "retina")

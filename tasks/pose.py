@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dali_pipes.dense import DenseLayout
-from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
-from tasks.coco import CocoSplit, boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
-from tasks.dense_common import DenseTask, to_device
-from tasks.dense_metrics import COCO_KEYPOINT_SIGMAS, coco_keypoint_metrics
-from tasks.dense_models import check_model_name, model_names, create_pose_model
-from tasks.layout_errors import choose_format
-from tasks.registry import register_task
-from tasks.sample_index import SampleIndex
+from codecloop.dali_pipes.dense import DenseLayout
+from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from codecloop.tasks.coco import CocoSplit, boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
+from codecloop.tasks.dense_common import DenseTask, to_device
+from codecloop.tasks.dense_metrics import COCO_KEYPOINT_SIGMAS, coco_keypoint_metrics
+from codecloop.tasks.dense_models import check_model_name, model_names, create_pose_model
+from codecloop.tasks.layout_errors import choose_format
+from codecloop.tasks.registry import register_task
+from codecloop.tasks.sample_index import SampleIndex
 
 BOX_GROWTH = 1.25
 HEATMAP_SIGMA = 2.0

@@ -32,15 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dali_pipes.dense import DenseLayout
-from dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
-from tasks.dense_common import DenseTask, scan_pairs
-from tasks.dense_metrics import ConfusionMatrix
-from tasks.dense_models import check_model_name, model_names, create_segmentation_model
-from tasks.layout_errors import choose_format
-from tasks.registry import register_task
-from tasks.sample_index import SampleIndex
-from tasks.segmentation_layouts import DETECTORS, IGNORE_INDEX, LabelTable, decode_labels, id_table, open_layout, \
+from codecloop.dali_pipes.dense import DenseLayout
+from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from codecloop.tasks.dense_common import DenseTask, scan_pairs
+from codecloop.tasks.dense_metrics import ConfusionMatrix
+from codecloop.tasks.dense_models import check_model_name, model_names, create_segmentation_model
+from codecloop.tasks.layout_errors import choose_format
+from codecloop.tasks.registry import register_task
+from codecloop.tasks.sample_index import SampleIndex
+from codecloop.tasks.segmentation_layouts import DETECTORS, IGNORE_INDEX, LabelTable, decode_labels, id_table, open_layout, \
     read_label_png
 
 

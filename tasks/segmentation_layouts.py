@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.dense_common import paired_files
-from tasks.layout_errors import MissingFilesError
+from codecloop.tasks.dense_common import paired_files
+from codecloop.tasks.layout_errors import MissingFilesError
 
 IGNORE_INDEX = 255
 

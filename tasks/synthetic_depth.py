@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.synthetic import DEPTH_SCALE, MAX_DEPTH_M, _SPLIT_STREAM, _depth_scene, _save_png
+from codecloop.tasks.synthetic import DEPTH_SCALE, MAX_DEPTH_M, _SPLIT_STREAM, _depth_scene, _save_png
 
 KITTI_DRIVES = {"train": ("2011_09_26_drive_0001_sync", "2011_09_29_drive_0004_sync"),
                 "val": ("2011_09_26_drive_0002_sync",)}

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.segmentation_layouts import ADE20K_CLASSES, CITYSCAPES_LABELS, IGNORE_INDEX
-from tasks.synthetic import _rng, _save_png, _segmentation_scene
+from codecloop.tasks.segmentation_layouts import ADE20K_CLASSES, CITYSCAPES_LABELS, IGNORE_INDEX
+from codecloop.tasks.synthetic import _rng, _save_png, _segmentation_scene
 
 CITYSCAPES_CITIES = {"train": ("aachen", "bremen"), "val": ("frankfurt", "lindau")}
 CITYSCAPES_FRAME = 19  # the annotated frame of each Cityscapes snippet

@@ -37,7 +37,7 @@ def run_cli_module():
     import contextlib
     import io
 
-    from launch.cli import main
+    from codecloop.launch.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -51,7 +51,7 @@ def run_cli_module():
 @pytest.fixture
 def run_cli(capsys):
     """Run `codecloop ARGS` in this process; returns (exit status, stdout, stderr)."""
-    from launch.cli import main
+    from codecloop.launch.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         status = main([str(arg) for arg in args])

@@ -10,7 +10,7 @@ import pytest
 import yaml
 import torch
 
-from tasks.action import ActionTask
+from codecloop.tasks.action import ActionTask
 from tests.videos import write_video_dataset
 
 VIDEO_ARGS = ["--task", "action", "--codec", "h264", "--model", "mc3_18", "--frames", "4", "--frame_stride", "2",

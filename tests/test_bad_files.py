@@ -17,8 +17,8 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from dali_pipes import validate
-from dali_pipes.validate import BadImageError, ScanPolicy, read_facts, scan_images
+from codecloop.dali_pipes import validate
+from codecloop.dali_pipes.validate import BadImageError, ScanPolicy, read_facts, scan_images
 from tests.conftest import TINY
 from tests.datasets import claim_size, damage_jpeg_data, write_photo_jpeg
 

@@ -57,7 +57,7 @@ def test_unknown_flag_is_named(tmp_path, image_folder):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--data", str(image_folder),
+    result = subprocess.run([sys.executable, "-m", "codecloop", "train", "--data", str(image_folder),
                              "--learning_rate=0.1"], capture_output=True, text=True)
     assert result.returncode == 2 and "--learning_rate=0.1" in result.stderr
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dali_pipes.ladder import transcode
+from codecloop.dali_pipes.ladder import transcode
 from tests.videos import moving_frames, write_video
 
 FAST = ["--images", "12", "--batch_size", "4", "--crop", "48", "--iterations", "2", "--warmup", "1", "--repeats",
@@ -102,8 +102,8 @@ def test_batched_nvjpeg_peer_crops_like_torchvision_on_the_cpu(tmp_path):
     from torchvision.io import decode_jpeg, read_file
     from torchvision.transforms.v2 import functional as F
 
-    from dali_pipes.fidelity import write_photo_jpegs
-    from trainers.bench import nvjpeg_batches, random_resized_boxes, resized_crops
+    from codecloop.dali_pipes.fidelity import write_photo_jpegs
+    from codecloop.trainers.bench import nvjpeg_batches, random_resized_boxes, resized_crops
 
     heights, widths = torch.tensor([375, 100, 40] * 200), torch.tensor([500, 1000, 400] * 200)
     boxes = random_resized_boxes(heights, widths, torch.Generator().manual_seed(0))
@@ -129,9 +129,9 @@ def test_batched_nvjpeg_peer_crops_like_torchvision_on_the_cpu(tmp_path):
 
 
 def test_bench_repeats_a_small_dataset_and_steps_down_on_dali_out_of_memory(tmp_path, run_cli, monkeypatch):
-    import trainers.bench
+    import codecloop.trainers.bench as bench
 
-    measure, calls = trainers.bench._measure_images, []
+    measure, calls = bench._measure_images, []
 
     def out_of_memory_once(settings, *, files, notes):
         calls.append((settings.batch_size, len(files)))
@@ -139,7 +139,7 @@ def test_bench_repeats_a_small_dataset_and_steps_down_on_dali_out_of_memory(tmp_
             raise RuntimeError("Critical error in pipeline: CUDA allocation failed")
         return measure(settings, files=files, notes=notes)
 
-    monkeypatch.setattr(trainers.bench, "_measure_images", out_of_memory_once)
+    monkeypatch.setattr(bench, "_measure_images", out_of_memory_once)
     status, out, err = run_cli("bench", *FAST, "--contenders", "codecloop", "--out", tmp_path)
     assert status == 0, err
     assert calls == [(4, 84), (2, 84)]
@@ -148,6 +148,6 @@ def test_bench_repeats_a_small_dataset_and_steps_down_on_dali_out_of_memory(tmp_
     def other_failure(settings, *, files, notes):
         raise RuntimeError("Critical error in pipeline: nvJPEG could not decode")
 
-    monkeypatch.setattr(trainers.bench, "_measure_images", other_failure)
+    monkeypatch.setattr(bench, "_measure_images", other_failure)
     with pytest.raises(RuntimeError, match="could not decode"):  # not a reason to halve the batch
         run_cli("bench", *FAST, "--contenders", "codecloop", "--out", tmp_path)

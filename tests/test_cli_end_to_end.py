@@ -36,7 +36,7 @@ def dirty_folder(image_folder, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_run(dirty_folder, tmp_path_factory) -> Path:
-    from launch.cli import main
+    from codecloop.launch.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "train"
     status = main(["train", "--data", str(dirty_folder), *TINY, "--batch_size", "4", "--epochs", "1",
@@ -102,7 +102,7 @@ def test_strict_stops_naming_the_file(dirty_folder, tmp_path, run_cli):
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "codecloop", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for flag in ("--quality", "--clean_prob", "--grad_accum", "--wandb", "--resume", "--checkpoint_every"):
         assert flag in result.stdout

@@ -15,10 +15,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from dali_pipes import PipelineRuntime, parse_quality_spec
-from tasks.dense_metrics import coco_box_metrics
-from tasks.detection import DetectionTask
-from tasks.synthetic import make_synthetic
+from codecloop.dali_pipes import PipelineRuntime, parse_quality_spec
+from codecloop.tasks.dense_metrics import coco_box_metrics
+from codecloop.tasks.detection import DetectionTask
+from codecloop.tasks.synthetic import make_synthetic
 
 CROWD_BOX = [2.0, 2.0, 30.0, 24.0]  # x, y, w, h on the first val image
 
@@ -138,7 +138,7 @@ def test_format_names_the_layouts_a_task_reads(dataset, run_cli):
 def test_pose_crowd_regions_are_ignored_as_pycocotools_does(tmp_path):
     """Keypoint AP with a prediction inside a crowd region: ignored as pycocotools run by hand on the
     JSON ignores it (the crowd rides along as ground truth), not a false positive."""
-    from tasks.pose import PoseTask
+    from codecloop.tasks.pose import PoseTask
 
     root = make_synthetic("pose", tmp_path / "pose", train=1, val=3, height=96, width=80)
     json_path = root / "annotations" / "person_keypoints_val.json"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.detection import DetectionTask
-from tasks.pose import PoseTask
-from tasks.synthetic import make_synthetic
+from codecloop.tasks.detection import DetectionTask
+from codecloop.tasks.pose import PoseTask
+from codecloop.tasks.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

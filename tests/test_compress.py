@@ -11,8 +11,8 @@ import pytest
 import skimage.data
 from PIL import Image, ImageFile
 
-from dali_pipes import compress
-from dali_pipes.compress import compress_dataset
+from codecloop.dali_pipes import compress
+from codecloop.dali_pipes.compress import compress_dataset
 
 SIZE = (64, 48)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.detection import DetectionTask
-from tasks.pose import PoseTask
-from tasks.synthetic import make_synthetic
+from codecloop.tasks.detection import DetectionTask
+from codecloop.tasks.pose import PoseTask
+from codecloop.tasks.synthetic import make_synthetic
 from tests.datasets import claim_size, damage_jpeg_data, write_photo_jpeg
 from tests.test_dense_tasks import CLI
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.dense_metrics import (
+from codecloop.tasks.dense_metrics import (
     COCO_KEYPOINT_SIGMAS,
     DEPTH_METRICS,
     ConfusionMatrix,
@@ -200,7 +200,7 @@ def test_depth_batch_matches_per_image_and_clamps_prediction():
 def test_depth_loss_equals_the_masked_formula_and_is_zero_without_valid_pixels():
     """The scale-invariant log loss (masked sums, no boolean index) against the formula over the valid
     pixels only, computed in float64 numpy; invalid pixels may hold anything, even inf or NaN."""
-    from tasks.depth import SCALE_INVARIANCE, scale_invariant_log_loss
+    from codecloop.tasks.depth import SCALE_INVARIANCE, scale_invariant_log_loss
 
     rng = np.random.default_rng(0)
     prediction = torch.tensor(rng.uniform(0.5, 20.0, (2, 6, 7)), dtype=torch.float32)

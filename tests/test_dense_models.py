@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from tasks.dense_models import (
+from codecloop.tasks.dense_models import (
     DETECTION_MODELS,
     POSE_MODELS,
     SEGMENTATION_MODELS,

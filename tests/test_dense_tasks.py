@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dali_pipes import parse_crf_spec, parse_quality_spec
-from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
-from tasks.depth import DepthTask
-from tasks.detection import DetectionTask
-from tasks.pose import PoseTask, flip_permutation
-from tasks.segmentation import SegmentationTask, read_mask
-from tasks.synthetic import COCO_KEYPOINTS, make_synthetic
+from codecloop.dali_pipes import parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+from codecloop.tasks.depth import DepthTask
+from codecloop.tasks.detection import DetectionTask
+from codecloop.tasks.pose import PoseTask, flip_permutation
+from codecloop.tasks.segmentation import SegmentationTask, read_mask
+from codecloop.tasks.synthetic import COCO_KEYPOINTS, make_synthetic
 
 TASKS = {"detection": DetectionTask, "segmentation": SegmentationTask, "pose": PoseTask, "depth": DepthTask}
 CLI = {
@@ -139,7 +139,7 @@ def test_targets_follow_crop_flip_resize(tmp_path):
 def test_detection_boxes_reordered_and_clipped_after_flip(synthetic):
     task = DetectionTask(synthetic["detection"], input_size="96", min_scale=0.5)
     index = task.sample_index("train")
-    from dali_pipes import PipelineRuntime
+    from codecloop.dali_pipes import PipelineRuntime
 
     batch = next(iter(task.batches(index, training=True, spec=parse_quality_spec("50"),
                                    runtime=PipelineRuntime(batch_size=8, seed=1))))
@@ -158,7 +158,7 @@ def test_detection_boxes_reordered_and_clipped_after_flip(synthetic):
 def test_pose_flip_swaps_left_and_right(synthetic):
     task = PoseTask(synthetic["pose"], input_size="64x48")
     index = task.sample_index("train")
-    from dali_pipes import PipelineRuntime
+    from codecloop.dali_pipes import PipelineRuntime
 
     batch = next(iter(task.batches(index, training=True, spec=parse_quality_spec("none"),
                                    runtime=PipelineRuntime(batch_size=16, seed=2))))
@@ -181,7 +181,7 @@ def test_pose_flip_swaps_left_and_right(synthetic):
 
 
 def _eval_batch(task, split: str = "val", spec=None):
-    from dali_pipes import PipelineRuntime
+    from codecloop.dali_pipes import PipelineRuntime
 
     index = task.sample_index(split)
     return next(iter(task.batches(index, training=False, spec=spec or parse_quality_spec("none"),
@@ -342,7 +342,7 @@ def test_h264_dense_batches(synthetic):
 def test_keypoint_rcnn_trains_and_decodes(synthetic):
     """Image-level pose: every person's box and keypoints become Keypoint R-CNN targets; the
     predictions come back in original image coordinates, one result per detected person."""
-    from dali_pipes import PipelineRuntime
+    from codecloop.dali_pipes import PipelineRuntime
 
     task = PoseTask(synthetic["pose"], model="keypointrcnn_resnet50_fpn", input_size="64")
     index = task.sample_index("train")
@@ -364,8 +364,8 @@ def test_keypoint_rcnn_trains_and_decodes(synthetic):
 
 @pytest.mark.parametrize("config", sorted(Path(__file__).parents[1].joinpath("launch", "configs").glob("*.yaml")))
 def test_shipped_configs_validate(config):
-    from trainers.config import Config, load_yaml
-    from trainers.protocol import get_task_class
+    from codecloop.trainers.config import Config, load_yaml
+    from codecloop.trainers.protocol import get_task_class
 
     values = load_yaml(config)
     Config(**values).validate()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.depth import DepthTask, sample_positions
-from tasks.layout_errors import MissingFilesError
-from tasks.synthetic import make_synthetic
+from codecloop.tasks.depth import DepthTask, sample_positions
+from codecloop.tasks.layout_errors import MissingFilesError
+from codecloop.tasks.synthetic import make_synthetic
 
 SIZE = "48x64"
 GROUNDTRUTH = Path("proj_depth") / "groundtruth"

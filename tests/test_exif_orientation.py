@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from dali_pipes import PipelineRuntime, parse_quality_spec
-from dali_pipes.iterator import ImageBatches
-from tasks.depth import DepthTask
-from tasks.detection import DetectionTask
-from tasks.pose import PoseTask
-from tasks.segmentation import SegmentationTask
-from tasks.synthetic import make_synthetic
+from codecloop.dali_pipes import PipelineRuntime, parse_quality_spec
+from codecloop.dali_pipes.iterator import ImageBatches
+from codecloop.tasks.depth import DepthTask
+from codecloop.tasks.detection import DetectionTask
+from codecloop.tasks.pose import PoseTask
+from codecloop.tasks.segmentation import SegmentationTask
+from codecloop.tasks.synthetic import make_synthetic
 
 EXIF_ORIENTATION = 0x0112
 TASKS = {
@@ -121,6 +121,6 @@ def test_classification_reads_the_stored_orientation(orientation, tmp_path):
 
 
 def _geometry():
-    from dali_pipes.pipelines import ImageGeometry
+    from codecloop.dali_pipes.pipelines import ImageGeometry
 
     return ImageGeometry(crop_size=32, resize_size=40)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from dali_pipes import ImageBatches, jpeg_roundtrip, parse_quality_spec
-from dali_pipes.fidelity import packaged_photos
-from dali_pipes.reference import mean_abs_diff, psnr, reference_jpeg_roundtrip
+from codecloop.dali_pipes import ImageBatches, jpeg_roundtrip, parse_quality_spec
+from codecloop.dali_pipes.fidelity import packaged_photos
+from codecloop.dali_pipes.reference import mean_abs_diff, psnr, reference_jpeg_roundtrip
 from tests.conftest import TINY, no_host_sync
 
 pytestmark = [
@@ -57,9 +57,9 @@ def test_gpu_train_bf16(image_folder, tmp_path, run_cli):
 
 def test_gpu_dense_batches_match_the_cpu_path(tmp_path):
     """nvJPEG decode + the dense view on the GPU: masks and points equal the CPU pipeline's."""
-    from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
-    from tasks.synthetic import make_synthetic
-    from tasks.segmentation import SegmentationTask
+    from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+    from codecloop.tasks.synthetic import make_synthetic
+    from codecloop.tasks.segmentation import SegmentationTask
 
     data = make_synthetic("segmentation", tmp_path / "data", train=2, val=4)
     task = SegmentationTask(data, input_size="64x96")
@@ -89,9 +89,9 @@ def test_gpu_training_step_never_waits_for_the_gpu(name, image_folder, tmp_path)
     """Handing a batch over, the loss and the backward pass make no host sync (torch's sync debug mode
     raises on any: `.item()`, `.tolist()`, a boolean index, a copy from pageable memory). Detection
     and Keypoint R-CNN are left out: torchvision's detectors sync inside the model."""
-    from dali_pipes import PipelineRuntime
-    from tasks import get_task_class
-    from tasks.synthetic import make_synthetic
+    from codecloop.dali_pipes import PipelineRuntime
+    from codecloop.tasks import get_task_class
+    from codecloop.tasks.synthetic import make_synthetic
 
     if name == "classification":
         task = get_task_class(name)(image_folder, model="resnet18", crop_size=64, resize_size=72)

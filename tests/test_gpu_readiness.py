@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
-from dali_pipes.feeder import valid_count
-from dali_pipes.iterator import SweepBatches
+from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes.feeder import valid_count
+from codecloop.dali_pipes.iterator import SweepBatches
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,15 +91,15 @@ def test_jpeg_commands_need_neither_pyav_nor_pycocotools_nor_simplejpeg(image_fo
     env = {"PYTHONPATH": _hiding(hidden_packages), "WANDB_MODE": "disabled"}
     imports = _run([sys.executable, "-c", "import av"], env)
     assert imports.returncode != 0 and "av is hidden" in imports.stderr
-    train = _run([sys.executable, "-m", "launch.cli", "train", "--data", str(image_folder), *TINY, "--epochs", "1",
+    train = _run([sys.executable, "-m", "codecloop", "train", "--data", str(image_folder), *TINY, "--epochs", "1",
                   "--out", str(tmp_path / "run")], env)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "damaged JPEG data is not looked for: simplejpeg is not installed" in train.stderr
-    bench = _run([sys.executable, "-m", "launch.cli", "bench", "--images", "4", "--batch_size", "2", "--crop", "32",
+    bench = _run([sys.executable, "-m", "codecloop", "bench", "--images", "4", "--batch_size", "2", "--crop", "32",
                   "--iterations", "1", "--warmup", "1", "--repeats", "1", "--threads", "1", "--contenders",
                   "codecloop", "--out", str(tmp_path / "bench")], env)
     assert bench.returncode == 0, bench.stderr[-3000:]
-    loaded = _run([sys.executable, "-c", "import sys, tasks, trainers.protocol, trainers.bench, launch.cli; "
+    loaded = _run([sys.executable, "-c", "import sys, codecloop.tasks, codecloop.trainers.protocol, codecloop.trainers.bench, codecloop.launch.cli; "
                    "print(sorted(name for name in ('av', 'pycocotools', 'simplejpeg') if name in sys.modules))"], env)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
 
@@ -131,8 +131,8 @@ def test_channels_last_batches_equal_the_nchw_ones(image_folder, training, with_
 
 
 def test_dense_and_h264_batches_channels_last(tmp_path, image_folder):
-    from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
-    from dali_pipes.h264_image import H264ImageBatches
+    from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+    from codecloop.dali_pipes.h264_image import H264ImageBatches
 
     files = _image_files(image_folder)[:6]
     for make in (
@@ -167,8 +167,8 @@ def _nvdec_loads() -> bool:
 
 @pytest.mark.skipif(_nvdec_loads(), reason="this machine has NVDEC's library")
 def test_nvdec_missing_library_is_named_before_any_pipeline(tmp_path):
-    from dali_pipes.ladder import load_ladder, transcode
-    from dali_pipes.video import VideoBatches
+    from codecloop.dali_pipes.ladder import load_ladder, transcode
+    from codecloop.dali_pipes.video import VideoBatches
     from tests.videos import moving_frames, write_video
 
     write_video(tmp_path / "src" / "clip.mp4", moving_frames(6, 64, 48))
@@ -180,7 +180,7 @@ def test_nvdec_missing_library_is_named_before_any_pipeline(tmp_path):
 
 def test_a_dali_error_names_the_files_in_flight(tmp_path, image_folder):
     """A file DALI cannot decode: the error says which files the failing batches held."""
-    from dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+    from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
 
     files = _image_files(image_folder)[:4]
     broken = tmp_path / "broken.jpg"
@@ -194,7 +194,7 @@ def test_a_dali_error_names_the_files_in_flight(tmp_path, image_folder):
 
 @pytest.fixture(scope="module")
 def small_ladder(tmp_path_factory):
-    from dali_pipes.ladder import load_ladder, transcode
+    from codecloop.dali_pipes.ladder import load_ladder, transcode
     from tests.videos import moving_frames, write_video
 
     root = tmp_path_factory.mktemp("ladder")
@@ -207,11 +207,11 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
     """Each pipeline in its GPU form (device 0, nvJPEG / NVDEC "mixed" decoders, outputs moved with
     ``.gpu()``, every option) is traced: DALI checks there what a first GPU run would otherwise find,
     such as a GPU node given as an argument input. Building needs CUDA, so it stops before that."""
-    from dali_pipes.codec import _roundtrip_pipeline
-    from dali_pipes.dense import DenseFeeder, DenseGeometry, DenseLayout, DenseSample, dense_pipeline
-    from dali_pipes.h264_image import ImageFeeder, h264_image_pipeline
-    from dali_pipes.pipelines import CODEC_PLACEMENTS, image_pipeline, sweep_pipeline
-    from dali_pipes.video import ClipSampling, LadderFeeder, VideoGeometry, video_pipeline
+    from codecloop.dali_pipes.codec import _roundtrip_pipeline
+    from codecloop.dali_pipes.dense import DenseFeeder, DenseGeometry, DenseLayout, DenseSample, dense_pipeline
+    from codecloop.dali_pipes.h264_image import ImageFeeder, h264_image_pipeline
+    from codecloop.dali_pipes.pipelines import CODEC_PLACEMENTS, image_pipeline, sweep_pipeline
+    from codecloop.dali_pipes.video import ClipSampling, LadderFeeder, VideoGeometry, video_pipeline
 
     files, geometry = _image_files(image_folder)[:4], ImageGeometry(32, 40)
     run = {"batch_size": 2, "num_threads": 1, "device_id": 0}
@@ -258,7 +258,7 @@ def _png_with_broken_pixel_data(source: Path, target: Path) -> None:
 def test_a_file_the_pipeline_cannot_decode_stops_a_run_once_not_at_every_resume(tmp_path, run_cli):
     """A PNG that passes the scan but that DALI cannot decode: the run stops naming it and records it as
     a bad file; --resume then skips and counts it and finishes."""
-    from tasks.synthetic import make_synthetic
+    from codecloop.tasks.synthetic import make_synthetic
 
     data = make_synthetic("segmentation", tmp_path / "data", train=6, val=2)
     broken = data / "images" / "train" / "000003.png"

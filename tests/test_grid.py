@@ -12,9 +12,9 @@ import pytest
 import timm
 import yaml
 
-from tasks import get_task_class
-from tasks.dense_models import check_model_name
-from trainers.grid import cell_config, cell_name, expand, load_grid
+from codecloop.tasks import get_task_class
+from codecloop.tasks.dense_models import check_model_name
+from codecloop.trainers.grid import cell_config, cell_name, expand, load_grid
 
 GRIDS = sorted((Path(__file__).parents[1] / "launch" / "grids").glob("*.yaml"))
 TINY_BASE = {"model": "test_efficientnet", "crop_size": 32, "resize_size": 40, "wandb": "disabled", "progress": False,
@@ -144,7 +144,7 @@ def test_grid_writes_combined_tables(finished_grid):
 
 def test_rerun_skips_finished_cells(finished_grid, image_folder, run_cli, monkeypatch):
     out, _ = finished_grid
-    monkeypatch.setattr("trainers.grid.run_command", pytest.fail)
+    monkeypatch.setattr("codecloop.trainers.grid.run_command", pytest.fail)
     before = {cell: (out / cell / "recovery.csv").stat().st_mtime_ns for cell in CELLS}
     status, stdout, err = run_cli("experiment", "--grid", out.parent / "tiny.yaml", "--data", image_folder,
                                   "--out", out)
@@ -159,7 +159,7 @@ def test_changed_settings_are_not_mixed_with_finished_cells(finished_grid, image
                                                            monkeypatch):
     out = tmp_path / "out"
     shutil.copytree(finished_grid[0], out)
-    monkeypatch.setattr("trainers.grid.run_command", pytest.fail)
+    monkeypatch.setattr("codecloop.trainers.grid.run_command", pytest.fail)
     status, _, err = run_cli("experiment", "--grid", finished_grid[0].parent / "tiny.yaml", "--data", image_folder,
                              "--lr", "0.5", "--out", out)
     assert status == 2
@@ -209,7 +209,7 @@ def test_unknown_grid_file_key_stops_before_any_cell(tmp_path, run_cli):
 
 
 def test_experiment_help_explains_grid(capsys):
-    from launch.cli import main
+    from codecloop.launch.cli import main
 
     with pytest.raises(SystemExit):
         main(["experiment", "--help"])
@@ -224,6 +224,6 @@ def test_launcher_runs_each_cell_as_a_process(image_folder, tmp_path, run_cli):
     status, stdout, err = run_cli("experiment", "--grid", path, "--data", image_folder, "--out", tmp_path / "out")
     assert status == 0, err
     cell = tmp_path / "out" / "retrain_quality=10"
-    assert "-m launch.cli experiment --config" in stdout
+    assert "-m codecloop experiment --config" in stdout
     assert yaml.safe_load((cell / "config-in.yaml").read_text())["resume"] is True
     assert (cell / "recovery.csv").is_file() and len(_rows(tmp_path / "out" / "grid.csv")) == 6

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
-from dali_pipes.h264_image import H264ImageBatches, h264_roundtrip, random_resized_box
-from dali_pipes.ladder import load_ladder, transcode
-from dali_pipes.reference import psnr
+from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes.h264_image import H264ImageBatches, h264_roundtrip, random_resized_box
+from codecloop.dali_pipes.ladder import load_ladder, transcode
+from codecloop.dali_pipes.reference import psnr
 from tests.conftest import TINY
 from tests.datasets import write_sequence_folder
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dali_pipes.crf import parse_crf_spec, snap
-from dali_pipes.ladder import MANIFEST_COLUMNS, SWSCALE_THREADS, find_clips, load_ladder, transcode
-from tasks.packaged_data import packaged_clip
+from codecloop.dali_pipes.crf import parse_crf_spec, snap
+from codecloop.dali_pipes.ladder import MANIFEST_COLUMNS, SWSCALE_THREADS, find_clips, load_ladder, transcode
+from codecloop.tasks.packaged_data import packaged_clip
 from tests.videos import moving_frames, write_empty_video, write_video
 
 CRFS = (0, 18, 28, 40, 51)
@@ -169,7 +169,7 @@ def _processes_tagged(tag: str) -> list[int]:
 def test_killed_transcode_reruns_to_a_whole_ladder(tmp_path):
     for index in range(6):
         write_video(tmp_path / "src" / f"clip{index}.mp4", moving_frames(60, 128, 96, seed=index))
-    command = [sys.executable, "-m", "launch.cli", "transcode", "--src", str(tmp_path / "src"),
+    command = [sys.executable, "-m", "codecloop", "transcode", "--src", str(tmp_path / "src"),
                "--dst", str(tmp_path / "ladder"), "--crfs", "0,23,40", "--workers", "1"]
     tag = str(tmp_path)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

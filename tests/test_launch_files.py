@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.cli import build_parser, config_from_args
+from codecloop.launch.cli import build_parser, config_from_args
 
 LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 ACCELERATE_CONFIGS = sorted((LAUNCH / "accelerate").glob("*.yaml"))
@@ -82,7 +82,7 @@ def _launched(folder: Path) -> list[str]:
 
 
 def _codecloop_args(launched: list[str]) -> list[str]:
-    position = launched.index("launch.cli")
+    position = launched.index("codecloop")
     assert launched[position - 1] == "-m"
     return launched[position + 1:]
 

@@ -27,7 +27,7 @@ TRAIN_ARGS = [*ONE_THREAD, "--batch_size", str(BATCH), "--epochs", "1", "--quali
 
 def _torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "launch.cli", *map(str, args)]
+               "-m", "codecloop", *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
@@ -123,7 +123,7 @@ def test_resume_with_another_world_size_is_refused(trained, uneven_folder, tmp_p
 
 @pytest.fixture(scope="module")
 def segmentation_data(tmp_path_factory) -> Path:
-    from tasks.synthetic import make_synthetic
+    from codecloop.tasks.synthetic import make_synthetic
 
     return make_synthetic("segmentation", tmp_path_factory.mktemp("seg") / "data", train=2, val=2, height=48,
                           width=64)
@@ -165,7 +165,7 @@ def test_weights_of_another_model_name_the_file_and_keys(trained, uneven_folder,
 @pytest.mark.multiprocess
 def test_two_process_dense_sweep_counts_every_image_once(tmp_path, run_cli):
     """A confusion matrix gathered from 2 ranks over 5 images equals the one-process sweep."""
-    from tasks.synthetic import make_synthetic
+    from codecloop.tasks.synthetic import make_synthetic
 
     data = make_synthetic("segmentation", tmp_path / "data", train=4, val=5, height=48, width=64)
     options = ["--task", "segmentation", "--model", "unet_test_efficientnet", "--data", data, "--input_size",
@@ -194,7 +194,7 @@ def _image_files(folder: Path) -> list[str]:
 def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards):
     """Shards of 25 files differ by one: every rank still runs the same number of full batches
     (none empty, which would make a NaN loss), and one epoch covers every file."""
-    from dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
+    from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
 
     files = _image_files(uneven_folder)
     seen, lengths = set(), []
@@ -212,9 +212,9 @@ def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards
 
 def test_ranks_draw_their_own_qualities(uneven_folder):
     """Each rank's pipeline seed differs, so ranks do not draw the same JPEG qualities in lockstep."""
-    from dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
-    from trainers.config import Config
-    from trainers.loop import pipeline_runtime
+    from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
+    from codecloop.trainers.config import Config
+    from codecloop.trainers.loop import pipeline_runtime
 
     config = Config(data=str(uneven_folder), batch_size=BATCH)
     task = SimpleNamespace(memory_format=None)
@@ -233,8 +233,8 @@ def test_ranks_draw_their_own_qualities(uneven_folder):
 
 def test_pipeline_gpu_is_the_accelerator_device():
     """With one visible GPU per process (CUDA_VISIBLE_DEVICES per rank), local rank 3 runs on cuda:0."""
-    from trainers.config import Config
-    from trainers.loop import pipeline_runtime
+    from codecloop.trainers.config import Config
+    from codecloop.trainers.loop import pipeline_runtime
 
     config = Config(data="unused", batch_size=BATCH)
     ranks = [SimpleNamespace(process_index=rank, num_processes=4, local_process_index=rank, device=device)

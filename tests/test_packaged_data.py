@@ -11,8 +11,8 @@ import timm
 import torch
 from PIL import Image
 
-from tasks.packaged_data import packaged_sources, read_photo, write_demo_dataset
-from tasks.pretrained import (
+from codecloop.tasks.packaged_data import packaged_sources, read_photo, write_demo_dataset
+from codecloop.tasks.pretrained import (
     DEMO_TEACHER_ARCH,
     DEMO_TEACHER_CROP,
     DEMO_TEACHER_MEAN,

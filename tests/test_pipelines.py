@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from dali_pipes import ImageBatches, ImageGeometry, jpeg_roundtrip, parse_quality_spec
+from codecloop.dali_pipes import ImageBatches, ImageGeometry, jpeg_roundtrip, parse_quality_spec
 
 GEOMETRY = ImageGeometry(crop_size=48, resize_size=56)
 
@@ -82,8 +82,8 @@ def test_codec_on_the_crop_window_equals_the_whole_image(png_files):
     is bit-identical to the whole image's, and the resized crop within one grey level."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from dali_pipes.codec import jpeg_stage
-    from dali_pipes.pipelines import resize_window, train_window
+    from codecloop.dali_pipes.codec import jpeg_stage
+    from codecloop.dali_pipes.pipelines import resize_window, train_window
 
     @pipeline_def
     def both():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_pipes import CLEAN_QUALITY, jpeg_codec, parse_levels, parse_quality_spec
+from codecloop.dali_pipes import CLEAN_QUALITY, jpeg_codec, parse_levels, parse_quality_spec
 
 DRAWS = 2000
 

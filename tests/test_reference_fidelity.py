@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from nvidia.dali import __version__ as dali_version
 
-from dali_pipes.fidelity import (
+from codecloop.dali_pipes.fidelity import (
     DEFAULT_QUALITIES,
     fidelity_table,
     format_markdown,
     main,
     packaged_photos,
 )
-from dali_pipes.reference import encode_jpeg, mean_abs_diff, psnr, reference_jpeg_roundtrip
+from codecloop.dali_pipes.reference import encode_jpeg, mean_abs_diff, psnr, reference_jpeg_roundtrip
 
 MAD_BOUND = 5.0  # DALI's own test bound for jpeg_compression_distortion vs a real codec
 

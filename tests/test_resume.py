@@ -19,7 +19,7 @@ ARGS = [*TINY, "--batch_size", "4", "--epochs", "2", "--quality", "5-95", "--cle
 
 @pytest.fixture(scope="module")
 def uninterrupted(image_folder, tmp_path_factory):
-    from launch.cli import main
+    from codecloop.launch.cli import main
 
     out = tmp_path_factory.mktemp("resume") / "full"
     assert main(["train", "--data", str(image_folder), *ARGS, "--out", str(out)]) == 0
@@ -65,7 +65,7 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(uninterrupted, imag
                                                             monkeypatch, signal_number):
     """A signal during step 3 (of 12) stops the run after that step with a checkpoint and exit
     status 128 + signal; rerunning with --resume ends where the uninterrupted run ends."""
-    from tasks.classification import ClassificationTask
+    from codecloop.tasks.classification import ClassificationTask
 
     calls = {"forward": 0}
     forward = ClassificationTask.forward
@@ -96,7 +96,7 @@ def test_signal_checkpoints_and_resume_matches_uninterrupted(uninterrupted, imag
 
 def _nan_at(monkeypatch, call: int) -> None:
     """Make the classification loss NaN on the `call`-th forward pass."""
-    from tasks.classification import ClassificationTask
+    from codecloop.tasks.classification import ClassificationTask
 
     forward, calls = ClassificationTask.forward, {"n": 0}
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_second_command_on_a_run_directory_in_use_is_refused(image_folder, tmp_path, run_cli):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from trainers.run_lock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from codecloop.trainers.run_lock import RunLock; "
          "lock = RunLock(sys.argv[1]); lock.acquire('train'); print('locked', flush=True); time.sleep(60)", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -79,7 +79,7 @@ def test_disk_full_is_said_plainly_and_resume_continues(full_disk_at_second_save
 def test_torch_write_failure_on_a_nearly_full_disk_counts_as_full(monkeypatch, image_folder, tmp_path, run_cli):
     """torch's zip writer reports a full disk as a RuntimeError ("unexpected pos"): with little space left
     it is a full disk too; with space left it stays the error it is."""
-    import trainers.checkpoint
+    import codecloop.trainers.checkpoint as checkpoint
 
     def failing(self, output_dir=None, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
@@ -87,8 +87,8 @@ def test_torch_write_failure_on_a_nearly_full_disk_counts_as_full(monkeypatch, i
     monkeypatch.setattr(Accelerator, "save_state", failing)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         run_cli("train", "--data", image_folder, *ARGS, "--out", tmp_path / "roomy")
-    usage = trainers.checkpoint.shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(trainers.checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=2**20))
+    usage = checkpoint.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=2**20))
     status, _, err = run_cli("train", "--data", image_folder, *ARGS, "--out", tmp_path / "full")
     assert status == 2 and "is full (1 MiB free)" in err
 

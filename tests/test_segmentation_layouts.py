@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dali_pipes import PipelineRuntime, parse_quality_spec
-from tasks.layout_errors import MissingFilesError
-from tasks.segmentation import SegmentationTask, read_mask
-from tasks.synthetic import make_synthetic
+from codecloop.dali_pipes import PipelineRuntime, parse_quality_spec
+from codecloop.tasks.layout_errors import MissingFilesError
+from codecloop.tasks.segmentation import SegmentationTask, read_mask
+from codecloop.tasks.synthetic import make_synthetic
 
 HEIGHT, WIDTH = 48, 64
 FORMATS = ("cityscapes", "voc", "ade20k")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.cli import build_parser, config_from_args
-from launch.sweep_files import check_sweep_file, main
-from trainers.config import coerce
+from codecloop.launch.cli import build_parser, config_from_args
+from codecloop.launch.sweep_files import check_sweep_file, main
+from codecloop.trainers.config import coerce
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "launch" / "sweeps").glob("*.yaml"))
@@ -74,11 +74,11 @@ def check_model(task: str, model: str) -> None:
 
         assert timm.is_model(model), model
     elif task == "action":
-        from tasks.action import VIDEO_MODELS
+        from codecloop.tasks.action import VIDEO_MODELS
 
         assert model in VIDEO_MODELS, model
     else:
-        from tasks.dense_models import check_model_name
+        from codecloop.tasks.dense_models import check_model_name
 
         check_model_name(task, model)
 

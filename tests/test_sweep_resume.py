@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import trainers.protocol as protocol
+import codecloop.trainers.protocol as protocol
 from tests.conftest import TINY
 
 LEVELS = ["--levels", "10,50,90"]

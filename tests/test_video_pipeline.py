@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dali_pipes.crf import parse_crf_spec
-from dali_pipes.ladder import SWSCALE_THREADS, load_ladder, transcode
-from dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry, decode_frames
+from codecloop.dali_pipes.crf import parse_crf_spec
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS, load_ladder, transcode
+from codecloop.dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry, decode_frames
 from tests.videos import moving_frames, write_video
 
 SAMPLING = ClipSampling(frames=4, stride=2)

@@ -130,7 +130,7 @@ def test_offline_experiment_is_one_syncable_run_with_tables_and_artifacts(image_
 
 
 def test_resumed_sweep_continues_its_wandb_run(image_folder, tmp_path, run_cli, offline_wandb, monkeypatch):
-    import trainers.protocol as protocol
+    import codecloop.trainers.protocol as protocol
 
     out = tmp_path / "sweep"
     command = ["sweep", "--data", image_folder, *BASE, "--wandb", "offline", "--levels", "10,50",
@@ -172,7 +172,7 @@ def test_unreachable_server_falls_back_to_offline(image_folder, tmp_path, run_cl
 
 
 def test_wandb_failure_mid_run_warns_once_and_logging_goes_on(tmp_path, offline_wandb, monkeypatch):
-    from trainers.logger import MetricsLogger
+    from codecloop.trainers.logger import MetricsLogger
 
     logger = MetricsLogger(tmp_path, {"lr": 0.1}, is_main=True, wandb_mode="offline")
     assert logger.wandb_active
@@ -191,7 +191,7 @@ def test_wandb_failure_mid_run_warns_once_and_logging_goes_on(tmp_path, offline_
 
 
 def test_without_wandb_tables_and_artifacts_are_no_ops(tmp_path):
-    from trainers.logger import MetricsLogger
+    from codecloop.trainers.logger import MetricsLogger
 
     logger = MetricsLogger(tmp_path, {}, is_main=True, wandb_mode="disabled")
     logger.log_table("sweep", [{"level": 10, "top1": 0.5}], x="level", y="top1")
@@ -202,7 +202,7 @@ def test_without_wandb_tables_and_artifacts_are_no_ops(tmp_path):
 
 
 def test_table_cells_make_mixed_columns_text():
-    from trainers.logger import table_cells
+    from codecloop.trainers.logger import table_cells
 
     columns, data = table_cells([{"level": "clean", "top1": 0.9}, {"level": 10, "top1": float("nan"), "n": 5}])
     assert columns == ["level", "top1", "n"]

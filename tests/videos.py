@@ -9,7 +9,7 @@ import av
 import numpy as np
 from skimage import data as skdata
 
-from dali_pipes.ladder import SWSCALE_THREADS
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS
 
 
 def moving_frames(count: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:

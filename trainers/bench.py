@@ -45,11 +45,11 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads, parse_crf_spec,
+from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads, parse_crf_spec,
                         parse_quality_spec)
-from dali_pipes.fidelity import cpu_model, write_photo_jpegs
-from dali_pipes.iterator import SweepBatches
-from tasks.classification import list_image_folder
+from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
+from codecloop.dali_pipes.iterator import SweepBatches
+from codecloop.tasks.classification import list_image_folder
 
 MODES = ("data", "model", "train", "sweep")
 CODECS = ("jpeg", "h264")
@@ -286,7 +286,7 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
     epoch = max(images, MIN_EPOCH_BATCHES * batch_size)
     with tempfile.TemporaryDirectory() as scratch:
         if codec == "h264":
-            from trainers.bench_video import clip_list, load_bench_ladder, measure_video
+            from codecloop.trainers.bench_video import clip_list, load_bench_ladder, measure_video
 
             ladder = load_bench_ladder(data, Path(scratch))
             samples = clip_list(ladder, epoch)

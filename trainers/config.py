@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from dali_pipes.crf import DEFAULT_CRF_LEVELS, CrfSpec, parse_crf_levels, parse_crf_spec
-from dali_pipes.quality import QualitySpec, parse_levels, parse_quality_spec
+from codecloop.dali_pipes.crf import DEFAULT_CRF_LEVELS, CrfSpec, parse_crf_levels, parse_crf_spec
+from codecloop.dali_pipes.quality import QualitySpec, parse_levels, parse_quality_spec
 
 DEFAULT_LEVELS = {"jpeg": "5,10,15,20,30,50,75,95", "h264": DEFAULT_CRF_LEVELS}
 CODECS = ("jpeg", "h264")

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import torch
 
-from dali_pipes.ladder import transcode
-from tasks.classification import ClassificationTask
-from tasks.packaged_data import write_demo_dataset
-from tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
-from tasks.sample_index import SampleIndex
-from trainers.commands import opened_run
-from trainers.config import Config, level_spec, sweep_levels
-from trainers.loop import build_batches, channels_last
-from trainers.protocol import run_experiment, task_options
-from trainers.report import markdown_table
+from codecloop.dali_pipes.ladder import transcode
+from codecloop.tasks.classification import ClassificationTask
+from codecloop.tasks.packaged_data import write_demo_dataset
+from codecloop.tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
+from codecloop.tasks.sample_index import SampleIndex
+from codecloop.trainers.commands import opened_run
+from codecloop.trainers.config import Config, level_spec, sweep_levels
+from codecloop.trainers.loop import build_batches, channels_last
+from codecloop.trainers.protocol import run_experiment, task_options
+from codecloop.trainers.report import markdown_table
 
 HOLDOUT_CLIP = "bigbuckbunny"
 DEMO_CONFIG = dict(

@@ -11,7 +11,7 @@ cells:                                # explicit cells, each crossed with every 
   - {model: plain_resnet18, family: no decoder}
 grid:                                 # config key -> list of values: their Cartesian product
   codec: [jpeg, h264]
-launcher: torchrun --nproc_per_node 8 # run each cell as `LAUNCHER -m launch.cli experiment ...`
+launcher: torchrun --nproc_per_node 8 # run each cell as `LAUNCHER -m codecloop experiment ...`
 ```
 
 A cell's values resolve defaults < `config` < `base` < its `cells:` entry and grid point <
@@ -52,10 +52,10 @@ from typing import Any
 
 import torch
 
-from trainers.commands import run_command
-from trainers.config import Config, coerce, config_keys, load_yaml, read_yaml_mapping, save_yaml
-from trainers.grid_report import FAMILY, CellFailure, FinishedCell, write_grid_report
-from trainers.protocol import make_task
+from codecloop.trainers.commands import run_command
+from codecloop.trainers.config import Config, coerce, config_keys, load_yaml, read_yaml_mapping, save_yaml
+from codecloop.trainers.grid_report import FAMILY, CellFailure, FinishedCell, write_grid_report
+from codecloop.trainers.protocol import make_task
 
 GRID_FILE_KEYS = ("config", "base", "cells", "grid", "launcher")
 GRID_OWNED_KEYS = ("out", "resume")
@@ -239,14 +239,14 @@ def run_grid(
 
 
 def run_with_launcher(launcher: str, config: Config, cell_dir: Path) -> None:
-    """Run one cell as ``LAUNCHER -m launch.cli experiment --config CELL/config-in.yaml --out CELL``.
+    """Run one cell as ``LAUNCHER -m codecloop experiment --config CELL/config-in.yaml --out CELL``.
 
     SIGTERM / SIGINT reaching this process are passed on to the launcher and the grid stops once it
     has exited (its training writes a checkpoint first), with status 128 + signal.
     """
     cell_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, cell_dir / "config-in.yaml")
-    command = [*shlex.split(launcher), "-m", "launch.cli", "experiment",
+    command = [*shlex.split(launcher), "-m", "codecloop", "experiment",
                "--config", str(cell_dir / "config-in.yaml"), "--out", str(cell_dir)]
     print("  " + shlex.join(command), flush=True)
     received: list[int] = []

@@ -29,10 +29,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tasks import get_task_class  # noqa: E402
-from trainers.config import load_yaml  # noqa: E402
-from trainers.protocol import BASELINE, CODEC_NAMES, RETRAINED  # noqa: E402
-from trainers.report import CLEAN, markdown_table, read_csv, write_csv, write_text  # noqa: E402
+from codecloop.tasks import get_task_class  # noqa: E402
+from codecloop.trainers.config import load_yaml  # noqa: E402
+from codecloop.trainers.protocol import BASELINE, CODEC_NAMES, RETRAINED  # noqa: E402
+from codecloop.trainers.report import CLEAN, markdown_table, read_csv, write_csv, write_text  # noqa: E402
 
 FAMILY = "family"
 RESULT_FILES = ("grid.csv", "grid_recovery.csv", "grid.png")

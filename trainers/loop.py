@@ -21,12 +21,12 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from dali_pipes import CrfSpec, PipelineRuntime, QualitySpec, default_num_threads
-from tasks.sample_index import SampleIndex
-from trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint,
+from codecloop.dali_pipes import CrfSpec, PipelineRuntime, QualitySpec, default_num_threads
+from codecloop.tasks.sample_index import SampleIndex
+from codecloop.trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint,
                                  save_final_weights)
-from trainers.config import Config
-from trainers.logger import CODEC_KEYS, MetricsLogger, codec_metrics
+from codecloop.trainers.config import Config
+from codecloop.trainers.logger import CODEC_KEYS, MetricsLogger, codec_metrics
 
 
 def make_accelerator(config: Config) -> Accelerator:

@@ -17,8 +17,8 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from trainers.config import Config, config_keys
-from trainers.report import CLEAN, write_text
+from codecloop.trainers.config import Config, config_keys
+from codecloop.trainers.report import CLEAN, write_text
 
 PROGRESS_FILE = "progress.json"
 

@@ -31,14 +31,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from tasks import get_task_class
-from trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
-from trainers.config import Config, eval_spec, load_yaml, level_spec, retrain_changes, sweep_levels, training_spec
-from trainers.logger import MetricsLogger, command_run
-from trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
+from codecloop.tasks import get_task_class
+from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
+from codecloop.trainers.config import Config, eval_spec, load_yaml, level_spec, retrain_changes, sweep_levels, training_spec
+from codecloop.trainers.logger import MetricsLogger, command_run
+from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
-from trainers.progress import RunProgress, level_key
-from trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
+from codecloop.trainers.progress import RunProgress, level_key
+from codecloop.trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
 
 BASELINE, RETRAINED = "baseline", "retrained"
 RETRAIN_STAGE = "retrain"
