@@ -67,19 +67,22 @@ class CrfSpec:
             raise ValueError(f"CRF spec {self.text!r} needs clean samples, but {where} has no CRF-0 rung "
                              f"(rungs: {','.join(map(str, rungs))})")
 
-    def draw(self, rng: np.random.Generator, rungs: Sequence[int] | None = None) -> int:
-        """One CRF: clean with probability `clean_prob`, else from the spec, snapped to `rungs`.
+    def pick(self, clean_draw: float, choice_draw: float, rungs: Sequence[int] | None = None) -> int:
+        """The CRF two uniform draws in [0, 1) select: clean when `clean_draw` < `clean_prob`, else the spec's
+        CRF at `choice_draw` (uniform over them), snapped to `rungs`.
 
         Clean returns ``LOSSLESS_CRF`` with a ladder and ``CLEAN_CRF`` without one.
         """
         clean = LOSSLESS_CRF if rungs is not None else CLEAN_CRF
-        if self.is_none:
-            return clean
-        if self.clean_prob > 0 and rng.random() < self.clean_prob:
+        if self.is_none or clean_draw < self.clean_prob:
             return clean
         options = self.candidates()
-        crf = int(options[rng.integers(len(options))])
+        crf = int(options[min(int(choice_draw * len(options)), len(options) - 1)])
         return snap(crf, rungs) if rungs is not None else crf
+
+    def draw(self, rng: np.random.Generator, rungs: Sequence[int] | None = None) -> int:
+        """One CRF drawn from `rng` by the law of `pick`."""
+        return self.pick(rng.random(), rng.random(), rungs)
 
     def __str__(self) -> str:
         return self.text if not self.clean_prob else f"{self.text} (clean_prob={self.clean_prob:g})"

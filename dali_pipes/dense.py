@@ -18,7 +18,6 @@ Reordering flipped box corners, clipping and flipping keypoint identities belong
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from PIL import Image
 from codecloop.dali_pipes.codec import jpeg_stage
 from codecloop.dali_pipes.crf import CLEAN_CRF, CrfSpec
 from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
 from codecloop.dali_pipes.h264_image import h264_intra_roundtrip
 from codecloop.dali_pipes.iterator import nchw
 from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
@@ -83,24 +83,16 @@ def image_size(path: str) -> tuple[int, int]:
         return image.size
 
 
-def crop_box(region: Box, width: int, height: int, geometry: DenseGeometry, rng: np.random.Generator | None) -> Box:
-    """The region clamped to the image; in training a random sub-box of it (area `min_scale`..1,
-    aspect within 3/4..4/3 of the region's)."""
+def crop_box(region: Box, width: int, height: int, geometry: DenseGeometry, draws: np.ndarray | None) -> Box:
+    """The region clamped to the image (the whole image if nothing of it is left); in training (`draws`
+    given) a random sub-box of it by the sample plan's one crop law (area `min_scale`..1)."""
     x0, y0 = max(0.0, region[0]), max(0.0, region[1])
     x1, y1 = min(float(width), region[2]), min(float(height), region[3])
     if x1 - x0 < 1 or y1 - y0 < 1:
         x0, y0, x1, y1 = 0.0, 0.0, float(width), float(height)
-    if rng is None:
+    if draws is None:
         return x0, y0, x1, y1
-    region_w, region_h = x1 - x0, y1 - y0
-    for _ in range(10):
-        area = rng.uniform(geometry.min_scale, 1.0)
-        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        w, h = region_w * math.sqrt(area * aspect), region_h * math.sqrt(area / aspect)
-        if 1 <= w <= region_w and 1 <= h <= region_h:
-            left, top = x0 + rng.uniform(0, region_w - w), y0 + rng.uniform(0, region_h - h)
-            return left, top, left + w, top + h
-    return x0, y0, x1, y1
+    return tuple(float(value) for value in crop_boxes(draws[None], np.array([[x0, y0, x1, y1]]), geometry.min_scale)[0])
 
 
 def point_matrix(box: Box, geometry: DenseGeometry, mirror: bool) -> np.ndarray:
@@ -149,9 +141,9 @@ class DenseFeeder(ShardedFeeder):
             pixels = h264_intra_roundtrip(pixels, level, self.preset)
         return pixels, pixels.shape[1], pixels.shape[0]
 
-    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         sample = self.samples[index]
-        level = self.spec.draw(rng)
+        level = self.spec.pick(draws[CLEAN], draws[CHOICE])
         image, width, height = self._image(index, level)
         targets = self.load_targets(index)
         out: dict[str, np.ndarray] = {"encoded" if not self.h264 else "image": image, "level": np.int32(level)}
@@ -162,8 +154,8 @@ class DenseFeeder(ShardedFeeder):
                                  f"{width}x{height}")
             out[name] = np.ascontiguousarray(raster.reshape(height, width, 1))
         region = sample.region or (0.0, 0.0, float(width), float(height))
-        box = crop_box(region, width, height, self.geometry, rng if self.training else None)
-        mirror = self.training and self.geometry.flip and rng.random() < 0.5
+        box = crop_box(region, width, height, self.geometry, draws if self.training else None)
+        mirror = self.training and self.geometry.flip and draws[FLIP] < 0.5
         out["roi_start"] = np.array([box[1], box[0]], np.float32)
         out["roi_end"] = np.array([box[3], box[2]], np.float32)
         out["mirror"] = np.int32(mirror)

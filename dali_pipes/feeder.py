@@ -1,10 +1,10 @@
 """Python-fed pipelines: sharded, seeded external-source callables and the iterator that reads them.
 
-The H.264 pipelines draw per sample in Python what DALI's readers cannot: which CRF rung or
-online CRF, which frames, which crop. `ShardedFeeder` is the DALI external-source callable
-(batch mode) behind them: for every batch it picks this rank's samples and asks `load` for
-each one's outputs, using a generator seeded by (seed, epoch, sample), so draws do not depend
-on the world size and a resumed run repeats them. `FedBatches` turns such a pipeline into dict
+The Python-fed pipelines take per sample what DALI's readers cannot: which CRF rung or online
+CRF, which frames, which crop. `ShardedFeeder` is the DALI external-source callable (batch mode)
+behind them: for every batch it takes this rank's samples and their draws from the `SamplePlan`
+(one law for every pipeline; draws keyed by (seed, epoch, sample), so they do not depend on the
+world size and a resumed run repeats them) and asks `load` for each one's outputs. `FedBatches` turns such a pipeline into dict
 batches of torch tensors on the device and records where it stands for checkpoints.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from codecloop.dali_pipes.sample_plan import SamplePlan
 from codecloop.dali_pipes.validate import decode_failure, record_pipeline_failure
 
 
@@ -36,10 +36,9 @@ class ShardedFeeder:
     def __init__(self, num_samples: int, *, training: bool, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, seed: int = 0, start_epoch: int = 0, start_batch: int = 0,
                  threads: int = 1) -> None:
-        if num_samples < 1:
-            raise ValueError("no samples to read")
+        self.plan = SamplePlan(num_samples, training=training, batch_size=batch_size, shard_id=shard_id,
+                               num_shards=num_shards, seed=seed)
         self.num_samples, self.training, self.batch_size = num_samples, training, batch_size
-        self.shard_id, self.num_shards, self.seed = shard_id, num_shards, seed
         self.start_epoch, self.start_batch, self.threads = start_epoch, start_batch, threads
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[list[int]] = deque(maxlen=4)  # the last batches handed to DALI
@@ -48,8 +47,9 @@ class ShardedFeeder:
         """Names of the per-sample outputs, in the order `__call__` returns them."""
         raise NotImplementedError
 
-    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Every output but ``index`` and ``valid`` for sample `index`, drawing from `rng`."""
+    def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output but ``index`` and ``valid`` for sample `index`, its random choices taken from `draws`
+        (its row of the plan's uniforms; `dali_pipes.sample_plan` names the columns)."""
         raise NotImplementedError
 
     def sample_path(self, index: int) -> str | None:
@@ -66,24 +66,11 @@ class ShardedFeeder:
 
     def shard_size(self) -> int:
         """Sample slots per rank and epoch (the largest shard)."""
-        return math.ceil(self.num_samples / self.num_shards)
+        return self.plan.shard_size()
 
     def batches_per_epoch(self) -> int:
         """Batches every rank runs per epoch."""
-        return math.ceil(self.shard_size() / self.batch_size)
-
-    def shard_order(self, epoch: int) -> list[tuple[int, bool]]:
-        """``(sample index, valid)`` slots of this rank for `epoch`, padded to `shard_size`."""
-        order = np.arange(self.num_samples)
-        if self.training:
-            order = np.random.default_rng([self.seed, epoch]).permutation(order)
-        mine = [(int(i), True) for i in order[self.shard_id::self.num_shards]]
-        padding = self.shard_size() - len(mine)
-        mine += [(int(order[k % len(order)]), self.training) for k in range(padding)]
-        return mine
-
-    def _load(self, index: int, epoch: int) -> dict[str, np.ndarray]:
-        return self.load(index, np.random.default_rng([self.seed, epoch, index, 1]))
+        return self.plan.batches_per_epoch()
 
     def __call__(self, info) -> tuple[list[np.ndarray], ...]:
         """The batch `info.iteration` of epoch `info.epoch_idx` (counted from the start position)."""
@@ -91,12 +78,12 @@ class ShardedFeeder:
         batch = info.iteration + (self.start_batch if info.epoch_idx == 0 else 0)
         if batch >= self.batches_per_epoch():
             raise StopIteration
-        slots = self.shard_order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
-        self._in_flight.append([index for index, _ in slots])
+        planned = self.plan.batch(epoch, batch)
+        self._in_flight.append(planned.samples.tolist())
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads))
-        samples = list(self._pool.map(self._load, [index for index, _ in slots], [epoch] * len(slots)))
-        for sample, (index, valid) in zip(samples, slots):
+        samples = list(self._pool.map(self.load, planned.samples.tolist(), planned.draws))
+        for sample, index, valid in zip(samples, planned.samples, planned.valid):
             sample["index"], sample["valid"] = np.int64(index), np.int32(valid)
         return tuple([sample[name] for sample in samples] for name in self.outputs())
 

@@ -15,7 +15,6 @@ the clean image goes through the very same crop and flip (a teacher's view).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
@@ -26,6 +25,7 @@ from PIL import Image
 
 from codecloop.dali_pipes.crf import CLEAN_CRF, LOSSLESS_CRF, MAX_CRF, MIN_CRF, CrfSpec
 from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from codecloop.dali_pipes.iterator import nchw
 from codecloop.dali_pipes.pipelines import ImageGeometry, normalize, on_device
@@ -63,18 +63,10 @@ def h264_roundtrip(images: Sequence[np.ndarray], crf: int | Sequence[int], prese
             for image, value in zip(images, crfs)]
 
 
-def random_resized_box(width: int, height: int, rng: np.random.Generator, min_area: float) -> tuple[float, ...]:
-    """A random-resized-crop box (area `min_area`..1, aspect 3/4..4/3) as relative (y0, x0, y1, x1)."""
-    for _ in range(10):
-        area = width * height * rng.uniform(min_area, 1.0)
-        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            x, y = int(rng.integers(width - w + 1)), int(rng.integers(height - h + 1))
-            return y / height, x / width, (y + h) / height, (x + w) / width
-    side = min(width, height)
-    y, x = (height - side) // 2, (width - side) // 2
-    return y / height, x / width, (y + side) / height, (x + side) / width
+def random_resized_box(width: int, height: int, draws: np.ndarray, min_area: float) -> tuple[float, ...]:
+    """A crop box by the sample plan's one law (area `min_area`..1, aspect 3/4..4/3) as relative (y0, x0, y1, x1)."""
+    x0, y0, x1, y1 = crop_boxes(draws[None], np.array([[0.0, 0.0, width, height]]), min_area)[0]
+    return y0 / height, x0 / width, y1 / height, x1 / width
 
 
 class ImageFeeder(ShardedFeeder):
@@ -113,9 +105,9 @@ class ImageFeeder(ShardedFeeder):
             return np.fromfile(path, np.uint8)
         return decode_frames(path, [frame], self.ladder.rungs[clip][crf].fps)[0]
 
-    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         sample = self.samples[index]
-        crf = self.spec.draw(rng, self.rungs)
+        crf = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
         out: dict[str, np.ndarray] = {"crf": np.int32(crf)}
         if self.ladder is not None:
             clip, frame = sample
@@ -130,9 +122,9 @@ class ImageFeeder(ShardedFeeder):
             height, width = clean.shape[:2]
             out["data"] = clean if crf == CLEAN_CRF else h264_intra_roundtrip(clean, crf, self.preset)
             out["clean"] = clean
-        box = random_resized_box(width, height, rng, self.min_area) if self.training else (0.0, 0.0, 1.0, 1.0)
+        box = random_resized_box(width, height, draws, self.min_area) if self.training else (0.0, 0.0, 1.0, 1.0)
         out["roi_start"], out["roi_end"] = np.array(box[:2], np.float32), np.array(box[2:], np.float32)
-        out["mirror"] = np.int32(self.training and rng.random() < 0.5)
+        out["mirror"] = np.int32(self.training and draws[FLIP] < 0.5)
         return out
 
 

@@ -45,12 +45,23 @@ class QualitySpec:
         """The qualities as an int32 array, the form `fn.random.choice` takes."""
         return np.asarray(self.qualities, dtype=np.int32)
 
+    def picks(self, clean_draws: np.ndarray, choice_draws: np.ndarray) -> np.ndarray:
+        """The qualities uniform draws in [0, 1) select (for pipelines fed from Python), one per pair:
+        ``CLEAN_QUALITY`` where the clean draw < `clean_prob`, else the spec's quality at the choice draw
+        (uniform over them)."""
+        if self.is_none:
+            return np.full(len(clean_draws), CLEAN_QUALITY, np.int32)
+        qualities = np.asarray(self.qualities, np.int32)
+        chosen = qualities[np.minimum((np.asarray(choice_draws) * len(qualities)).astype(np.int64), len(qualities) - 1)]
+        return np.where(np.asarray(clean_draws) < self.clean_prob, CLEAN_QUALITY, chosen).astype(np.int32)
+
+    def pick(self, clean_draw: float, choice_draw: float) -> int:
+        """One quality by the law of `picks`."""
+        return int(self.picks(np.array([clean_draw]), np.array([choice_draw]))[0])
+
     def draw(self, rng: np.random.Generator) -> int:
-        """One quality drawn in Python (for pipelines fed from Python): ``CLEAN_QUALITY`` with
-        probability `clean_prob`, else uniform over the spec's qualities."""
-        if self.is_none or (self.clean_prob > 0 and rng.random() < self.clean_prob):
-            return CLEAN_QUALITY
-        return int(self.qualities[rng.integers(len(self.qualities))])
+        """One quality drawn from `rng` by the law of `pick`."""
+        return self.pick(rng.random(), rng.random())
 
     def __str__(self) -> str:
         return self.text if not self.clean_prob else f"{self.text} (clean_prob={self.clean_prob:g})"

@@ -23,6 +23,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from codecloop.dali_pipes.crf import CrfSpec
 from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CROP_X, CROP_Y, FLIP, START
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from codecloop.dali_pipes.pipelines import on_device
 
@@ -42,11 +43,12 @@ class ClipSampling:
         """Source frames one clip covers."""
         return (self.frames - 1) * self.stride + 1
 
-    def frame_indices(self, count: int, rng: np.random.Generator | None) -> np.ndarray:
-        """Indices into a clip of `count` frames: one random span (`rng` given) or evenly spaced spans."""
+    def frame_indices(self, count: int, start_draw: float | None) -> np.ndarray:
+        """Indices into a clip of `count` frames: one span placed by a uniform draw in [0, 1) (training),
+        or evenly spaced spans (`start_draw` None)."""
         room = max(0, count - self.span())
-        if rng is not None:
-            starts = [int(rng.integers(room + 1))]
+        if start_draw is not None:
+            starts = [min(int(start_draw * (room + 1)), room)]
         else:
             starts = np.linspace(0, room, self.clips_per_video).round().astype(int).tolist()
         steps = np.arange(self.frames) * self.stride
@@ -124,13 +126,13 @@ class LadderFeeder(ShardedFeeder):
         head = ("data",) if self.decode_on_cpu else ("data", "frame_indices")
         return head + ("crop_x", "crop_y", "mirror", "crf", "index", "valid")
 
-    def load(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         clip = self.clips[index]
-        crf = self.spec.draw(rng, self.rungs)
+        crf = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
         rung = self.ladder.rungs[clip][crf]
-        frames = self.sampling.frame_indices(rung.frames, rng if self.training else None)
+        frames = self.sampling.frame_indices(rung.frames, draws[START] if self.training else None)
         path = self.ladder.path(clip, crf)
-        crop_x, crop_y, mirror = (rng.random(), rng.random(), rng.random() < 0.5) if self.training else (0.5, 0.5, 0)
+        crop_x, crop_y, mirror = (draws[CROP_X], draws[CROP_Y], draws[FLIP] < 0.5) if self.training else (0.5, 0.5, 0)
         return {
             "data": decode_frames(path, frames, rung.fps) if self.decode_on_cpu else np.fromfile(path, np.uint8),
             "frame_indices": frames,

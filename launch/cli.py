@@ -188,9 +188,11 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
                     "<versions>.csv and .json and printed as a table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--mode", choices=("data", "model", "train", "sweep"), default="data",
+    bench.add_argument("--mode", choices=("data", "model", "train", "sweep", "feeder"), default="data",
                        help="what is timed (sweep: a 9-level JPEG sweep's evaluation pipelines, one pass against "
-                            "a pass per level)")
+                            "a pass per level; feeder: the sample plan alone, whole epochs of --samples samples "
+                            "without reading or decoding)")
+    bench.add_argument("--samples", type=int, default=1_000_000, help="feeder: samples per planned epoch")
     bench.add_argument("--codec", choices=("jpeg", "h264"), default="jpeg",
                        help="jpeg: image pipelines; h264: video pipelines on a CRF ladder")
     bench.add_argument("--data", type=Path, default=None,
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                       crop=args.crop, quality=args.quality, crf=args.crf, frames=args.frames,
                       iterations=args.iterations, warmup=args.warmup, repeats=args.repeats, model=args.model,
                       precision=args.precision, workers=args.workers, threads=args.threads,
-                      contenders=args.contenders.split(",") if args.contenders else None, out=args.out)
+                      contenders=args.contenders.split(",") if args.contenders else None, out=args.out,
+                      samples=args.samples)
         elif args.command == "make-synthetic":
             from codecloop.tasks.dense_common import parse_input_size
             from codecloop.tasks.synthetic import make_synthetic

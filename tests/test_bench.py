@@ -151,3 +151,18 @@ def test_bench_repeats_a_small_dataset_and_steps_down_on_dali_out_of_memory(tmp_
     monkeypatch.setattr(bench, "_measure_images", other_failure)
     with pytest.raises(RuntimeError, match="could not decode"):  # not a reason to halve the batch
         run_cli("bench", *FAST, "--contenders", "codecloop", "--out", tmp_path)
+
+
+def test_feeder_mode_plans_whole_epochs_and_appends_a_row(tmp_path, run_cli):
+    for samples in ("3000", "30000"):
+        status, out, err = run_cli("bench", "--mode", "feeder", "--samples", samples, "--batch_size", "64",
+                                   "--repeats", "2", "--warmup", "1", "--out", tmp_path)
+        assert status == 0, err
+        assert "| sample-plan |" in out and "samples/s (median)" in out
+    with next(tmp_path.glob("bench-*.csv")).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["mode"], row["contender"], row["samples"], row["unit"]) for row in rows] == \
+        [("feeder", "sample-plan", "3000", "samples"), ("feeder", "sample-plan", "30000", "samples")]
+    assert all(float(row["samples_per_sec"]) > 0 for row in rows)
+    status, _, err = run_cli("bench", "--mode", "feeder", "--codec", "h264", "--out", tmp_path)
+    assert status != 0 and "bench --mode sweep" not in err and "feeder" in err

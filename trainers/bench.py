@@ -11,6 +11,8 @@
 | `train` | pipeline feeding the training step, end to end     | ``codecloop`` and ``codecloop-clean``              |
 | `sweep` | evaluation pipelines of a 9-level JPEG sweep        | ``one-pass`` (decode once, 9 codec stages) and     |
 |         | (image-levels/s)                                   | ``pass-per-level`` (10 full passes)                |
+| `feeder`| planning alone: whole epochs of ``--samples`` N    | ``sample-plan`` (order, draws, crop boxes, JPEG    |
+|         | samples, no file read or decode (one CPU core)     | qualities per batch)                               |
 
 Every contender does the same work per image: decode, JPEG at a per-sample quality, random-resized
 crop, flip, normalize. With ``--codec h264`` the data, model and train modes time clips instead
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import nvidia.dali
 import timm
+import numpy as np
 import torch
 import torchvision
 from PIL import Image
@@ -49,9 +52,10 @@ from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, ImageBatches, Ima
                         parse_quality_spec)
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from codecloop.dali_pipes.iterator import SweepBatches
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, SamplePlan, crop_boxes
 from codecloop.tasks.classification import list_image_folder
 
-MODES = ("data", "model", "train", "sweep")
+MODES = ("data", "model", "train", "sweep", "feeder")
 CODECS = ("jpeg", "h264")
 DEFAULT_MODELS = {"jpeg": "resnet50", "h264": "r3d_18"}
 DEFAULT_CROPS = {"jpeg": 224, "h264": 112}
@@ -265,7 +269,7 @@ class BenchSettings:
 def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int, batch_size: int, crop: int | None,
               quality: str, crf: str = "18-51", frames: int = 16, iterations: int, warmup: int, repeats: int,
               model: str | None, precision: str, workers: int | None, threads: int | None,
-              contenders: list[str] | None, out: Path) -> list[dict]:
+              contenders: list[str] | None, out: Path, samples: int = 1_000_000) -> list[dict]:
     """Run one mode, append its rows to the results files, print the table; returns the rows."""
     if mode not in MODES:
         raise ValueError(f"bench mode {mode!r} is not one of {', '.join(MODES)}")
@@ -274,6 +278,9 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
     if codec == "h264" and mode == "sweep":
         raise ValueError("bench --mode sweep times JPEG sweeps (one pass against a pass per level); H.264 sweeps "
                          "read one ladder rung per level, so there is no second pass to save")
+    if codec == "h264" and mode == "feeder":
+        raise ValueError("bench --mode feeder plans JPEG qualities; leave out --codec h264 (the plan is the same "
+                         "for every codec)")
     levels = quality if codec == "jpeg" else crf
     crop = crop or DEFAULT_CROPS[codec]
     (parse_quality_spec if codec == "jpeg" else parse_crf_spec)(levels)
@@ -283,7 +290,37 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
                              threads, device, precision == "bf16" or (precision == "auto" and device.type == "cuda"),
                              model or DEFAULT_MODELS[codec], contenders, iterations, warmup, repeats)
     notes: list[str] = []
-    epoch = max(images, MIN_EPOCH_BATCHES * batch_size)
+    if mode == "feeder":
+        measured, sample_count = {"sample-plan": measure_plan(samples, settings.batch_size, levels, warmup,
+                                                              repeats)}, samples
+    else:
+        measured, sample_count, settings = _measure_mode(settings, codec, data, images, notes)
+    if not measured:
+        raise ValueError("no contender could run: " + "; ".join(note for note in notes if note.startswith("skipped")))
+    base = {"mode": mode, "codec": codec, "device": device_name(), "precision": "bf16" if settings.bf16 else "fp32",
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": nvidia.dali.__version__,
+            "cuda": torch.version.cuda or "none", "batch_size": settings.batch_size, "crop": crop,
+            "frames": frames if codec == "h264" else "", "samples": sample_count,
+            "levels": levels if mode != "sweep" else ",".join(map(str, SWEEP_LEVELS)),
+            "model": settings.model if mode in ("model", "train") else "", "iterations": iterations,
+            "repeats": repeats, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    reference = measured.get({"train": "codecloop-clean", "sweep": "pass-per-level"}.get(mode, "codecloop"))
+    rows = []
+    for name, rates in measured.items():
+        median = statistics.median(rates)
+        rows.append({**base, "contender": name, "unit": "clips" if codec == "h264" else "samples" if mode == "feeder" else "images",
+                     "samples_per_sec": round(median, 2), "min": round(min(rates), 2), "max": round(max(rates), 2),
+                     "ratio": round(median / statistics.median(reference), 3) if reference else ""})
+    _append(rows, out, results_stem(base["precision"]))
+    print(_markdown(rows, mode, notes))
+    return rows
+
+
+def _measure_mode(settings: BenchSettings, codec: str, data: Path | None, images: int,
+                  notes: list[str]) -> tuple[dict[str, list[float]], int, BenchSettings]:
+    """Rates of a data / model / train / sweep mode's contenders, the samples per epoch, and the settings they
+    ran with (the batch halved after a device out-of-memory)."""
+    epoch = max(images, MIN_EPOCH_BATCHES * settings.batch_size)
     with tempfile.TemporaryDirectory() as scratch:
         if codec == "h264":
             from codecloop.trainers.bench_video import clip_list, load_bench_ladder, measure_video
@@ -311,25 +348,25 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
                 settings = replace(settings, batch_size=settings.batch_size // 2)
                 gc.collect()  # the failed attempt's DALI pipelines release their device memory
                 torch.cuda.empty_cache()
-    if not measured:
-        raise ValueError("no contender could run: " + "; ".join(note for note in notes if note.startswith("skipped")))
-    base = {"mode": mode, "codec": codec, "device": device_name(), "precision": "bf16" if settings.bf16 else "fp32",
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "dali": nvidia.dali.__version__,
-            "cuda": torch.version.cuda or "none", "batch_size": settings.batch_size, "crop": crop,
-            "frames": frames if codec == "h264" else "", "samples": len(samples),
-            "levels": levels if mode != "sweep" else ",".join(map(str, SWEEP_LEVELS)),
-            "model": settings.model if mode in ("model", "train") else "", "iterations": iterations,
-            "repeats": repeats, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    reference = measured.get({"train": "codecloop-clean", "sweep": "pass-per-level"}.get(mode, "codecloop"))
-    rows = []
-    for name, rates in measured.items():
-        median = statistics.median(rates)
-        rows.append({**base, "contender": name, "unit": "clips" if codec == "h264" else "images",
-                     "samples_per_sec": round(median, 2), "min": round(min(rates), 2), "max": round(max(rates), 2),
-                     "ratio": round(median / statistics.median(reference), 3) if reference else ""})
-    _append(rows, out, results_stem(base["precision"]))
-    print(_markdown(rows, mode, notes))
-    return rows
+    return measured, len(samples), settings
+
+
+def measure_plan(samples: int, batch_size: int, quality: str, warmup: int, repeats: int) -> list[float]:
+    """Samples per second of planning alone, one epoch per run: a `SamplePlan` over `samples` samples (the
+    epoch's order, every batch's draws), each batch's crop boxes (640x480 images) and JPEG qualities."""
+    spec = parse_quality_spec(quality)
+    plan = SamplePlan(samples, training=True, batch_size=batch_size)
+    regions = np.tile(np.array([0.0, 0.0, 640.0, 480.0]), (batch_size, 1))
+    rates = []
+    for epoch in range(warmup + repeats):
+        start = time.perf_counter()
+        for batch in range(plan.batches_per_epoch()):
+            planned = plan.batch(epoch, batch)
+            crop_boxes(planned.draws, regions[:len(planned.samples)], 0.08)
+            spec.picks(planned.draws[:, CLEAN], planned.draws[:, CHOICE])
+        if epoch >= warmup:
+            rates.append(samples / (time.perf_counter() - start))
+    return rates
 
 
 def out_of_memory(error: RuntimeError) -> bool:

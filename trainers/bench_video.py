@@ -79,7 +79,7 @@ class PyAVClipDataset(torch.utils.data.Dataset):
         clip = self.clips[index]
         crf = self.spec.draw(rng, self.rungs)
         rung = self.ladder.rungs[clip][crf]
-        frames = decode_frames(self.ladder.path(clip, crf), self.sampling.frame_indices(rung.frames, rng), rung.fps)
+        frames = decode_frames(self.ladder.path(clip, crf), self.sampling.frame_indices(rung.frames, rng.random()), rung.fps)
         video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W
         return self.transform(video).permute(1, 0, 2, 3).contiguous()
 
