@@ -79,10 +79,11 @@ class ShardedFeeder:
         if batch >= self.batches_per_epoch():
             raise StopIteration
         planned = self.plan.batch(epoch, batch)
-        self._in_flight.append(planned.samples.tolist())
+        indices = planned.samples.tolist()
+        self._in_flight.append(indices)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads))
-        samples = list(self._pool.map(self.load, planned.samples.tolist(), planned.draws))
+        samples = list(self._pool.map(self.load, indices, planned.draws))
         for sample, index, valid in zip(samples, planned.samples, planned.valid):
             sample["index"], sample["valid"] = np.int64(index), np.int32(valid)
         return tuple([sample[name] for sample in samples] for name in self.outputs())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import functools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +160,7 @@ class LabelledImage:
     table: str = "ids"
 
 
-class Layout:
+class Layout(ABC):
     """A segmentation dataset laid out one way under `root`: its splits, labelled images and class names.
 
     `stored_names` names the stored ids 0..K-1 in order (before `reduce_zero_label`); `tables` gives the
@@ -179,25 +180,25 @@ class Layout:
         self.mask_folder = mask_folder or (self.mask_folders[0] if self.mask_folders else None)
 
     @staticmethod
+    @abstractmethod
     def detect(root: Path) -> bool:
         """Whether `root` is laid out this way."""
-        raise NotImplementedError
 
+    @abstractmethod
     def has_split(self, split: str) -> bool:
         """Whether the dataset has `split` ("train" or "val")."""
-        raise NotImplementedError
 
+    @abstractmethod
     def samples(self, split: str) -> list[LabelledImage]:
         """Every labelled image of `split`; files the layout names and the disk lacks are an error."""
-        raise NotImplementedError
 
+    @abstractmethod
     def split_folder(self, split: str) -> Path:
         """Where `split` is read from, for messages."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stored_names(self) -> tuple[list[str], str]:
         """Names of the stored ids in order, and where they come from (for messages); [] when unknown."""
-        raise NotImplementedError
 
     def tables(self, num_classes: int, reduce_zero_label: bool) -> dict[str, LabelTable]:
         return {"ids": id_table(num_classes, reduce_zero_label)}
