@@ -42,7 +42,7 @@ for run in "${RUNS[@]}"; do
     [ -f "$dir/$codec/recovery.csv" ] && continue
     rm -rf "$dir/$codec"
     python -m codecloop experiment "${base[@]}" "${options[@]}" --checkpoint "$dir/baseline" --codec "$codec" \
-      --retrain_epochs "$retrain_epochs" --retrain_quality 5-95 --retrain_crf 18-51 --retrain_clean_prob 0.1 --out "$dir/$codec"
+      --retrain_epochs "$retrain_epochs" --retrain_clean_prob 0.1 --out "$dir/$codec"
   done
 done
 

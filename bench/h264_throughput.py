@@ -30,9 +30,11 @@ import nvidia.dali
 import torch
 from PIL import Image
 
-from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes import ImageBatches, ImageGeometry
+from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
-from codecloop.dali_pipes.h264_image import H264ImageBatches, h264_intra_roundtrip
+from codecloop.dali_pipes.h264_intra import h264_intra_roundtrip
+from codecloop.dali_pipes.host_codec import HostCodecBatches
 from codecloop.dali_pipes.ladder import DEFAULT_LADDER, SWSCALE_THREADS, transcode
 from codecloop.tasks.packaged_data import packaged_clip
 
@@ -109,11 +111,11 @@ def bench_images(work: Path, threads: int) -> list[str]:
     geometry = ImageGeometry(224, 256)
     rows = []
     for name, batches in (
-        ("JPEG stage 5-95 (DALI)", ImageBatches(files, batch_size=32, training=True, spec=parse_quality_spec("5-95"),
-                                                 geometry=geometry, num_threads=threads)),
-        ("H.264 stage 18-51 (online x264)", H264ImageBatches(files, batch_size=32, training=True,
-                                                              spec=parse_crf_spec("18-51"), geometry=geometry,
-                                                              num_threads=threads)),
+        ("JPEG stage 5-95 (DALI)", ImageBatches(files, batch_size=32, training=True, spec=JPEG.parse_spec("5-95"),
+                                                 codec=JPEG, geometry=geometry, num_threads=threads)),
+        ("H.264 stage 18-51 (online x264)", HostCodecBatches(files, batch_size=32, training=True,
+                                                              spec=H264.parse_spec("18-51"), codec=H264,
+                                                              geometry=geometry, num_threads=threads)),
     ):
         rates = epochs_per_second(batches, 3, lambda batch: batch["image"].shape[0])
         rows.append(f"| {name} | {statistics.median(rates):.1f} | {min(rates):.1f} | {max(rates):.1f} |")

@@ -1,30 +1,30 @@
-"""DALI building blocks: JPEG quality and H.264 CRF specs, codec stages, image and video pipelines."""
+"""DALI building blocks: the codec registry and level specs, codec stages, image, dense and video pipelines."""
 
-from codecloop.dali_pipes.codec import jpeg_codec, jpeg_roundtrip, jpeg_stage, sample_quality
-from codecloop.dali_pipes.crf import CLEAN_CRF, CrfSpec, parse_crf_levels, parse_crf_spec
+from codecloop.dali_pipes.codec import graph_codec, jpeg_roundtrip, jpeg_stage, sample_level
+from codecloop.dali_pipes.codecs import Codec, codec_names, get_codec, register_codec, unregister_codec
 from codecloop.dali_pipes.iterator import ImageBatches, default_num_threads
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelScale, LevelSpec
 from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, image_pipeline
-from codecloop.dali_pipes.quality import CLEAN_QUALITY, QualitySpec, parse_levels, parse_quality_spec
 from codecloop.dali_pipes.runtime import PipelineRuntime
 
 __all__ = [
-    "CLEAN_CRF",
-    "CLEAN_QUALITY",
-    "CrfSpec",
+    "CLEAN_LEVEL",
+    "Codec",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageBatches",
     "ImageGeometry",
+    "LevelScale",
+    "LevelSpec",
     "PipelineRuntime",
-    "QualitySpec",
+    "codec_names",
     "default_num_threads",
+    "get_codec",
+    "graph_codec",
     "image_pipeline",
-    "jpeg_codec",
     "jpeg_roundtrip",
     "jpeg_stage",
-    "parse_crf_levels",
-    "parse_crf_spec",
-    "parse_levels",
-    "parse_quality_spec",
-    "sample_quality",
+    "register_codec",
+    "sample_level",
+    "unregister_codec",
 ]

@@ -1,19 +1,21 @@
-"""The JPEG codec stage as pure functions of DALI nodes, and a helper to run it outside training.
+"""The in-graph codec stage as pure functions of DALI nodes, and the JPEG stage run outside training.
 
-The stage is DALI's `fn.jpeg_compression_distortion`: on the GPU a CUDA kernel running the
-lossy JPEG stages (YCbCr, 4:2:0, 8x8 DCT, IJG quantization, IDCT), on the CPU a real encoder
-round trip. It is applied at the image's native resolution, before any resize, as a camera or
-an image server would; `jpeg_quality` travels with every sample (0 for a clean sample).
+A codec that runs in the graph (JPEG: DALI's `fn.jpeg_compression_distortion`; on the GPU a CUDA
+kernel running the lossy JPEG stages, on the CPU a real encoder round trip) is applied at the
+image's native resolution, before any resize, as a camera or an image server would; the drawn
+level travels with every sample (`CLEAN_LEVEL` for a clean one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from codecloop.dali_pipes.quality import CLEAN_QUALITY, MAX_QUALITY, MIN_QUALITY, QualitySpec
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelScale, LevelSpec
+
+JPEG_QUALITY = LevelScale("JPEG", "quality", 1, 100)
 
 
 def jpeg_stage(images, quality):
@@ -21,30 +23,31 @@ def jpeg_stage(images, quality):
     return fn.jpeg_compression_distortion(images, quality=quality)
 
 
-def sample_quality(spec: QualitySpec):
-    """Draw one quality per sample from `spec` (a scalar INT32 node; ``0`` where there is no codec)."""
+def sample_level(spec: LevelSpec):
+    """Draw one level per sample from `spec` (a scalar INT32 node; `CLEAN_LEVEL` where there is no codec)."""
     if spec.is_none:
-        return fn.random.choice(np.array([CLEAN_QUALITY], dtype=np.int32))
+        return fn.random.choice(np.array([CLEAN_LEVEL], dtype=np.int32))
     return fn.random.choice(spec.choices())
 
 
-def jpeg_codec(images, spec: QualitySpec):
-    """Apply the codec stage per `spec`; returns ``(images, jpeg_quality)``.
+def graph_codec(images, spec: LevelSpec, stage: Callable):
+    """Apply an in-graph codec `stage` per `spec`; returns ``(images, codec_level)``.
 
     With ``clean_prob`` > 0 a coin decides per sample whether the image passes through
-    untouched (reported quality 0). Needs a pipeline built with ``enable_conditionals=True``.
+    untouched (reported `CLEAN_LEVEL`). Needs a pipeline built with ``enable_conditionals=True``.
     """
-    quality = sample_quality(spec)
+    level = sample_level(spec)
     if spec.is_none:
-        return images, quality
+        return images, level
     if spec.clean_prob <= 0.0:
-        return jpeg_stage(images, quality), quality
+        return stage(images, level), level
     is_clean = fn.random.coin_flip(probability=spec.clean_prob, dtype=types.BOOL)
     if is_clean:
         output = images
     else:
-        output = jpeg_stage(images, quality)
-    return output, quality * (1 - fn.cast(is_clean, dtype=types.INT32))
+        output = stage(images, level)
+    clean = fn.cast(is_clean, dtype=types.INT32)
+    return output, level * (1 - clean) + CLEAN_LEVEL * clean
 
 
 @pipeline_def
@@ -59,7 +62,7 @@ def _roundtrip_pipeline(device: str):
 def jpeg_roundtrip(
     images: Sequence[np.ndarray], quality: int | Sequence[int], device: str = "cpu"
 ) -> list[np.ndarray]:
-    """Run the in-loop codec stage on HxWx3 uint8 arrays, outside training.
+    """Run the in-loop JPEG stage on HxWx3 uint8 arrays, outside training.
 
     `quality` is one int for all images or one per image. `device` is ``"cpu"`` (real encoder
     round trip) or ``"gpu"`` (the CUDA kernel training uses on a GPU).
@@ -76,8 +79,7 @@ def jpeg_roundtrip(
     if len(qualities) != len(images):
         raise ValueError(f"{len(qualities)} qualities given for {len(images)} images")
     for value in qualities:
-        if not MIN_QUALITY <= int(value) <= MAX_QUALITY:
-            raise ValueError(f"JPEG quality {value} is outside {MIN_QUALITY}..{MAX_QUALITY}")
+        JPEG_QUALITY.level(str(int(value)), str(value))
     pipe = _roundtrip_pipeline(
         device=device,
         batch_size=len(images),

@@ -1,11 +1,11 @@
 """Pipelines for dense and structured targets: codec on the whole image, then one view all targets follow.
 
-Detection, segmentation, pose and depth share this graph. Per sample, Python draws the codec
-level (JPEG quality or H.264 CRF), a crop box inside the sample's region (the whole image, or a
+Detection, segmentation, pose and depth share this graph. Per sample, the sample plan draws the
+codec level, a crop box inside the sample's region (the whole image, or a
 person box for top-down pose) and a flip, so a resumed run repeats them. DALI then
 
-- decodes the image (nvJPEG on a GPU) and applies the JPEG codec stage at native resolution
-  (H.264 is encoded per image on CPU threads, as for classification: there is no GPU encoder);
+- decodes the image (nvJPEG on a GPU) and applies an in-graph codec (JPEG) at native resolution
+  (a host codec, e.g. H.264, round-trips the image on CPU threads first, as for classification);
 - resizes the crop box to the output size (images with antialiasing, raster targets such as
   masks and depth maps by nearest neighbour) and flips images and rasters alike;
 - moves point targets (box corners, keypoints; pixel coordinates) by the same crop, scale and
@@ -26,14 +26,12 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
-from codecloop.dali_pipes.codec import jpeg_stage
-from codecloop.dali_pipes.crf import CLEAN_CRF, CrfSpec
+from codecloop.dali_pipes.codecs import Codec
 from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
-from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
-from codecloop.dali_pipes.h264_image import h264_intra_roundtrip
 from codecloop.dali_pipes.iterator import nchw
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec
 from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
-from codecloop.dali_pipes.quality import CLEAN_QUALITY, QualitySpec
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
 
 Box = tuple[float, float, float, float]
 TargetLoader = Callable[[int], Mapping[str, np.ndarray]]
@@ -108,37 +106,35 @@ class DenseFeeder(ShardedFeeder):
     """This rank's images and targets with a drawn codec level, crop box and flip per sample."""
 
     def __init__(self, samples: Sequence[DenseSample], layout: DenseLayout, load_targets: TargetLoader,
-                 spec: QualitySpec | CrfSpec, geometry: DenseGeometry, preset: str = "veryfast", **sharding) -> None:
+                 spec: LevelSpec, codec: Codec, geometry: DenseGeometry, **sharding) -> None:
         super().__init__(len(samples), **sharding)
+        if not codec.on_images:
+            raise ValueError(f"codec {codec.name!r} cannot compress single images ({', '.join(codec.runs)})")
         self.samples, self.layout, self.load_targets = list(samples), layout, load_targets
-        self.spec, self.geometry, self.preset = spec, geometry, preset
-        self.h264 = isinstance(spec, CrfSpec)
+        self.spec, self.codec, self.geometry = spec, codec, geometry
+        self.in_graph = codec.graph_stage is not None
         self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
 
     def sample_path(self, index: int) -> str:
         return self.samples[index].path
 
-    @property
-    def level_name(self) -> str:
-        """The batch key of the drawn codec level."""
-        return "h264_crf" if self.h264 else "jpeg_quality"
-
     def outputs(self) -> tuple[str, ...]:
         points = ("points", "num_points") if self.layout.points else ()
-        return ("image" if self.h264 else "encoded", "roi_start", "roi_end", "mirror", "points_mt", "level",
+        return ("encoded" if self.in_graph else "image", "roi_start", "roi_end", "mirror", "points_mt", "level",
                 *self.layout.rasters, *points, *self.layout.extras, "index", "valid")
 
     def _image(self, index: int, level: int) -> tuple[np.ndarray, int, int]:
-        """The encoded file (JPEG: decoded by DALI) or the H.264-roundtripped pixels, and the size."""
+        """The encoded file (decoded by DALI, for an in-graph codec) or the host codec's round-tripped pixels,
+        and the size."""
         path = self.samples[index].path
-        if not self.h264:
+        if self.in_graph:
             if index not in self._sizes:
                 self._sizes[index] = image_size(path)
             return np.fromfile(path, np.uint8), *self._sizes[index]
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))
-        if level != CLEAN_CRF:
-            pixels = h264_intra_roundtrip(pixels, level, self.preset)
+        if level != CLEAN_LEVEL:
+            pixels = self.codec.roundtrip(pixels, level)
         return pixels, pixels.shape[1], pixels.shape[0]
 
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
@@ -146,7 +142,7 @@ class DenseFeeder(ShardedFeeder):
         level = self.spec.pick(draws[CLEAN], draws[CHOICE])
         image, width, height = self._image(index, level)
         targets = self.load_targets(index)
-        out: dict[str, np.ndarray] = {"encoded" if not self.h264 else "image": image, "level": np.int32(level)}
+        out: dict[str, np.ndarray] = {"encoded" if self.in_graph else "image": image, "level": np.int32(level)}
         for name in self.layout.rasters:
             raster = np.asarray(targets[name])
             if raster.shape[:2] != (height, width):
@@ -195,12 +191,12 @@ def dense_pipeline(feeder: DenseFeeder, on_gpu: bool, channels_last: bool = Fals
     nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
                                                layout=layouts)))
     geometry = feeder.geometry
-    if feeder.h264:
-        images = nodes["image"].gpu() if on_gpu else nodes["image"]
-    else:
+    if feeder.in_graph:
         images = decode(nodes["encoded"], on_gpu)
-        if nodes["level"] != CLEAN_QUALITY:
-            images = jpeg_stage(images, nodes["level"])
+        if nodes["level"] != CLEAN_LEVEL:
+            images = feeder.codec.graph_stage(images, nodes["level"])
+    else:
+        images = nodes["image"].gpu() if on_gpu else nodes["image"]
     roi = nodes["roi_start"], nodes["roi_end"]
     images = normalize(view(images, *roi, geometry), geometry.normalization(), mirror=nodes["mirror"],
                        channels_last=channels_last)
@@ -215,7 +211,7 @@ def dense_pipeline(feeder: DenseFeeder, on_gpu: bool, channels_last: bool = Fals
 
 
 class DenseBatches(FedBatches):
-    """Epochs of ``{image, index, jpeg_quality | h264_crf, points_mt, mirror, *rasters, [points,
+    """Epochs of ``{image, index, codec_level, points_mt, mirror, *rasters, [points,
     num_points], *extras, **targets}`` batches; rasters are ``(B, H, W)``, points ``(B, P, 2)``.
 
     ``points``, ``num_points``, ``points_mt``, ``mirror`` and the extras are host tensors even on a
@@ -230,7 +226,8 @@ class DenseBatches(FedBatches):
         load_targets: TargetLoader,
         batch_size: int,
         training: bool,
-        spec: QualitySpec | CrfSpec,
+        spec: LevelSpec,
+        codec: Codec,
         geometry: DenseGeometry = DenseGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
         shard_id: int = 0,
@@ -240,19 +237,18 @@ class DenseBatches(FedBatches):
         seed: int = 0,
         prefetch_queue_depth: int = 2,
         checkpoint: bytes | str | None = None,
-        preset: str = "veryfast",
         channels_last: bool = False,
     ) -> None:
         start_epoch, start_batch = FedBatches.start(checkpoint)
         self.channels_last = channels_last
-        feeder = DenseFeeder(samples, layout, load_targets, spec, geometry, preset, training=training,
+        feeder = DenseFeeder(samples, layout, load_targets, spec, codec, geometry, training=training,
                              batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
                              start_epoch=start_epoch, start_batch=start_batch, threads=num_threads)
         pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, channels_last=channels_last,
                               batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                               prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
-        names = ["image", "index", feeder.level_name, "valid", "points_mt", "mirror", *layout.rasters]
+        names = ["image", "index", "codec_level", "valid", "points_mt", "mirror", *layout.rasters]
         names += ["points", "num_points"] if layout.points else []
         super().__init__(pipe, feeder, names + list(layout.extras), device, targets)
         self.layout = layout

@@ -17,7 +17,8 @@ import torch
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from codecloop.dali_pipes.pipelines import CODEC_PLACEMENTS, READER_NAME, ImageGeometry, image_pipeline, sweep_pipeline
-from codecloop.dali_pipes.quality import QualitySpec
+from codecloop.dali_pipes.codecs import Codec
+from codecloop.dali_pipes.levels import LevelSpec
 
 
 def nchw(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -32,7 +33,8 @@ def default_num_threads() -> int:
 
 
 class ImageBatches:
-    """Epochs of ``{image, index, jpeg_quality, **targets}`` batches from one shard of `files`.
+    """Epochs of ``{image, index, codec_level, **targets}`` batches from one shard of `files`, through a
+    codec that runs in the DALI graph.
 
     With `with_clean`, batches also carry ``clean_image``: the same view without the codec.
     `targets` maps a name (``label``, ``soft_label``...) to a tensor indexed by sample index;
@@ -51,7 +53,8 @@ class ImageBatches:
         *,
         batch_size: int,
         training: bool,
-        spec: QualitySpec,
+        spec: LevelSpec,
+        codec: Codec,
         geometry: ImageGeometry = ImageGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
         shard_id: int = 0,
@@ -78,6 +81,7 @@ class ImageBatches:
             num_shards=num_shards,
             training=training,
             spec=spec,
+            codec=codec,
             geometry=geometry,
             on_gpu=device_id is not None,
             codec_placement=codec_placement,
@@ -92,7 +96,7 @@ class ImageBatches:
         )
         self._iterator = DALIGenericIterator(
             [pipe],
-            ["image", "index", "jpeg_quality"] + (["clean_image"] if with_clean else []),
+            ["image", "index", "codec_level"] + (["clean_image"] if with_clean else []),
             reader_name=READER_NAME,
             last_batch_policy=LastBatchPolicy.FILL if training and num_shards > 1 else LastBatchPolicy.PARTIAL,
             auto_reset=False,
@@ -107,7 +111,7 @@ class ImageBatches:
         for (outputs,) in self._iterator:
             index = outputs["index"].long()
             batch = {"image": nchw(outputs["image"], self.channels_last), "index": index,
-                     "jpeg_quality": outputs["jpeg_quality"]}
+                     "codec_level": outputs["codec_level"]}
             if "clean_image" in outputs:
                 batch["clean_image"] = nchw(outputs["clean_image"], self.channels_last)
             for name, table in self.targets.items():
@@ -133,6 +137,7 @@ class SweepBatches:
         files: Sequence[str],
         *,
         levels: Sequence[int],
+        codec: Codec,
         batch_size: int,
         geometry: ImageGeometry = ImageGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
@@ -152,7 +157,7 @@ class SweepBatches:
         self.device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         self.targets = {name: value.to(self.device) for name, value in (targets or {}).items()}
         pipe = sweep_pipeline(
-            files=files, shard_id=shard_id, num_shards=num_shards, levels=list(levels), geometry=geometry,
+            files=files, shard_id=shard_id, num_shards=num_shards, levels=list(levels), codec=codec, geometry=geometry,
             on_gpu=device_id is not None, codec_placement=codec_placement, channels_last=channels_last,
             batch_size=batch_size,
             num_threads=num_threads or default_num_threads(), device_id=device_id, seed=seed,

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import nvidia.dali.math as dali_math
 from nvidia.dali import fn, pipeline_def, types
 
-from codecloop.dali_pipes.codec import jpeg_codec, jpeg_stage
-from codecloop.dali_pipes.quality import QualitySpec
+from codecloop.dali_pipes.codec import graph_codec
+from codecloop.dali_pipes.codecs import Codec
+from codecloop.dali_pipes.levels import LevelSpec
 
 READER_NAME = "Reader"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CODEC_PLACEMENTS = ("native", "after_resize")
-JPEG_TILE = 16  # the codec's 4:2:0 minimum coded unit, in pixels
 # Images are decoded in their stored orientation: an EXIF orientation tag is not applied. COCO's
 # annotations, Pillow, torchvision.io and pycocotools all use the stored pixel grid, and the stored
 # size is what file headers (and the scan) report, so every size, box, mask and keypoint follows it.
@@ -83,15 +83,15 @@ def train_geometry(images, geometry: ImageGeometry):
     )
 
 
-def train_window(encoded, geometry: ImageGeometry):
+def train_window(encoded, geometry: ImageGeometry, tile: int = 16):
     """Per encoded image: a random-resized-crop window (`anchor`, `size`, HW pixels, the law of
-    `fn.random_resized_crop`) and the region (`start`, `end`) on the codec's 16-pixel grid holding
-    it with one tile to spare on each side, clipped to the image."""
+    `fn.random_resized_crop`) and the region (`start`, `end`) on the codec's `tile`-pixel grid (JPEG's
+    4:2:0 minimum coded unit: 16) holding it with one tile to spare on each side, clipped to the image."""
     shape = fn.peek_image_shape(encoded, adjust_orientation=ADJUST_ORIENTATION)
     anchor, size = fn.random_crop_generator(shape, random_area=[geometry.min_area, 1.0],
                                             random_aspect_ratio=[3 / 4, 4 / 3])
-    start = dali_math.max(anchor // JPEG_TILE * JPEG_TILE - JPEG_TILE, 0)
-    end = dali_math.min((anchor + size + JPEG_TILE - 1) // JPEG_TILE * JPEG_TILE + JPEG_TILE,
+    start = dali_math.max(anchor // tile * tile - tile, 0)
+    end = dali_math.min((anchor + size + tile - 1) // tile * tile + tile,
                         fn.cast(shape[0:2], dtype=types.INT32))
     return anchor, size, start, end
 
@@ -132,45 +132,49 @@ def image_pipeline(
     shard_id: int,
     num_shards: int,
     training: bool,
-    spec: QualitySpec,
+    spec: LevelSpec,
+    codec: Codec,
     geometry: ImageGeometry,
     on_gpu: bool,
     codec_placement: str = "native",
     with_clean: bool = False,
     channels_last: bool = False,
 ):
-    """Sharded classification pipeline; outputs ``(image, index, jpeg_quality[, clean_image])``,
+    """Sharded classification pipeline for a codec that runs in the graph; outputs ``(image, index,
+    codec_level[, clean_image])``,
     images CHW (HWC with `channels_last`), every output on the GPU when `on_gpu`.
 
     With `with_clean`, the clean image goes through the very same crop and flip as the
     compressed one (both are stacked along channels for the geometry), e.g. for a teacher.
-    Training on the CPU with a codec at native resolution works on the crop's `train_window`.
+    Training on the CPU with a tiled codec (`Codec.graph_tile`) at native resolution works on the crop's
+    `train_window`.
     """
     encoded, index = sharded_reader(files, shard_id, num_shards, shuffle=training)
     view = train_geometry if training else eval_geometry
-    if codec_placement == "native" and training and not on_gpu and not spec.is_none:
-        anchor, size, start, end = train_window(encoded, geometry)
+    windowed = codec.graph_tile is not None and not spec.is_none
+    if codec_placement == "native" and training and not on_gpu and windowed:
+        anchor, size, start, end = train_window(encoded, geometry, codec.graph_tile)
         images = fn.decoders.image_slice(encoded, start, end - start, axes=[0, 1], output_type=types.RGB,
                                          adjust_orientation=ADJUST_ORIENTATION)
-        compressed, quality = jpeg_codec(images, spec)
+        compressed, level = graph_codec(images, spec, codec.graph_stage)
         images = resize_window(fn.cat(compressed, images, axis=2) if with_clean else compressed, anchor, size, start,
                                geometry)
     elif codec_placement == "native":
         images = decode(encoded, on_gpu)
-        compressed, quality = jpeg_codec(images, spec)
+        compressed, level = graph_codec(images, spec, codec.graph_stage)
         images = view(fn.cat(compressed, images, axis=2) if with_clean else compressed, geometry)
     else:
         images = view(decode(encoded, on_gpu), geometry)
-        compressed, quality = jpeg_codec(images, spec)
+        compressed, level = graph_codec(images, spec, codec.graph_stage)
         images = fn.cat(compressed, images, axis=2) if with_clean else compressed
     mirror = fn.random.coin_flip() if training else None
     images = normalize(images, geometry, mirror=mirror, center_crop=not training, copies=2 if with_clean else 1,
                        channels_last=channels_last)
-    index, quality = on_device(fn.reshape(index, shape=[]), on_gpu), on_device(quality, on_gpu)
+    index, level = on_device(fn.reshape(index, shape=[]), on_gpu), on_device(level, on_gpu)
     if with_clean:
-        return (split_channels(images, 0, 3, channels_last), index, quality,
+        return (split_channels(images, 0, 3, channels_last), index, level,
                 split_channels(images, 3, 6, channels_last))
-    return images, index, quality
+    return images, index, level
 
 
 @pipeline_def
@@ -179,21 +183,22 @@ def sweep_pipeline(
     shard_id: int,
     num_shards: int,
     levels: Sequence[int],
+    codec: Codec,
     geometry: ImageGeometry,
     on_gpu: bool,
     codec_placement: str = "native",
     channels_last: bool = False,
 ):
-    """Evaluation at many JPEG qualities in one pass: each image is read and decoded once, then
+    """Evaluation at many levels of an in-graph codec in one pass: each image is read and decoded once, then
     every level's codec stage, resize, center crop and normalize run on it; outputs
     ``(index, clean view, view at levels[0], ...)``."""
     encoded, index = sharded_reader(files, shard_id, num_shards, shuffle=False)
     images = decode(encoded, on_gpu)
     if codec_placement == "native":
         views = [eval_geometry(images, geometry)]
-        views += [eval_geometry(jpeg_stage(images, level), geometry) for level in levels]
+        views += [eval_geometry(codec.graph_stage(images, level), geometry) for level in levels]
     else:
         resized = eval_geometry(images, geometry)
-        views = [resized] + [jpeg_stage(resized, level) for level in levels]
+        views = [resized] + [codec.graph_stage(resized, level) for level in levels]
     return (on_device(fn.reshape(index, shape=[]), on_gpu),
             *[normalize(view, geometry, center_crop=True, channels_last=channels_last) for view in views])

@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from codecloop.dali_pipes.quality import MAX_QUALITY, MIN_QUALITY
+from codecloop.dali_pipes.codec import JPEG_QUALITY
 
 __all__ = [
     "JPEG_SAVE_OPTIONS",
@@ -30,10 +30,10 @@ def check_quality(quality: int) -> int:
     """Return `quality` as an int, or raise ValueError naming it when it is outside 1..100."""
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
         raise ValueError(
-            f"JPEG quality must be an integer in {MIN_QUALITY}..{MAX_QUALITY}, got {quality!r}"
+            f"JPEG quality must be an integer in {JPEG_QUALITY.low}..{JPEG_QUALITY.high}, got {quality!r}"
         )
-    if not MIN_QUALITY <= quality <= MAX_QUALITY:
-        raise ValueError(f"JPEG quality must be in {MIN_QUALITY}..{MAX_QUALITY}, got {quality}")
+    if not JPEG_QUALITY.low <= quality <= JPEG_QUALITY.high:
+        raise ValueError(f"JPEG quality must be in {JPEG_QUALITY.low}..{JPEG_QUALITY.high}, got {quality}")
     return int(quality)
 
 

@@ -1,12 +1,12 @@
-"""Video pipelines on an H.264 CRF ladder: rung drawn per clip -> decode -> resize -> crop -> normalize.
+"""Video pipelines on a codec's ladder (H.264 CRFs): rung drawn per clip -> decode -> resize -> crop -> normalize.
 
-`LadderFeeder` draws per clip and epoch a CRF rung, the frames of a clip (T frames at a stride;
+`LadderFeeder` draws per clip and epoch a rung (clean: the codec's clean rung), the frames of a clip (T frames at a stride;
 several evenly spaced clips per video for evaluation), a crop position and a flip. On a GPU it
 hands DALI the rung's H.264 bytes and the frame indices, decoded by NVDEC (``fn.decoders.video``,
 device "mixed"); without one it decodes those frames with PyAV itself, since DALI's CPU decoder
 does not read H.264, and the rest of the graph is the same, so both yield identical layouts.
 A clip shorter than its span loops: frame ``i`` of the span reads frame ``i mod n``.
-`VideoBatches` yields ``{video, index, h264_crf, **targets}`` with ``video`` float
+`VideoBatches` yields ``{video, index, codec_level, **targets}`` with ``video`` float
 ``(B, C, T, H, W)``, or ``(B, K, C, T, H, W)`` when evaluating K clips per video.
 """
 
@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 
-from codecloop.dali_pipes.crf import CrfSpec
+from codecloop.dali_pipes.codecs import Codec
 from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
-from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CROP_X, CROP_Y, FLIP, START
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
+from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CROP_X, CROP_Y, FLIP, START
 from codecloop.dali_pipes.pipelines import on_device
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -103,20 +104,22 @@ class VideoGeometry:
 
 
 class LadderFeeder(ShardedFeeder):
-    """This rank's clips drawn from a CRF ladder: outputs ``data`` (H.264 bytes for NVDEC, or frames
+    """This rank's clips drawn from a ladder: outputs ``data`` (the rung's bytes for NVDEC, or frames
     decoded here as FHWC), ``frame_indices`` (NVDEC only), ``crop_x``, ``crop_y``, ``mirror``,
-    ``crf``, ``index``, ``valid``."""
+    ``level``, ``index``, ``valid``."""
 
-    def __init__(self, ladder: Ladder, clips: Sequence[str], spec: CrfSpec, sampling: ClipSampling, *,
-                 decode_on_cpu: bool = True, **sharding) -> None:
+    def __init__(self, ladder: Ladder, clips: Sequence[str], spec: LevelSpec, codec: Codec, sampling: ClipSampling,
+                 *, decode_on_cpu: bool = True, **sharding) -> None:
         super().__init__(len(clips), **sharding)
+        if codec.ladder_clean_rung is None:
+            raise ValueError(f"codec {codec.name!r} does not read ladders ({', '.join(codec.runs)}); clips need one")
         unknown = [clip for clip in clips if clip not in ladder.rungs]
         if unknown:
             raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root} ({len(unknown)} missing); "
                              f"rerun: {ladder.settings.get('command', 'codecloop transcode')}")
         self.rungs = ladder.crfs()
-        spec.check_ladder(self.rungs, f"ladder {ladder.root}")
-        self.ladder, self.clips, self.spec, self.sampling = ladder, list(clips), spec, sampling
+        spec.check_ladder(self.rungs, codec.ladder_clean_rung, f"ladder {ladder.root}")
+        self.ladder, self.clips, self.spec, self.codec, self.sampling = ladder, list(clips), spec, codec, sampling
         self.decode_on_cpu = decode_on_cpu
 
     def describe(self, index: int) -> str:
@@ -124,14 +127,15 @@ class LadderFeeder(ShardedFeeder):
 
     def outputs(self) -> tuple[str, ...]:
         head = ("data",) if self.decode_on_cpu else ("data", "frame_indices")
-        return head + ("crop_x", "crop_y", "mirror", "crf", "index", "valid")
+        return head + ("crop_x", "crop_y", "mirror", "level", "index", "valid")
 
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         clip = self.clips[index]
-        crf = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
-        rung = self.ladder.rungs[clip][crf]
+        level = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
+        rung_level = ladder_rung(level, self.codec.ladder_clean_rung)
+        rung = self.ladder.rungs[clip][rung_level]
         frames = self.sampling.frame_indices(rung.frames, draws[START] if self.training else None)
-        path = self.ladder.path(clip, crf)
+        path = self.ladder.path(clip, rung_level)
         crop_x, crop_y, mirror = (draws[CROP_X], draws[CROP_Y], draws[FLIP] < 0.5) if self.training else (0.5, 0.5, 0)
         return {
             "data": decode_frames(path, frames, rung.fps) if self.decode_on_cpu else np.fromfile(path, np.uint8),
@@ -139,7 +143,7 @@ class LadderFeeder(ShardedFeeder):
             "crop_x": np.float32(crop_x),
             "crop_y": np.float32(crop_y),
             "mirror": np.int32(mirror),
-            "crf": np.int32(crf),
+            "level": np.int32(level),
         }
 
 
@@ -169,17 +173,17 @@ def clip_geometry(frames, crop_x, crop_y, mirror, geometry: VideoGeometry):
 
 @pipeline_def
 def video_pipeline(feeder: LadderFeeder, geometry: VideoGeometry, on_gpu: bool):
-    """Clips from `feeder`; outputs ``(video, index, crf, valid)``."""
+    """Clips from `feeder`; outputs ``(video, index, level, valid)``."""
     names = feeder.outputs()
     nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
                                                layout=["FHWC" if not on_gpu else ""] + [""] * (len(names) - 1))))
     frames = decode_clips(nodes["data"], nodes["frame_indices"]) if on_gpu else nodes["data"]
     video = clip_geometry(frames, nodes["crop_x"], nodes["crop_y"], nodes["mirror"], geometry)
-    return video, on_device(nodes["index"], on_gpu), on_device(nodes["crf"], on_gpu), nodes["valid"]
+    return video, on_device(nodes["index"], on_gpu), on_device(nodes["level"], on_gpu), nodes["valid"]
 
 
 class VideoBatches(FedBatches):
-    """Epochs of ``{video, index, h264_crf, **targets}`` batches from one shard of a ladder's clips.
+    """Epochs of ``{video, index, codec_level, **targets}`` batches from one shard of a ladder's clips.
 
     `targets` maps a name to a tensor indexed by sample index (position in `clips`).
     ``checkpoint=`` (a `checkpoint()` value) resumes at that epoch and batch with the same draws.
@@ -192,7 +196,8 @@ class VideoBatches(FedBatches):
         *,
         batch_size: int,
         training: bool,
-        spec: CrfSpec,
+        spec: LevelSpec,
+        codec: Codec,
         sampling: ClipSampling = ClipSampling(),
         geometry: VideoGeometry = VideoGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
@@ -210,7 +215,7 @@ class VideoBatches(FedBatches):
         start_epoch, start_batch = FedBatches.start(checkpoint)
         self.sampling = sampling
         feeder = LadderFeeder(
-            ladder, clips, spec, sampling, decode_on_cpu=device_id is None, training=training,
+            ladder, clips, spec, codec, sampling, decode_on_cpu=device_id is None, training=training,
             batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, start_epoch=start_epoch,
             start_batch=start_batch, threads=num_threads)
         if device_id is not None:
@@ -218,7 +223,7 @@ class VideoBatches(FedBatches):
         pipe = video_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None, batch_size=batch_size,
                               num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
-        super().__init__(pipe, feeder, ["video", "index", "h264_crf", "valid"], device, targets)
+        super().__init__(pipe, feeder, ["video", "index", "codec_level", "valid"], device, targets)
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``(B, K*T, C, H, W)`` frames to ``(B, C, T, H, W)`` clips, or ``(B, K, C, T, H, W)``."""

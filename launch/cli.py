@@ -12,23 +12,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from codecloop.dali_pipes.crf import DEFAULT_LADDER, parse_crf_levels
+from codecloop.dali_pipes.crf import CRF_SCALE, DEFAULT_LADDER
 from codecloop.dali_pipes.validate import BadImageError
 from codecloop.trainers.checkpoint import DiskFullError
 from codecloop.trainers.config import Config, coerce, config_keys, load_yaml, range_text
 
 CONFIG_COMMANDS = {
-    "train": "train or fine-tune a task model with the codec (JPEG or H.264) in the loop",
-    "sweep": "evaluate a checkpoint clean and at each JPEG quality or H.264 CRF: sweep.csv, sweep.png, report.md",
+    "train": "train or fine-tune a task model with a codec (JPEG, H.264, ...) in the loop",
+    "sweep": "evaluate a checkpoint clean and at each codec level: sweep.csv, sweep.png, report.md",
     "experiment": "the paper protocol: baseline -> sweep -> retrain on compressed data -> sweep -> recovery",
     "check-data": "read a dataset as a run would (layout, split files, every file scanned) and list every "
                   "missing and skipped file, without training",
 }
 EXAMPLES = """examples:
   codecloop demo
-  codecloop train --data ~/imagenette --model resnet50 --quality 5-95 --clean_prob 0.1 --epochs 5
+  codecloop train --data ~/imagenette --model resnet50 --codec jpeg --level 5-95 --clean_prob 0.1 --epochs 5
   codecloop sweep --data ~/imagenette --model resnet50 --checkpoint runs/train-X --levels 5,10,15,30,50
-  codecloop experiment --config launch/configs/classification.yaml --data ~/imagenette --retrain_quality 5,10,15
+  codecloop experiment --config launch/configs/classification.yaml --data ~/imagenette --retrain_level 5,10,15
   codecloop experiment --grid launch/grids/segmentation_families.yaml --data ~/voc --out runs/grid-seg
   accelerate launch --config_file launch/accelerate/single_node_multi_gpu.yaml -m codecloop train ...
 """
@@ -205,8 +205,8 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--batch_size", type=int, default=64,
                        help="batch size (halved on a device out-of-memory, torch's or DALI's)")
     bench.add_argument("--crop", type=int, default=None, help="network input size (default: 224 jpeg, 112 h264)")
-    bench.add_argument("--quality", default="5-95", help="JPEG quality spec of the codec stage")
-    bench.add_argument("--crf", default="18-51", help="h264: CRF spec drawn per clip (snapped to the ladder's rungs)")
+    bench.add_argument("--level", default=None, help="level spec drawn per sample (jpeg: quality, default 5-95) "
+                       "or per clip (h264: CRF, snapped to the ladder's rungs, default 18-51)")
     bench.add_argument("--frames", type=int, default=16, help="h264: frames per clip (stride 2)")
     bench.add_argument("--iterations", type=int, default=20, help="timed batches per repeat")
     bench.add_argument("--warmup", type=int, default=5, help="untimed batches first")
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from codecloop.trainers.demo import run_demo
 
-            out = args.out or ("runs/demo-h264" if args.codec == "h264" else "runs/demo")
+            out = args.out or ("runs/demo" if args.codec == "jpeg" else f"runs/demo-{args.codec}")
             run_demo(Path(out), retrain_steps=args.retrain_steps, wandb=args.wandb, codec=args.codec)
         elif args.command == "compress":
             from codecloop.dali_pipes.compress import compress_dataset
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "transcode":
             from codecloop.dali_pipes.ladder import transcode
 
-            result = transcode(args.src, args.dst, crfs=parse_crf_levels(args.crfs), preset=args.preset,
+            result = transcode(args.src, args.dst, crfs=CRF_SCALE.parse_levels(args.crfs), preset=args.preset,
                                keyint=args.keyint, fps=args.fps, workers=args.workers)
             for source, reason in result.failed.values():
                 print(f"skipped {source}: {reason}", file=sys.stderr)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             from codecloop.trainers.bench import run_bench
 
             run_bench(args.mode, codec=args.codec, data=args.data, images=args.images, batch_size=args.batch_size,
-                      crop=args.crop, quality=args.quality, crf=args.crf, frames=args.frames,
+                      crop=args.crop, level=args.level, frames=args.frames,
                       iterations=args.iterations, warmup=args.warmup, repeats=args.repeats, model=args.model,
                       precision=args.precision, workers=args.workers, threads=args.threads,
                       contenders=args.contenders.split(",") if args.contenders else None, out=args.out,

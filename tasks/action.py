@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import get_model
 
-from codecloop.dali_pipes import CrfSpec, PipelineRuntime
+from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime
 from codecloop.dali_pipes.ladder import VIDEO_SUFFIXES, load_ladder
 from codecloop.dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
 from codecloop.tasks.layout_errors import MissingFilesError, choose_format
@@ -101,7 +101,7 @@ class ActionTask:
     primary_metric = "top1"
     higher_is_better = True
     memory_format = None
-    codecs = ("h264",)
+    media = "clips"  # what the codec compresses: single images, or clips from a ladder
     model_help = ", ".join(VIDEO_MODELS)
 
     def __init__(self, data: str | Path, ladder: str | Path | None = None, model: str = "r3d_18",
@@ -254,13 +254,13 @@ class ActionTask:
         labels = torch.tensor([number[item.label] for item in kept], dtype=torch.long)
         return SampleIndex(split, [item.clip for item in kept], {"label": labels}, skipped)
 
-    def batches(self, index: SampleIndex, *, training: bool, spec: CrfSpec, runtime: PipelineRuntime,
+    def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
                 checkpoint: bytes | str | None = None, with_clean: bool = False) -> VideoBatches:
-        """Epochs of clips of `index` drawn from the ladder at the spec's CRFs."""
+        """Epochs of clips of `index` drawn from the ladder at the spec's levels (rungs)."""
         if with_clean:
             raise ValueError("the action task has no clean-view pairing")
         sampling = dataclasses.replace(self.sampling, clips_per_video=1 if training else self.eval_clips)
-        return VideoBatches(self.ladder, index.files, training=training, spec=spec, sampling=sampling,
+        return VideoBatches(self.ladder, index.files, training=training, spec=spec, codec=codec, sampling=sampling,
                             geometry=self.geometry, targets=index.targets, checkpoint=checkpoint,
                             **dataclasses.asdict(runtime))
 

@@ -1,9 +1,9 @@
 """Image classification: ImageFolder reader, any timm model, cross-entropy, top-1 / top-5.
 
 Layout: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg``; classes are the sorted
-folder names of ``train``. JPEG runs in the DALI pipeline; H.264 encodes each image online, or,
-when the folders hold frame sequences transcoded with ``codecloop transcode --src ROOT``, reads
-each image's frame from the ladder (``ladder``). A batch may carry ``soft_label`` (teacher probabilities per sample):
+folder names of ``train``. A codec that runs in the graph (JPEG) runs in the DALI pipeline; a host
+codec (H.264) round-trips each image online on CPU threads, or, when the folders hold frame sequences
+transcoded with ``codecloop transcode --src ROOT``, each image's frame is read from the ladder (``ladder``). A batch may carry ``soft_label`` (teacher probabilities per sample):
 the loss is then the KL divergence to them (distillation) and ``kl`` is reported too.
 """
 
@@ -16,8 +16,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from codecloop.dali_pipes import IMAGENET_MEAN, IMAGENET_STD, CrfSpec, ImageBatches, ImageGeometry, PipelineRuntime, QualitySpec
-from codecloop.dali_pipes.h264_image import H264ImageBatches
+from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, Codec, ImageBatches, ImageGeometry, LevelSpec,
+                                  PipelineRuntime)
+from codecloop.dali_pipes.host_codec import HostCodecBatches
 from codecloop.dali_pipes.iterator import SweepBatches
 from codecloop.dali_pipes.ladder import load_ladder
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
@@ -58,7 +59,7 @@ class ClassificationTask:
     primary_metric = "top1"
     higher_is_better = True
     memory_format = torch.channels_last
-    codecs = ("jpeg", "h264")
+    media = "images"  # what the codec compresses: single images, or clips from a ladder
     model_help = "any timm model name (timm.list_models()), e.g. resnet50, efficientnet_lite0, vit_small_patch16_224"
 
     def __init__(
@@ -117,27 +118,30 @@ class ClassificationTask:
             raise ValueError(f"dataset split {self.root / split} has no readable image")
         return SampleIndex(split, scan.good, {"label": labels}, scan.skipped)
 
-    def batches(self, index: SampleIndex, *, training: bool, spec: QualitySpec | CrfSpec, runtime: PipelineRuntime,
+    def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
                 checkpoint: bytes | str | None = None,
-                with_clean: bool = False) -> ImageBatches | H264ImageBatches:
+                with_clean: bool = False) -> ImageBatches | HostCodecBatches:
         """One epoch after another of `index` through the codec stage, as dict batches on the device.
 
-        H.264 encodes each image online, or, with a ladder, reads its frame of the drawn rung.
+        An in-graph codec runs in the DALI pipeline; a host codec round-trips each image online, or, with a
+        ladder, each image is its frame of the drawn rung.
         """
-        if isinstance(spec, CrfSpec):
+        if self.ladder is not None or codec.graph_stage is None:
             samples = self.ladder_frames(index.files) if self.ladder else index.files
-            return H264ImageBatches(samples, training=training, spec=spec, geometry=self.geometry, ladder=self.ladder,
-                                    targets=index.targets, checkpoint=checkpoint, with_clean=with_clean,
-                                    **dataclasses.asdict(runtime))
-        return ImageBatches(index.files, training=training, spec=spec, geometry=self.geometry, targets=index.targets,
-                            codec_placement=self.codec_placement, checkpoint=checkpoint, with_clean=with_clean,
-                            **dataclasses.asdict(runtime))
+            return HostCodecBatches(samples, training=training, spec=spec, codec=codec, geometry=self.geometry,
+                                    ladder=self.ladder, targets=index.targets, checkpoint=checkpoint,
+                                    with_clean=with_clean, **dataclasses.asdict(runtime))
+        return ImageBatches(index.files, training=training, spec=spec, codec=codec, geometry=self.geometry,
+                            targets=index.targets, codec_placement=self.codec_placement, checkpoint=checkpoint,
+                            with_clean=with_clean, **dataclasses.asdict(runtime))
 
-    def sweep_batches(self, index: SampleIndex, levels: list[int], runtime: PipelineRuntime) -> SweepBatches | None:
-        """All JPEG `levels` of `index` in one pass (each image decoded once); None with a ladder."""
+    def sweep_batches(self, index: SampleIndex, levels: list[int], codec: Codec,
+                      runtime: PipelineRuntime) -> SweepBatches | None:
+        """All `levels` of an in-graph codec over `index` in one pass (each image decoded once); None with a
+        ladder."""
         if self.ladder is not None:
             return None
-        return SweepBatches(index.files, levels=levels, geometry=self.geometry, targets=index.targets,
+        return SweepBatches(index.files, levels=levels, codec=codec, geometry=self.geometry, targets=index.targets,
                             codec_placement=self.codec_placement, **dataclasses.asdict(runtime))
 
     def ladder_frames(self, files: list[str]) -> list[tuple[str, int]]:

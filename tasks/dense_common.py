@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from codecloop.dali_pipes import CrfSpec, PipelineRuntime, QualitySpec
+from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime
 from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
 from codecloop.dali_pipes.validate import ScanPolicy, ScanResult, scan_images
 from codecloop.tasks.classification import IMAGE_SUFFIXES
@@ -99,7 +99,7 @@ class DenseTask:
     when the index is built: a bad file is skipped and counted with its sample, or stops a strict run.
     """
 
-    codecs = ("jpeg", "h264")
+    media = "images"  # what the codec compresses: single images, or clips from a ladder
     memory_format = torch.channels_last
     layout = DenseLayout()
 
@@ -120,7 +120,7 @@ class DenseTask:
         """Whether ``images/<split>`` exists (the folder layouts; COCO tasks look for their JSON)."""
         return (self.root / "images" / split).is_dir()
 
-    def batches(self, index: SampleIndex, *, training: bool, spec: QualitySpec | CrfSpec, runtime: PipelineRuntime,
+    def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
                 checkpoint: bytes | str | None = None, with_clean: bool = False) -> DenseBatches:
         """Epochs of `index` through the codec stage and the shared crop / flip / resize, on the device."""
         if with_clean:
@@ -128,5 +128,5 @@ class DenseTask:
         samples = [DenseSample(path, annotation.get("region"))
                    for path, annotation in zip(index.files, index.annotations or [{}] * len(index))]
         return DenseBatches(samples, layout=self.layout, load_targets=functools.partial(self.load_targets, index),
-                            training=training, spec=spec, geometry=self.geometry, targets=index.targets,
+                            training=training, spec=spec, codec=codec, geometry=self.geometry, targets=index.targets,
                             checkpoint=checkpoint, **dataclasses.asdict(runtime))

@@ -33,14 +33,14 @@ def videos(tmp_path_factory, run_cli_module):
 def test_train_then_sweep_three_crfs(videos, tmp_path, run_cli):
     root, ladder = videos
     train_dir, sweep_dir = tmp_path / "train", tmp_path / "sweep"
-    status, _, err = run_cli("train", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--crf", "23-51",
+    status, _, err = run_cli("train", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--level", "23-51",
                              "--clean_prob", "0.25", "--epochs", "2", "--log_every", "1", "--out", train_dir)
     assert status == 0, err
     records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]  # 12 train videos, batch 4: 3 steps per epoch
-    assert all(set(r) >= {"codec/crf_mean", "codec/crf_hist", "codec/clean_frac"} for r in steps)
-    assert all(23 <= r["codec/crf_mean"] <= 51 for r in steps if r["codec/clean_frac"] < 1)
+    assert all(set(r) >= {"codec/level_mean", "codec/level_hist", "codec/clean_frac"} for r in steps)
+    assert all(23 <= r["codec/level_mean"] <= 51 for r in steps if r["codec/clean_frac"] < 1)
     evals = [r for r in records if "eval/top1" in r]
     assert [r["eval/n"] for r in evals] == [6, 6]
     assert set(evals[0]) >= {"eval/top1", "eval/top5", "eval/clip_top1", "eval/clip_top5"}
@@ -87,7 +87,7 @@ def test_bad_video_inputs(videos, tmp_path, run_cli):
     status, _, err = run_cli("train", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--codec", "jpeg",
                              "--out", tmp_path / "c")
     assert status == 2 and "config key 'codec'" in err
-    status, _, err = run_cli("train", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--crf", "28",
+    status, _, err = run_cli("train", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--level", "28",
                              "--out", tmp_path / "d")
     assert status == 2 and "CRF 28 is not a rung" in err
     status, _, err = run_cli("train", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--model", "mvit_v2_s",
@@ -108,12 +108,12 @@ def test_experiment_with_h264(videos, tmp_path, run_cli):
     root, ladder = videos
     out = tmp_path / "experiment"
     status, _, err = run_cli("experiment", "--data", root, "--ladder", ladder, *VIDEO_ARGS, "--epochs", "1",
-                             "--levels", "23,51", "--retrain_crf", "23-51", "--retrain_max_steps", "2", "--out", out)
+                             "--levels", "23,51", "--retrain_level", "23-51", "--retrain_max_steps", "2", "--out", out)
     assert status == 0, err
     with (out / "recovery.csv").open() as handle:
         assert [(row["codec"], row["level"]) for row in csv.DictReader(handle)] == [("h264", "23"), ("h264", "51")]
     retrain = yaml.safe_load((out / "config.yaml").read_text())
-    assert retrain["retrain_crf"] == "23-51" and retrain["codec"] == "h264"
+    assert retrain["retrain_level"] == "23-51" and retrain["codec"] == "h264"
     records = [json.loads(line) for line in (out / "retrain" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["codec/crf_mean"] >= 23 for r in records if r.get("codec/clean_frac", 1) < 1)
+    assert all(r["codec/level_mean"] >= 23 for r in records if r.get("codec/clean_frac", 1) < 1)
     assert "Retrained on H.264 CRF `23-51`" in (out / "report.md").read_text()

@@ -83,7 +83,7 @@ def test_hmdb51_layout_detected_with_classes_and_splits(hmdb):
 def test_hmdb51_train_then_sweep(hmdb, tmp_path, run_cli):
     videos, lists, ladder = hmdb
     layout = ["--task", "action", "--codec", "h264", "--data", videos, "--splits", lists, "--ladder", ladder, *FAST]
-    status, _, err = run_cli("train", *layout, "--crf", "23-51", "--epochs", "1", "--out", tmp_path / "train")
+    status, _, err = run_cli("train", *layout, "--level", "23-51", "--epochs", "1", "--out", tmp_path / "train")
     assert status == 0, err
     records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval/n"] for r in records if "eval/top1" in r] == [3]
@@ -195,6 +195,6 @@ def test_make_synthetic_hint_runs(tmp_path, run_cli):
     assert transcode[:2] == ["codecloop", "transcode"] and experiment[:2] == ["codecloop", "experiment"]
     assert run_cli(*transcode[1:], "--crfs", "0,23,51", "--workers", "2")[0] == 0
     status, _, err = run_cli(*experiment[1:], *FAST, "--epochs", "1", "--max_steps", "1", "--levels", "51",
-                             "--retrain_crf", "23-51", "--retrain_max_steps", "1", "--out", tmp_path / "run")
+                             "--retrain_level", "23-51", "--retrain_max_steps", "1", "--out", tmp_path / "run")
     assert status == 0, err
     assert (tmp_path / "run" / "recovery.csv").is_file()

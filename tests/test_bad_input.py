@@ -48,7 +48,7 @@ def test_checkpoint_from_another_model(run_cli, tmp_path, image_folder):
 
 def test_unknown_config_key_in_yaml(run_cli, tmp_path, image_folder):
     config = tmp_path / "run.yaml"
-    config.write_text("quality: 30\nlearning_rate: 0.1\n")
+    config.write_text("level: 30\nlearning_rate: 0.1\n")
     _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, "--config", config,
                   message="unknown key 'learning_rate'")
 
@@ -62,14 +62,21 @@ def test_unknown_flag_is_named(tmp_path, image_folder):
     assert result.returncode == 2 and "--learning_rate=0.1" in result.stderr
 
 
-@pytest.mark.parametrize(("key", "value"), [("quality", "0"), ("quality", "101"), ("eval_quality", "5-250"),
-                                            ("retrain_quality", "0,5"), ("levels", "5,0")])
-def test_quality_outside_range(run_cli, tmp_path, image_folder, key, value):
+@pytest.mark.parametrize(("codec", "key", "value"), [
+    ("jpeg", "level", "0"), ("jpeg", "level", "101"), ("jpeg", "eval_level", "5-250"), ("jpeg", "retrain_level", "0,5"),
+    ("jpeg", "levels", "5,0"), ("h264", "level", "60"), ("h264", "levels", "18,52")])
+def test_level_outside_the_codecs_range(run_cli, tmp_path, image_folder, codec, key, value):
     bad = value.split(",")[-1] if key == "levels" else value.split("-")[-1].split(",")[0]
-    _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, f"--{key}={value}",
-                  message=f"config key '{key}'")
-    status, _, err = run_cli("train", "--data", image_folder, *TINY, f"--{key}={value}")
-    assert f"quality {bad}" in err
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, "--codec", codec,
+                  f"--{key}={value}", message=f"config key '{key}'")
+    status, _, err = run_cli("train", "--data", image_folder, *TINY, "--codec", codec, f"--{key}={value}")
+    scale = {"jpeg": "JPEG quality", "h264": "H.264 CRF"}[codec]
+    assert f"{scale} " in err and f"{scale.split()[1]} {bad} is outside" in err, err
+
+
+def test_unknown_codec_lists_the_registered_ones(run_cli, tmp_path, image_folder):
+    _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, "--codec", "webp",
+                  message="config key 'codec': unknown codec 'webp'; known codecs: jpeg, h264")
 
 
 def test_bad_typed_value(run_cli, tmp_path, image_folder):

@@ -85,8 +85,8 @@ def test_video_bench_without_a_clean_rung_skips_bare_dali(tmp_path, run_cli):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--contenders", "pillow-simd"], "unknown contender 'pillow-simd'"),
-    (["--quality", "0-50"], "quality 0 is outside 1..100"),
-    (["--codec", "h264", "--crf", "60"], "CRF 60"),
+    (["--level", "0-50"], "quality 0 is outside 1..100"),
+    (["--codec", "h264", "--level", "60"], "CRF 60"),
     (["--contenders", "torchvision-nvjpeg"], "no contender could run: skipped torchvision-nvjpeg: needs CUDA"),
 ])
 def test_bench_bad_input(arguments, message, tmp_path, run_cli):

@@ -40,7 +40,7 @@ def trained_run(dirty_folder, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "train"
     status = main(["train", "--data", str(dirty_folder), *TINY, "--batch_size", "4", "--epochs", "1",
-                   "--quality", "5-95", "--clean_prob", "0.25", "--log_every", "2", "--out", str(out)])
+                   "--level", "5-95", "--clean_prob", "0.25", "--log_every", "2", "--out", str(out)])
     assert status == 0
     return out
 
@@ -48,11 +48,11 @@ def trained_run(dirty_folder, tmp_path_factory) -> Path:
 def test_train_writes_run_directory(trained_run):
     assert (trained_run / "model.safetensors").is_file()
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
-    assert config["quality"] == "5-95" and config["out"] == str(trained_run)
+    assert config["level"] == "5-95" and config["out"] == str(trained_run)
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     step_records = [r for r in records if "train/loss" in r]
     assert step_records, records
-    for key in ("train/loss", "codec/quality_mean", "codec/quality_hist", "throughput/samples_per_sec",
+    for key in ("train/loss", "codec/level_mean", "codec/level_hist", "throughput/samples_per_sec",
                 "throughput/data_wait_frac"):
         assert key in step_records[0], key
     assert 0.0 <= step_records[0]["throughput/data_wait_frac"] <= 1.0
@@ -104,5 +104,5 @@ def test_strict_stops_naming_the_file(dirty_folder, tmp_path, run_cli):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "codecloop", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for flag in ("--quality", "--clean_prob", "--grad_accum", "--wandb", "--resume", "--checkpoint_every"):
+    for flag in ("--level", "--clean_prob", "--grad_accum", "--wandb", "--resume", "--checkpoint_every"):
         assert flag in result.stdout

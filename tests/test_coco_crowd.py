@@ -15,7 +15,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from codecloop.dali_pipes import PipelineRuntime, parse_quality_spec
+from codecloop.dali_pipes.codecs import JPEG
+from codecloop.dali_pipes import PipelineRuntime
 from codecloop.tasks.dense_metrics import coco_box_metrics
 from codecloop.tasks.detection import DetectionTask
 from codecloop.tasks.synthetic import make_synthetic
@@ -37,7 +38,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def eval_batch(task: DetectionTask) -> tuple[dict[str, torch.Tensor], list[str]]:
     index = task.sample_index("val")
-    batches = task.batches(index, training=False, spec=parse_quality_spec("none"),
+    batches = task.batches(index, training=False, spec=JPEG.parse_spec("none"), codec=JPEG,
                            runtime=PipelineRuntime(batch_size=len(index)))
     return next(iter(batches)), index.files
 
@@ -150,7 +151,7 @@ def test_pose_crowd_regions_are_ignored_as_pycocotools_does(tmp_path):
     json_path.write_text(json.dumps(coco))
     task = PoseTask(root, input_size="64x48")
     index = task.sample_index("val")
-    batch = next(iter(task.batches(index, training=False, spec=parse_quality_spec("none"),
+    batch = next(iter(task.batches(index, training=False, spec=JPEG.parse_spec("none"), codec=JPEG,
                                    runtime=PipelineRuntime(batch_size=len(index)))))
     keypoints = torch.stack([person["keypoints"][0] for person in task.people(batch)])
     accumulator = task.metric_accumulator()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codecloop.dali_pipes import parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
 from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.detection import DetectionTask
@@ -116,7 +116,7 @@ def test_targets_follow_crop_flip_resize(tmp_path):
     layout = DenseLayout(rasters=("mask", "depth"), points=True)
     batches = DenseBatches([DenseSample(str(tmp_path / "image.png"))] * 8, layout=layout,
                            load_targets=lambda _: {"mask": mask, "depth": depth, "points": points}, batch_size=8,
-                           training=True, spec=parse_quality_spec("none"), geometry=geometry, seed=3)
+                           training=True, spec=JPEG.parse_spec("none"), codec=JPEG, geometry=geometry, seed=3)
     batch = next(iter(batches))
     assert batch["mirror"].min() == 0 and batch["mirror"].max() == 1
     out_rows, out_cols = np.mgrid[:geometry.height, :geometry.width]
@@ -141,7 +141,7 @@ def test_detection_boxes_reordered_and_clipped_after_flip(synthetic):
     index = task.sample_index("train")
     from codecloop.dali_pipes import PipelineRuntime
 
-    batch = next(iter(task.batches(index, training=True, spec=parse_quality_spec("50"),
+    batch = next(iter(task.batches(index, training=True, spec=JPEG.parse_spec("50"), codec=JPEG,
                                    runtime=PipelineRuntime(batch_size=8, seed=1))))
     mirrored_with_boxes = 0
     for sample, target in enumerate(task.targets(batch)):
@@ -160,7 +160,7 @@ def test_pose_flip_swaps_left_and_right(synthetic):
     index = task.sample_index("train")
     from codecloop.dali_pipes import PipelineRuntime
 
-    batch = next(iter(task.batches(index, training=True, spec=parse_quality_spec("none"),
+    batch = next(iter(task.batches(index, training=True, spec=JPEG.parse_spec("none"), codec=JPEG,
                                    runtime=PipelineRuntime(batch_size=16, seed=2))))
     people = task.people(batch)
     left, right = COCO_KEYPOINTS.index("left_ankle"), COCO_KEYPOINTS.index("right_ankle")
@@ -184,7 +184,7 @@ def _eval_batch(task, split: str = "val", spec=None):
     from codecloop.dali_pipes import PipelineRuntime
 
     index = task.sample_index(split)
-    return next(iter(task.batches(index, training=False, spec=spec or parse_quality_spec("none"),
+    return next(iter(task.batches(index, training=False, spec=spec or JPEG.parse_spec("none"),
                                   runtime=PipelineRuntime(batch_size=len(index)))))
 
 
@@ -226,14 +226,14 @@ def test_perfect_predictions_score_one(synthetic):
 def test_train_then_sweep_cli(task, synthetic, tmp_path, run_cli):
     train_dir, sweep_dir = tmp_path / "train", tmp_path / "sweep"
     status, _, err = run_cli("train", "--task", task, "--data", synthetic[task], *CLI[task], *COMMON,
-                             "--max_steps", "2", "--quality", "5-95", "--eval_quality", "30", "--out", train_dir)
+                             "--max_steps", "2", "--level", "5-95", "--eval_level", "30", "--out", train_dir)
     assert status == 0, err
     for name in ("config.yaml", "metrics.jsonl", "model.safetensors"):
         assert (train_dir / name).is_file(), name
     records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     primary = TASKS[task].primary_metric
     assert any(f"eval/{primary}" in record for record in records)
-    assert any("codec/quality_mean" in record for record in records)
+    assert any("codec/level_mean" in record for record in records)
     status, _, err = run_cli("sweep", "--task", task, "--data", synthetic[task], *CLI[task], *COMMON,
                              "--checkpoint", train_dir, "--levels", "10,50", "--out", sweep_dir)
     assert status == 0, err
@@ -335,8 +335,8 @@ def test_depth_with_wrong_dtype_names_the_file(synthetic, tmp_path):
 
 def test_h264_dense_batches(synthetic):
     task = SegmentationTask(synthetic["segmentation"], input_size="48x64")
-    batch = _eval_batch(task, spec=parse_crf_spec("40"))
-    assert batch["h264_crf"].tolist() == [40] * len(batch["index"]) and batch["image"].shape[1:] == (3, 48, 64)
+    batch = _eval_batch(task, spec=H264.parse_spec("40"), codec=H264)
+    assert batch["codec_level"].tolist() == [40] * len(batch["index"]) and batch["image"].shape[1:] == (3, 48, 64)
 
 
 def test_keypoint_rcnn_trains_and_decodes(synthetic):
@@ -347,7 +347,7 @@ def test_keypoint_rcnn_trains_and_decodes(synthetic):
     task = PoseTask(synthetic["pose"], model="keypointrcnn_resnet50_fpn", input_size="64")
     index = task.sample_index("train")
     assert len(index) == 8 and index.targets["gt_count"].max() >= 2
-    batch = next(iter(task.batches(index, training=True, spec=parse_quality_spec("20"),
+    batch = next(iter(task.batches(index, training=True, spec=JPEG.parse_spec("20"), codec=JPEG,
                                    runtime=PipelineRuntime(batch_size=4, seed=0))))
     assert batch["image"].max() <= 1.0 and batch["image"].min() >= 0.0  # the model normalizes itself
     model = task.create_model()

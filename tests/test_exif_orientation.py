@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from codecloop.dali_pipes import PipelineRuntime, parse_quality_spec
+from codecloop.dali_pipes.codecs import JPEG
+from codecloop.dali_pipes import PipelineRuntime
 from codecloop.dali_pipes.iterator import ImageBatches
 from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.detection import DetectionTask
@@ -74,7 +75,7 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 
 def batches_of(task, training: bool) -> dict[str, torch.Tensor]:
     index = task.sample_index("val")
-    return next(iter(task.batches(index, training=training, spec=parse_quality_spec("30"),
+    return next(iter(task.batches(index, training=training, spec=JPEG.parse_spec("30"), codec=JPEG,
                                   runtime=PipelineRuntime(batch_size=len(index), seed=5))))
 
 
@@ -115,7 +116,7 @@ def test_classification_reads_the_stored_orientation(orientation, tmp_path):
              for tag in ("plain", "tagged")}
     for training in (False, True):
         out = {tag: next(iter(ImageBatches([path] * 4, batch_size=4, training=training, geometry=_geometry(),
-                                           spec=parse_quality_spec("20"), seed=3)))["image"]
+                                           spec=JPEG.parse_spec("20"), codec=JPEG, seed=3)))["image"]
                for tag, path in files.items()}
         assert torch.equal(out["plain"], out["tagged"])
 

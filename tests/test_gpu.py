@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from codecloop.dali_pipes import ImageBatches, jpeg_roundtrip, parse_quality_spec
+from codecloop.dali_pipes.codecs import JPEG
+from codecloop.dali_pipes import ImageBatches, jpeg_roundtrip
 from codecloop.dali_pipes.fidelity import packaged_photos
 from codecloop.dali_pipes.reference import mean_abs_diff, psnr, reference_jpeg_roundtrip
 from tests.conftest import TINY, no_host_sync
@@ -38,18 +39,18 @@ def test_gpu_stage_close_to_reference(quality):
 
 def test_gpu_batches_live_on_the_device(image_folder):
     files = sorted(str(path) for path in (image_folder / "val").rglob("*.jpg"))
-    batches = ImageBatches(files, batch_size=4, training=True, spec=parse_quality_spec("5-95", 0.2),
+    batches = ImageBatches(files, batch_size=4, training=True, spec=JPEG.parse_spec("5-95", 0.2), codec=JPEG,
                            targets={"label": torch.arange(len(files))}, device_id=0)
     seen = []
     for batch in batches:
-        assert batch["image"].is_cuda and batch["label"].is_cuda and batch["jpeg_quality"].is_cuda
+        assert batch["image"].is_cuda and batch["label"].is_cuda and batch["codec_level"].is_cuda
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(len(files)))
 
 
 def test_gpu_train_bf16(image_folder, tmp_path, run_cli):
     out = tmp_path / "gpu"
-    status, _, err = run_cli("train", "--data", image_folder, *TINY, "--epochs", "1", "--quality", "5-95", "--out", out)
+    status, _, err = run_cli("train", "--data", image_folder, *TINY, "--epochs", "1", "--level", "5-95", "--out", out)
     assert status == 0, err
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval/n"] for r in records if "eval/n" in r] == [15]
@@ -74,7 +75,7 @@ def test_gpu_dense_batches_match_the_cpu_path(tmp_path):
     for device_id in (None, 0):
         batches[device_id] = next(iter(DenseBatches(
             [DenseSample(path) for path in index.files], layout=layout, load_targets=load, batch_size=4,
-            training=True, spec=parse_quality_spec("none"), geometry=DenseGeometry(64, 96), device_id=device_id,
+            training=True, spec=JPEG.parse_spec("none"), codec=JPEG, geometry=DenseGeometry(64, 96), device_id=device_id,
             seed=5)))
     gpu, cpu = batches[0], batches[None]
     assert gpu["image"].is_cuda and gpu["mask"].is_cuda and gpu["points"].is_cuda
@@ -99,7 +100,7 @@ def test_gpu_training_step_never_waits_for_the_gpu(name, image_folder, tmp_path)
         task = get_task_class(name)(make_synthetic(name, tmp_path / name, train=8, val=0), input_size="64")
     model = task.create_model().cuda().to(memory_format=torch.channels_last)
     runtime = PipelineRuntime(batch_size=4, device_id=0, num_threads=2, channels_last=True)
-    batches = iter(task.batches(task.sample_index("train"), training=True, spec=parse_quality_spec("5-95"),
+    batches = iter(task.batches(task.sample_index("train"), training=True, spec=JPEG.parse_spec("5-95"), codec=JPEG,
                                 runtime=runtime))
     next(batches)
     with no_host_sync():
@@ -122,6 +123,6 @@ def test_gpu_decode_ignores_exif_orientation(orientation, tmp_path):
     pixels = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
     plain = write_jpeg(pixels, tmp_path / "plain.jpg", None)
     tagged = write_jpeg(pixels, tmp_path / "tagged.jpg", orientation)
-    batches = {path: next(iter(ImageBatches([str(path)], batch_size=1, training=False, spec=parse_quality_spec("none"),
+    batches = {path: next(iter(ImageBatches([str(path)], batch_size=1, training=False, spec=JPEG.parse_spec("none"), codec=JPEG,
                                             device_id=0)))["image"] for path in (plain, tagged)}
     assert torch.equal(batches[plain], batches[tagged])

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes.codecs import H264, JPEG
+from codecloop.dali_pipes import ImageBatches, ImageGeometry
 from codecloop.dali_pipes.feeder import valid_count
 from codecloop.dali_pipes.iterator import SweepBatches
 from tests.conftest import TINY
@@ -115,7 +116,7 @@ def test_channels_last_batches_equal_the_nchw_ones(image_folder, training, with_
     batches = {}
     for channels_last in (False, True):
         batches[channels_last] = list(ImageBatches(
-            files, batch_size=5, training=training, spec=parse_quality_spec("5-95", 0.2), with_clean=with_clean,
+            files, batch_size=5, training=training, spec=JPEG.parse_spec("5-95", 0.2), codec=JPEG, with_clean=with_clean,
             geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=2, seed=3, channels_last=channels_last))
     for nchw, nhwc in zip(batches[False], batches[True]):
         for name in ("image", "clean_image") if with_clean else ("image",):
@@ -132,15 +133,15 @@ def test_channels_last_batches_equal_the_nchw_ones(image_folder, training, with_
 
 def test_dense_and_h264_batches_channels_last(tmp_path, image_folder):
     from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
-    from codecloop.dali_pipes.h264_image import H264ImageBatches
+    from codecloop.dali_pipes.host_codec import HostCodecBatches
 
     files = _image_files(image_folder)[:6]
     for make in (
         lambda last: DenseBatches([DenseSample(path) for path in files], layout=DenseLayout(points=True),
                                   load_targets=lambda index: {"points": np.zeros((1, 2), np.float32)}, batch_size=3,
-                                  training=True, spec=parse_quality_spec("30"), geometry=DenseGeometry(32, 48),
+                                  training=True, spec=JPEG.parse_spec("30"), codec=JPEG, geometry=DenseGeometry(32, 48),
                                   seed=2, channels_last=last),
-        lambda last: H264ImageBatches(files, batch_size=3, training=True, spec=parse_crf_spec("30"),
+        lambda last: HostCodecBatches(files, batch_size=3, training=True, spec=H264.parse_spec("30"), codec=H264,
                                       geometry=ImageGeometry(32, 40), seed=2, with_clean=True, channels_last=last),
     ):
         nchw, nhwc = next(iter(make(False))), next(iter(make(True)))
@@ -175,7 +176,7 @@ def test_nvdec_missing_library_is_named_before_any_pipeline(tmp_path):
     transcode(tmp_path / "src", tmp_path / "ladder", crfs=(0, 40), workers=1, progress=False)
     with pytest.raises(RuntimeError, match="NVDEC needs the NVIDIA driver's libnvcuvid.so.1.*video"):
         VideoBatches(load_ladder(tmp_path / "ladder"), ["clip"], batch_size=1, training=False,
-                     spec=parse_crf_spec("40"), device_id=0)
+                     spec=H264.parse_spec("40"), codec=H264, device_id=0)
 
 
 def test_a_dali_error_names_the_files_in_flight(tmp_path, image_folder):
@@ -189,7 +190,7 @@ def test_a_dali_error_names_the_files_in_flight(tmp_path, image_folder):
     with pytest.raises(RuntimeError, match=f"(?s)Failed to decode.*while reading one of 5 samples: .*{broken.name}"):
         list(DenseBatches([DenseSample(path) for path in [*files, str(broken)]], layout=DenseLayout(),
                           load_targets=lambda index: {}, batch_size=5, training=False,
-                          spec=parse_quality_spec("none"), geometry=DenseGeometry(32, 32)))
+                          spec=JPEG.parse_spec("none"), codec=JPEG, geometry=DenseGeometry(32, 32)))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
     such as a GPU node given as an argument input. Building needs CUDA, so it stops before that."""
     from codecloop.dali_pipes.codec import _roundtrip_pipeline
     from codecloop.dali_pipes.dense import DenseFeeder, DenseGeometry, DenseLayout, DenseSample, dense_pipeline
-    from codecloop.dali_pipes.h264_image import ImageFeeder, h264_image_pipeline
+    from codecloop.dali_pipes.host_codec import ImageFeeder, host_codec_pipeline
     from codecloop.dali_pipes.pipelines import CODEC_PLACEMENTS, image_pipeline, sweep_pipeline
     from codecloop.dali_pipes.video import ClipSampling, LadderFeeder, VideoGeometry, video_pipeline
 
@@ -220,21 +221,21 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
             for spec in ("none", "5-95", "10"):
                 for with_clean in (False, True):
                     image_pipeline(files=files, shard_id=0, num_shards=1, training=training,
-                                   spec=parse_quality_spec(spec, 0.2), geometry=geometry, on_gpu=True,
+                                   spec=JPEG.parse_spec(spec, 0.2), codec=JPEG, geometry=geometry, on_gpu=True,
                                    codec_placement=placement, with_clean=with_clean, channels_last=with_clean, **run)
             sweep_pipeline(files=files, shard_id=0, num_shards=1, levels=[10, 50], geometry=geometry, on_gpu=True,
                            codec_placement=placement, channels_last=training, **run)
         sharding = {"training": training, "batch_size": 2}
-        for spec in (parse_quality_spec("5-95"), parse_crf_spec("40")):
+        for spec in (JPEG.parse_spec("5-95"), H264.parse_spec("40")):
             layout = DenseLayout(rasters=("mask",), points=True, extras=("labels",))
             feeder = DenseFeeder([DenseSample(path) for path in files], layout, lambda index: {}, spec,
                                  DenseGeometry(32, 32), **sharding)
             dense_pipeline(feeder=feeder, on_gpu=True, channels_last=training, **run)
         for with_clean in (False, True):
-            feeder = ImageFeeder([("clip", 0), ("clip", 3)], parse_crf_spec("0-40"), 0.5, ladder=small_ladder,
+            feeder = ImageFeeder([("clip", 0), ("clip", 3)], H264.parse_spec("0-40"), 0.5, ladder=small_ladder,
                                  decode_on_cpu=False, with_clean=with_clean, **sharding)
-            h264_image_pipeline(feeder=feeder, geometry=geometry, on_gpu=True, channels_last=with_clean, **run)
-        feeder = LadderFeeder(small_ladder, ["clip"], parse_crf_spec("0-40"), ClipSampling(4, 1, 1),
+            host_codec_pipeline(feeder=feeder, geometry=geometry, on_gpu=True, channels_last=with_clean, **run)
+        feeder = LadderFeeder(small_ladder, ["clip"], H264.parse_spec("0-40"), ClipSampling(4, 1, 1),
                               decode_on_cpu=False, **sharding)
         video_pipeline(feeder=feeder, geometry=VideoGeometry(32, 40), on_gpu=True, **run)
     _roundtrip_pipeline(device="gpu", **run)

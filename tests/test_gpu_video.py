@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from codecloop.dali_pipes.codecs import H264
 from tests.conftest import no_host_sync
 
 pytestmark = [
@@ -71,31 +72,30 @@ def test_nvdec_decodes_every_rung_like_pyav(real_ladder):
 
 
 def test_gpu_video_batches_live_on_the_device(real_ladder):
-    from codecloop.dali_pipes import parse_crf_spec
     from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
     clips = sorted(real_ladder.rungs) * 3
     for training, clips_per_video in ((True, 1), (False, 3)):
-        batches = VideoBatches(real_ladder, clips, batch_size=4, training=training, spec=parse_crf_spec("18-51", 0.2),
+        batches = VideoBatches(real_ladder, clips, batch_size=4, training=training, spec=H264.parse_spec("18-51", 0.2), codec=H264,
                                sampling=ClipSampling(16, 2, clips_per_video), device_id=0, num_threads=2)
         seen = []
         for batch in batches:
             expected = (3, 16, 112, 112) if clips_per_video == 1 else (3, 3, 16, 112, 112)
             assert batch["video"].is_cuda and batch["video"].shape[1:] == expected
-            assert batch["h264_crf"].is_cuda
+            assert batch["codec_level"].is_cuda
             seen += batch["index"].tolist()
         assert sorted(seen) == list(range(len(clips)))
 
 
 def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
-    from codecloop.dali_pipes import ImageGeometry, parse_crf_spec
-    from codecloop.dali_pipes.h264_image import H264ImageBatches
+    from codecloop.dali_pipes import ImageGeometry
+    from codecloop.dali_pipes.host_codec import HostCodecBatches
 
     samples = [(clip, frame) for clip in sorted(real_ladder.rungs) for frame in (0, 9, 30)]
     views = {}
     for device_id in (None, 0):
-        batches = H264ImageBatches(samples, ladder=real_ladder, batch_size=4, training=False,
-                                   spec=parse_crf_spec("40"), geometry=ImageGeometry(112, 128), device_id=device_id,
+        batches = HostCodecBatches(samples, ladder=real_ladder, batch_size=4, training=False,
+                                   spec=H264.parse_spec("40"), codec=H264, geometry=ImageGeometry(112, 128), device_id=device_id,
                                    num_threads=2, with_clean=True)
         views[device_id] = torch.cat([batch["image"].cpu() for batch in batches])
     assert (views[None] - views[0]).abs().mean() < VIEWS_MAX_MEAN_DIFFERENCE
@@ -106,14 +106,13 @@ def test_nvdec_frame_past_the_end_fails_naming_the_clip(real_ladder):
     pad_mode): the batch fails, naming the clip."""
     import dataclasses
 
-    from codecloop.dali_pipes import parse_crf_spec
     from codecloop.dali_pipes.ladder import Ladder
     from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
     rungs = {clip: {crf: dataclasses.replace(rung, frames=rung.frames + 200) if clip == "carphone" else rung
                     for crf, rung in by_crf.items()} for clip, by_crf in real_ladder.rungs.items()}
     overstated = Ladder(real_ladder.root, real_ladder.settings, rungs)
-    batches = VideoBatches(overstated, ["carphone"], batch_size=1, training=False, spec=parse_crf_spec("28"),
+    batches = VideoBatches(overstated, ["carphone"], batch_size=1, training=False, spec=H264.parse_spec("28"), codec=H264,
                            sampling=ClipSampling(2, real_ladder.rungs["carphone"][28].frames + 100, 1), device_id=0,
                            num_threads=1)  # frames 0 and n + 100 of an n-frame clip
     with pytest.raises(RuntimeError, match="(?s)out-of-bounds frame.*clip 'carphone'"):
@@ -125,11 +124,10 @@ def test_gpu_video_training_step_never_waits_for_the_gpu(real_ladder):
     import torch.nn.functional as F
     from torchvision.models.video import r3d_18
 
-    from codecloop.dali_pipes import parse_crf_spec
     from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
     clips = sorted(real_ladder.rungs) * 2
-    batches = iter(VideoBatches(real_ladder, clips, batch_size=2, training=True, spec=parse_crf_spec("18-51"),
+    batches = iter(VideoBatches(real_ladder, clips, batch_size=2, training=True, spec=H264.parse_spec("18-51"), codec=H264,
                                 sampling=ClipSampling(8, 2, 1), targets={"label": torch.arange(len(clips)) % 3},
                                 device_id=0, num_threads=2))
     model = r3d_18(num_classes=3).cuda()

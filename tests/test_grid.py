@@ -19,7 +19,7 @@ from codecloop.trainers.grid import cell_config, cell_name, expand, load_grid
 GRIDS = sorted((Path(__file__).parents[1] / "launch" / "grids").glob("*.yaml"))
 TINY_BASE = {"model": "test_efficientnet", "crop_size": 32, "resize_size": 40, "wandb": "disabled", "progress": False,
              "num_threads": 2, "epochs": 0, "retrain_max_steps": 1, "levels": "10,50", "batch_size": 8}
-CELLS = ["retrain_quality=5-95", "retrain_quality=10"]
+CELLS = ["retrain_level=5-95", "retrain_level=10"]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -104,7 +104,7 @@ def finished_grid(image_folder, tmp_path_factory, run_cli_module) -> tuple[Path,
     """Two tiny cells (retraining quality 5-95 and 10) run in this process; returns OUT and stdout."""
     root = tmp_path_factory.mktemp("grid")
     path = _write_grid(root / "tiny.yaml", base=TINY_BASE, cells=[{"family": "tiny-cnn"}],
-                       grid={"retrain_quality": ["5-95", "10"]})
+                       grid={"retrain_level": ["5-95", "10"]})
     status, out, err = run_cli_module("experiment", "--grid", path, "--data", image_folder, "--out", root / "out")
     assert status == 0, err
     return root / "out", out
@@ -112,9 +112,9 @@ def finished_grid(image_folder, tmp_path_factory, run_cli_module) -> tuple[Path,
 
 def test_grid_writes_combined_tables(finished_grid):
     out, stdout = finished_grid
-    assert "running cell 1/2: retrain_quality=5-95" in stdout and "running cell 2/2: retrain_quality=10" in stdout
+    assert "running cell 1/2: retrain_level=5-95" in stdout and "running cell 2/2: retrain_level=10" in stdout
     rows = _rows(out / "grid.csv")
-    assert list(rows[0]) == ["cell", "family", "retrain_quality", "task", "codec", "stage", "level", "metric", "value",
+    assert list(rows[0]) == ["cell", "family", "retrain_level", "task", "codec", "stage", "level", "metric", "value",
                              "kept_pct", "recovery_pct"]
     levels = ("clean", "10", "50")
     assert [(row["cell"], row["stage"], row["level"]) for row in rows] == [
@@ -125,7 +125,7 @@ def test_grid_writes_combined_tables(finished_grid):
         (cell, level) for cell in CELLS for level in levels[1:]]
     for cell in CELLS:
         config = yaml.safe_load((out / cell / "config.yaml").read_text())
-        assert config["retrain_quality"] == cell.split("=")[1] and config["model"] == "test_efficientnet"
+        assert config["retrain_level"] == cell.split("=")[1] and config["model"] == "test_efficientnet"
         sweep = _rows(out / cell / "sweep.csv")
         assert [float(row["value"]) for row in rows if row["cell"] == cell] == [float(row["top1"]) for row in sweep]
         clean = float(sweep[0]["top1"])
@@ -137,7 +137,7 @@ def test_grid_writes_combined_tables(finished_grid):
         assert [float(row["baseline"]) for row in mine] == [float(row["baseline_top1"]) for row in own]
     report = (out / "grid.md").read_text()
     assert "## classification, JPEG (top1)" in report and "Most resilient first" in report
-    assert report.count("| retrain_quality=") == 2 and "| tiny-cnn | 2 |" in report
+    assert report.count("| retrain_level=") == 2 and "| tiny-cnn | 2 |" in report
     assert (out / "grid.png").stat().st_size > 1000
     assert not (out / "grid_failures.csv").exists()
 
@@ -184,19 +184,19 @@ def test_invalid_cells_are_reported_and_the_others_run(image_folder, tmp_path, r
     path = _write_grid(tmp_path / "bad.yaml", base={**TINY_BASE, "data": str(image_folder)}, cells=[
         {"model": "no_such_model"}, {"model": "test_efficientnet", "epoch": 2},
         {"model": "test_efficientnet", "data": missing},
-        {"model": "test_efficientnet", "retrain_quality": "0-200"}, {"model": "test_efficientnet"}])
+        {"model": "test_efficientnet", "retrain_level": "0-200"}, {"model": "test_efficientnet"}])
     status, stdout, err = run_cli("experiment", "--grid", path, "--out", tmp_path / "out")
     assert status == 2
     assert "cell model=no_such_model: error: model 'no_such_model'" in err
     assert "cell model=test_efficientnet,epoch=2: error: unknown config key 'epoch'" in err
-    assert "dataset path" in err and "config key 'retrain_quality'" in err
+    assert "dataset path" in err and "config key 'retrain_level'" in err
     assert "running cell 1/1: model=test_efficientnet" in stdout
     assert (tmp_path / "out" / "model=test_efficientnet" / "recovery.csv").is_file()
     failures = _rows(tmp_path / "out" / "grid_failures.csv")
     assert [row["cell"] for row in failures] == [
         "model=no_such_model", "model=test_efficientnet,epoch=2",
         cell_name({"model": "test_efficientnet", "data": missing}),
-        "model=test_efficientnet,retrain_quality=0-200"]
+        "model=test_efficientnet,retrain_level=0-200"]
     assert {row["cell"] for row in _rows(tmp_path / "out" / "grid.csv")} == {"model=test_efficientnet"}
     assert "## Failed cells" in (tmp_path / "out" / "grid.md").read_text()
 
@@ -219,11 +219,11 @@ def test_experiment_help_explains_grid(capsys):
 
 @pytest.mark.multiprocess
 def test_launcher_runs_each_cell_as_a_process(image_folder, tmp_path, run_cli):
-    path = _write_grid(tmp_path / "one.yaml", base=TINY_BASE, grid={"retrain_quality": ["10"]},
+    path = _write_grid(tmp_path / "one.yaml", base=TINY_BASE, grid={"retrain_level": ["10"]},
                        launcher=shlex.quote(sys.executable))
     status, stdout, err = run_cli("experiment", "--grid", path, "--data", image_folder, "--out", tmp_path / "out")
     assert status == 0, err
-    cell = tmp_path / "out" / "retrain_quality=10"
+    cell = tmp_path / "out" / "retrain_level=10"
     assert "-m codecloop experiment --config" in stdout
     assert yaml.safe_load((cell / "config-in.yaml").read_text())["resume"] is True
     assert (cell / "recovery.csv").is_file() and len(_rows(tmp_path / "out" / "grid.csv")) == 6

@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_crf_spec, parse_quality_spec
-from codecloop.dali_pipes.h264_image import H264ImageBatches, h264_roundtrip, random_resized_box
+from codecloop.dali_pipes.codecs import H264, JPEG
+from codecloop.dali_pipes import ImageBatches, ImageGeometry
+from codecloop.dali_pipes.h264_intra import h264_roundtrip
+from codecloop.dali_pipes.host_codec import HostCodecBatches, random_resized_box
 from codecloop.dali_pipes.sample_plan import uniforms
 from codecloop.dali_pipes.ladder import load_ladder, transcode
 from codecloop.dali_pipes.reference import psnr
@@ -34,13 +36,13 @@ def png_files(tmp_path_factory) -> list[str]:
 
 
 def _images(files, spec, training=False, **kwargs) -> torch.Tensor:
-    batches = H264ImageBatches(files, batch_size=2, training=training, spec=parse_crf_spec(spec), geometry=GEOMETRY,
+    batches = HostCodecBatches(files, batch_size=2, training=training, spec=H264.parse_spec(spec), codec=H264, geometry=GEOMETRY,
                                num_threads=2, **kwargs)
     return torch.cat([batch["image"] for batch in batches])
 
 
 def test_online_clean_matches_the_jpeg_pipelines_clean_view(png_files):
-    reference = ImageBatches(png_files, batch_size=2, training=False, spec=parse_quality_spec("none"),
+    reference = ImageBatches(png_files, batch_size=2, training=False, spec=JPEG.parse_spec("none"), codec=JPEG,
                              geometry=GEOMETRY, num_threads=2)
     torch.testing.assert_close(_images(png_files, "none"), torch.cat([b["image"] for b in reference]),
                                atol=0.02, rtol=0)
@@ -53,14 +55,14 @@ def test_online_compression_grows_with_crf(png_files):
 
 
 def test_online_batches_carry_the_drawn_crf_and_a_matched_clean_view(png_files):
-    batches = H264ImageBatches(png_files, batch_size=2, training=True, spec=parse_crf_spec("30-40", 0.4),
+    batches = HostCodecBatches(png_files, batch_size=2, training=True, spec=H264.parse_spec("30-40", 0.4), codec=H264,
                                geometry=GEOMETRY, num_threads=2, with_clean=True,
                                targets={"label": torch.arange(5) * 3})
     crfs = []
     for batch in batches:
         assert batch["image"].shape[1:] == (3, 48, 48) and batch["clean_image"].shape == batch["image"].shape
         assert torch.equal(batch["label"], batch["index"] * 3)
-        for image, clean, crf in zip(batch["image"], batch["clean_image"], batch["h264_crf"].tolist()):
+        for image, clean, crf in zip(batch["image"], batch["clean_image"], batch["codec_level"].tolist()):
             assert torch.equal(image, clean) == (crf == -1)  # clean samples are the untouched image
             crfs.append(crf)
     assert len(crfs) == 5 and set(crfs) <= {-1, *range(30, 41)}
@@ -98,8 +100,8 @@ def test_ladder_frames_map_back_to_their_images(sequences):
     assert ladder.frame_files("val/coffee") == [f"frame{i}.png" for i in range(4)]
     files = [str(root / "val" / "coffee" / f"frame{i}.png") for i in (3, 0)]
     frames = [("val/coffee", 3), ("val/coffee", 0)]
-    from_ladder = torch.cat([b["image"] for b in H264ImageBatches(frames, ladder=ladder, batch_size=2, training=False,
-                                                                  spec=parse_crf_spec("0"), geometry=GEOMETRY)])
+    from_ladder = torch.cat([b["image"] for b in HostCodecBatches(frames, ladder=ladder, batch_size=2, training=False,
+                                                                  spec=H264.parse_spec("0"), codec=H264, geometry=GEOMETRY)])
     online_clean = _images(files, "none")
     assert float((from_ladder - online_clean).abs().mean()) < 0.05  # rung 0: the same images, near-lossless
 
@@ -109,12 +111,12 @@ def test_cli_train_and_sweep_with_h264(sequences, tmp_path, run_cli, mode):
     root, ladder = sequences
     extra = ["--ladder", str(ladder)] if mode == "ladder" else []
     train_dir, sweep_dir = tmp_path / "train", tmp_path / "sweep"
-    status, _, err = run_cli("train", "--data", root, *TINY, *extra, "--codec", "h264", "--crf", "18-45",
+    status, _, err = run_cli("train", "--data", root, *TINY, *extra, "--codec", "h264", "--level", "18-45",
                              "--clean_prob", "0.2", "--batch_size", "6", "--log_every", "1", "--out", train_dir)
     assert status == 0, err
     records = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train/loss" in r]
-    assert len(steps) == 4 and all("codec/crf_hist" in r for r in steps)
+    assert len(steps) == 4 and all("codec/level_hist" in r for r in steps)
     assert [r["eval/n"] for r in records if "eval/n" in r] == [12]
     status, _, err = run_cli("sweep", "--data", root, *TINY, *extra, "--codec", "h264", "--checkpoint", train_dir,
                              "--levels", "18,33,45", "--out", sweep_dir)

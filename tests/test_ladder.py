@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codecloop.dali_pipes.crf import parse_crf_spec, snap
+from codecloop.dali_pipes.codecs import H264
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, snap
 from codecloop.dali_pipes.ladder import MANIFEST_COLUMNS, SWSCALE_THREADS, find_clips, load_ladder, transcode
 from codecloop.tasks.packaged_data import packaged_clip
 from tests.videos import moving_frames, write_empty_video, write_video
@@ -208,31 +209,32 @@ def test_clip_discovery_and_bad_settings(tmp_path):
         transcode(tmp_path / "nowhere", tmp_path / "ladder")
 
 
-@pytest.mark.parametrize(("text", "low", "high", "choices"),
-                         [("28", None, None, (28,)), ("18-51", 18, 51, ()), ("40,18, 28", None, None, (18, 28, 40))])
-def test_crf_spec_forms(text, low, high, choices):
-    spec = parse_crf_spec(text)
-    assert (spec.low, spec.high, spec.choices) == (low, high, choices)
+@pytest.mark.parametrize(("text", "levels", "is_range"),
+                         [("28", (28,), False), ("18-51", tuple(range(18, 52)), True),
+                          ("40,18, 28", (18, 28, 40), False)])
+def test_crf_spec_forms(text, levels, is_range):
+    spec = H264.parse_spec(text)
+    assert (spec.levels, spec.is_range) == (levels, is_range)
 
 
 @pytest.mark.parametrize(("text", "culprit"), [("52", "CRF 52"), ("x", "'x'"), ("40-18", "range start 40"),
                                                ("18,-1", "'-1'")])
 def test_bad_crf_specs_name_the_value(text, culprit):
     with pytest.raises(ValueError, match=culprit):
-        parse_crf_spec(text)
+        H264.parse_spec(text)
 
 
 def test_crf_draws_snap_to_rungs_and_honour_clean_prob():
     rungs = [0, 18, 28, 40, 51]
     rng = np.random.default_rng(0)
-    spec = parse_crf_spec("20-45", clean_prob=0.25)
+    spec = H264.parse_spec("20-45", clean_prob=0.25)
     draws = np.array([spec.draw(rng, rungs) for _ in range(4000)])
-    assert set(draws.tolist()) == {0, 18, 28, 40}
-    assert abs((draws == 0).mean() - 0.25) < 0.03
+    assert set(draws.tolist()) == {CLEAN_LEVEL, 18, 28, 40}
+    assert abs((draws == CLEAN_LEVEL).mean() - 0.25) < 0.03
     assert snap(34, rungs) == 28 and snap(23, rungs) == 18 and snap(46, rungs) == 51
-    online = np.array([parse_crf_spec("30-33", 0.5).draw(rng) for _ in range(2000)])
+    online = np.array([H264.parse_spec("30-33", 0.5).draw(rng) for _ in range(2000)])
     assert set(online.tolist()) == {-1, 30, 31, 32, 33}
     with pytest.raises(ValueError, match="CRF 23 is not a rung"):
-        parse_crf_spec("18,23").check_ladder(rungs)
-    with pytest.raises(ValueError, match="no CRF-0 rung"):
-        parse_crf_spec("28", clean_prob=0.1).check_ladder([18, 28])
+        H264.parse_spec("18,23").check_ladder(rungs, H264.ladder_clean_rung)
+    with pytest.raises(ValueError, match=r"no clean rung \(CRF 0"):
+        H264.parse_spec("28", clean_prob=0.1).check_ladder([18, 28], H264.ladder_clean_rung)

@@ -21,7 +21,7 @@ LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 ACCELERATE_CONFIGS = sorted((LAUNCH / "accelerate").glob("*.yaml"))
 SHELL_FILES = [LAUNCH / "torchrun.sh", LAUNCH / "slurm" / "codecloop.sbatch"]
 NODES, GPUS, JOB_ID = 4, 8, 4242
-USER_ARGS = ["train", "--data", "/data/imagenet", "--model", "resnet50", "--quality", "5-95"]
+USER_ARGS = ["train", "--data", "/data/imagenet", "--model", "resnet50", "--level", "5-95"]
 
 
 def test_there_are_single_and_multi_node_configs():
@@ -102,7 +102,7 @@ def test_sbatch_starts_torchrun_with_slurms_rendezvous(slurm):
     args = build_parser().parse_args(_codecloop_args(launched))
     config = config_from_args(args)
     assert args.command == "train" and config.resume and config.out == f"runs/codecloop-{JOB_ID}"
-    assert config.data == "/data/imagenet" and config.quality == "5-95"
+    assert config.data == "/data/imagenet" and config.level == "5-95"
 
 
 def test_sbatch_accelerate_launcher_passes_this_nodes_rank(slurm):

@@ -17,12 +17,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from codecloop.dali_pipes.codecs import JPEG
 from tests.conftest import TINY
 from tests.datasets import write_image_folder
 
 ONE_THREAD = [arg if arg != "2" else "1" for arg in TINY]  # one DALI thread per process on 2 cores
 TRAIN_IMAGES, VAL_IMAGES, BATCH = 25, 13, 4
-TRAIN_ARGS = [*ONE_THREAD, "--batch_size", str(BATCH), "--epochs", "1", "--quality", "10-90", "--log_every", "1"]
+TRAIN_ARGS = [*ONE_THREAD, "--batch_size", str(BATCH), "--epochs", "1", "--level", "10-90", "--log_every", "1"]
 
 
 def _torchrun(*args, processes: int = 2) -> subprocess.CompletedProcess:
@@ -102,7 +103,7 @@ def test_same_seed_reruns_to_the_same_metrics(trained, uneven_folder, tmp_path):
     result = _torchrun("train", "--data", uneven_folder, *TRAIN_ARGS, "--out", tmp_path / "again")
     assert result.returncode == 0, result.stderr[-3000:]
     expected, actual = _records(first), _records(tmp_path / "again")
-    keys = ("step", "train/loss", "codec/quality_mean", "eval/top1", "eval/loss", "eval/n")
+    keys = ("step", "train/loss", "codec/level_mean", "eval/top1", "eval/loss", "eval/n")
     assert len(actual) == len(expected)
     for again, before in zip(actual, expected):
         assert {k: again[k] for k in keys if k in again} == pytest.approx({k: before[k] for k in keys if k in before})
@@ -194,12 +195,12 @@ def _image_files(folder: Path) -> list[str]:
 def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards):
     """Shards of 25 files differ by one: every rank still runs the same number of full batches
     (none empty, which would make a NaN loss), and one epoch covers every file."""
-    from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
+    from codecloop.dali_pipes import ImageBatches, ImageGeometry
 
     files = _image_files(uneven_folder)
     seen, lengths = set(), []
     for shard_id in range(num_shards):
-        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=parse_quality_spec("10-90"),
+        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=JPEG.parse_spec("10-90"), codec=JPEG,
                                geometry=ImageGeometry(crop_size=32, resize_size=40), shard_id=shard_id,
                                num_shards=num_shards, num_threads=1, seed=shard_id)
         indices = [batch["index"].tolist() for batch in batches]
@@ -212,7 +213,7 @@ def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards
 
 def test_ranks_draw_their_own_qualities(uneven_folder):
     """Each rank's pipeline seed differs, so ranks do not draw the same JPEG qualities in lockstep."""
-    from codecloop.dali_pipes import ImageBatches, ImageGeometry, parse_quality_spec
+    from codecloop.dali_pipes import ImageBatches, ImageGeometry
     from codecloop.trainers.config import Config
     from codecloop.trainers.loop import pipeline_runtime
 
@@ -225,9 +226,9 @@ def test_ranks_draw_their_own_qualities(uneven_folder):
     files = _image_files(uneven_folder)
     draws = []
     for seed in seeds[:2]:  # the same files under each rank's seed
-        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=parse_quality_spec("1-100"),
+        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=JPEG.parse_spec("1-100"), codec=JPEG,
                                geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=1, seed=seed)
-        draws.append(torch.cat([batch["jpeg_quality"] for batch in batches]).tolist())
+        draws.append(torch.cat([batch["codec_level"] for batch in batches]).tolist())
     assert draws[0] != draws[1]
 
 

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from codecloop.dali_pipes import ImageBatches, ImageGeometry, jpeg_roundtrip, parse_quality_spec
+from codecloop.dali_pipes.codecs import JPEG
+from codecloop.dali_pipes import ImageBatches, ImageGeometry, jpeg_roundtrip
 
 GEOMETRY = ImageGeometry(crop_size=48, resize_size=56)
 
@@ -29,7 +30,7 @@ def png_files(tmp_path_factory) -> list[str]:
 
 
 def _batches(files, training=False, spec="none", **kwargs) -> ImageBatches:
-    return ImageBatches(files, batch_size=5, training=training, spec=parse_quality_spec(spec),
+    return ImageBatches(files, batch_size=5, training=training, spec=JPEG.parse_spec(spec), codec=JPEG,
                         geometry=GEOMETRY, num_threads=2, **kwargs)
 
 
@@ -42,8 +43,8 @@ def test_batch_layout(png_files, training):
     for batch in batches:
         assert batch["image"].dtype == torch.float32 and batch["image"].device.type == "cpu"
         assert batch["image"].shape[1:] == (3, 48, 48)
-        assert batch["jpeg_quality"].dtype == torch.int32
-        assert ((batch["jpeg_quality"] >= 5) & (batch["jpeg_quality"] <= 95)).all()
+        assert batch["codec_level"].dtype == torch.int32
+        assert ((batch["codec_level"] >= 5) & (batch["codec_level"] <= 95)).all()
         assert torch.equal(batch["label"], batch["index"] * 10)
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(len(png_files)))

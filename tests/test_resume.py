@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TINY
 
-ARGS = [*TINY, "--batch_size", "4", "--epochs", "2", "--quality", "5-95", "--clean_prob", "0.2",
+ARGS = [*TINY, "--batch_size", "4", "--epochs", "2", "--level", "5-95", "--clean_prob", "0.2",
         "--checkpoint_every", "2", "--keep_checkpoints", "10", "--log_every", "1", "--warmup_steps", "2"]
 
 
@@ -128,7 +128,7 @@ def test_skip_nonfinite_skips_and_counts(image_folder, tmp_path, run_cli, monkey
     assert all(torch.isfinite(value).all() for value in load_file(out / "model.safetensors").values())
 
 
-GRID = [*TINY, "--batch_size", "5", "--epochs", "2", "--quality", "5-95", "--checkpoint_every", "1",
+GRID = [*TINY, "--batch_size", "5", "--epochs", "2", "--level", "5-95", "--checkpoint_every", "1",
         "--keep_checkpoints", "100", "--log_every", "1"]
 
 

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from codecloop.dali_pipes import PipelineRuntime, parse_crf_spec, parse_quality_spec
+from codecloop.dali_pipes.codecs import H264, JPEG
+from codecloop.dali_pipes import PipelineRuntime
 from codecloop.dali_pipes.sample_plan import CROP, CROP_TRIES, SamplePlan, crop_boxes, uniforms
 from codecloop.tasks.segmentation import SegmentationTask
 from codecloop.tasks.synthetic import make_synthetic
@@ -76,8 +77,10 @@ def test_jpeg_and_h264_runs_of_one_seed_see_the_same_crops_and_flips(tmp_path):
     task = SegmentationTask(root, input_size="32x48", min_scale=0.3)
     index = task.sample_index("train")
     masks = {}
-    for name, spec in (("jpeg", parse_quality_spec("5-95", clean_prob=0.5)), ("h264", parse_crf_spec("18-51"))):
-        batches = task.batches(index, training=True, spec=spec, runtime=PipelineRuntime(batch_size=4, seed=7))
+    for codec, spec in ((JPEG, JPEG.parse_spec("5-95", clean_prob=0.5)), (H264, H264.parse_spec("18-51"))):
+        name = codec.name
+        batches = task.batches(index, training=True, spec=spec, codec=codec,
+                               runtime=PipelineRuntime(batch_size=4, seed=7))
         seen = {}
         for batch in batches:
             for position, mask in zip(batch["index"].tolist(), batch["mask"].cpu().numpy()):

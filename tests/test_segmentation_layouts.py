@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codecloop.dali_pipes import PipelineRuntime, parse_quality_spec
+from codecloop.dali_pipes.codecs import JPEG
+from codecloop.dali_pipes import PipelineRuntime
 from codecloop.tasks.layout_errors import MissingFilesError
 from codecloop.tasks.segmentation import SegmentationTask, read_mask
 from codecloop.tasks.synthetic import make_synthetic
@@ -43,7 +44,7 @@ def _copy(source: Path, tmp_path: Path) -> Path:
 def _eval_masks(task: SegmentationTask, split: str = "val") -> dict[str, np.ndarray]:
     """Each label file's mask as the DALI pipeline hands it over in evaluation (uncropped at this size)."""
     index = task.sample_index(split)
-    batch = next(iter(task.batches(index, training=False, spec=parse_quality_spec("none"),
+    batch = next(iter(task.batches(index, training=False, spec=JPEG.parse_spec("none"), codec=JPEG,
                                    runtime=PipelineRuntime(batch_size=len(index)))))
     masks = batch["mask"].cpu().numpy().reshape(len(index), HEIGHT, WIDTH)
     return {index.annotations[int(position)]["mask"]: mask for position, mask in zip(batch["index"], masks)}

@@ -41,7 +41,7 @@ def test_the_study_grids_are_shipped():
     tasks = {Path(command[command.index("--config") + 1]).stem for command in commands}
     assert tasks == STUDY_TASKS
     parameters = {key for path in SWEEP_FILES for key in yaml.safe_load(path.read_text())["parameters"]}
-    assert parameters >= {"retrain_quality", "retrain_crf", "model"}
+    assert parameters >= {"retrain_level", "retrain_level", "model"}
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda path: path.stem)
@@ -93,9 +93,9 @@ def write_sweep(tmp_path: Path, parameters: dict, **changes) -> Path:
 
 
 def test_unknown_parameter_is_named(tmp_path, at_root):
-    path = write_sweep(tmp_path, {"retrain_quality": {"values": ["5-95"]}, "retrain_qualty": {"values": ["5-50"]}})
-    with pytest.raises(ValueError, match=r"sweep\.yaml: parameter 'retrain_qualty' is not a codecloop config key "
-                                         r"\(did you mean 'retrain_quality'\?\)"):
+    path = write_sweep(tmp_path, {"retrain_level": {"values": ["5-95"]}, "retrain_levl": {"values": ["5-50"]}})
+    with pytest.raises(ValueError, match=r"sweep\.yaml: parameter 'retrain_levl' is not a codecloop config key "
+                                         r"\(did you mean 'retrain_level'\?\)"):
         check_sweep_file(path)
     path = write_sweep(tmp_path, {"learning_rate": {"min": 0.001, "max": 0.1}})
     with pytest.raises(ValueError, match="parameter 'learning_rate' is not a codecloop config key"):
@@ -103,8 +103,8 @@ def test_unknown_parameter_is_named(tmp_path, at_root):
 
 
 def test_bad_value_is_named_with_the_parameter(tmp_path, at_root):
-    path = write_sweep(tmp_path, {"retrain_quality": {"values": ["5-95", "5-200"]}})
-    with pytest.raises(ValueError, match=r"parameter 'retrain_quality' value '5-200': config key 'retrain_quality'"):
+    path = write_sweep(tmp_path, {"retrain_level": {"values": ["5-95", "5-200"]}})
+    with pytest.raises(ValueError, match=r"parameter 'retrain_level' value '5-200': config key 'retrain_level'"):
         check_sweep_file(path)
     path = write_sweep(tmp_path, {"optimizer": {"values": ["adamw", "lamb"]}})
     with pytest.raises(ValueError, match=r"parameter 'optimizer' value 'lamb': .*invalid choice: 'lamb'"):

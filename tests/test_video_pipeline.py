@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from codecloop.dali_pipes.crf import parse_crf_spec
+from codecloop.dali_pipes.codecs import H264
+from codecloop.dali_pipes.levels import CLEAN_LEVEL
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, load_ladder, transcode
 from codecloop.dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry, decode_frames
 from tests.videos import moving_frames, write_video
@@ -29,8 +30,8 @@ def ladder(tmp_path_factory):
 
 def _batches(ladder, spec="none", training=False, sampling=SAMPLING, **kwargs) -> VideoBatches:
     clips = sorted(ladder.rungs)
-    return VideoBatches(ladder, clips, batch_size=3, training=training, spec=parse_crf_spec(spec, kwargs.pop(
-        "clean_prob", 0.0)), sampling=sampling, geometry=GEOMETRY, targets={"label": torch.arange(len(clips)) * 10},
+    return VideoBatches(ladder, clips, batch_size=3, training=training, spec=H264.parse_spec(spec, kwargs.pop(
+        "clean_prob", 0.0)), codec=H264, sampling=sampling, geometry=GEOMETRY, targets={"label": torch.arange(len(clips)) * 10},
         num_threads=2, **kwargs)
 
 
@@ -41,7 +42,7 @@ def test_batch_layout(ladder, training):
     seen = []
     for batch in batches:
         assert batch["video"].dtype == torch.float32 and batch["video"].shape[1:] == (3, 4, 32, 32)
-        assert batch["h264_crf"].dtype == torch.int32 and set(batch["h264_crf"].tolist()) <= {23, 40, 51}
+        assert batch["codec_level"].dtype == torch.int32 and set(batch["codec_level"].tolist()) <= {23, 40, 51}
         assert torch.equal(batch["label"], batch["index"] * 10)
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(7))
@@ -60,9 +61,9 @@ def test_crf_draws_follow_the_spec(ladder):
     for epoch in range(12):
         crfs += [crf for batch in _batches(ladder, "30-45", training=True, clean_prob=0.3,
                                            checkpoint=f'{{"epoch": {epoch}, "batch": 0}}')
-                 for crf in batch["h264_crf"].tolist()]
-    assert set(crfs) == {0, 23, 40}  # 30..45 snaps to the rungs 23 (30) and 40 (31..45); clean is rung 0
-    assert 0.1 < crfs.count(0) / len(crfs) < 0.5
+                 for crf in batch["codec_level"].tolist()]
+    assert set(crfs) == {CLEAN_LEVEL, 23, 40}  # 30..45 snaps to the rungs 23 (30) and 40 (31..45)
+    assert 0.1 < crfs.count(CLEAN_LEVEL) / len(crfs) < 0.5
 
 
 def test_clean_is_the_lossless_rung_and_compression_shows(ladder):
@@ -110,6 +111,6 @@ def test_decode_frames_matches_sequential_decode(ladder):
 
 def test_clip_missing_from_the_ladder_is_named(ladder):
     with pytest.raises(ValueError, match="clip 'elsewhere' is not in the ladder"):
-        VideoBatches(ladder, ["clip0", "elsewhere"], batch_size=2, training=False, spec=parse_crf_spec("none"))
+        VideoBatches(ladder, ["clip0", "elsewhere"], batch_size=2, training=False, spec=H264.parse_spec("none"), codec=H264)
     with pytest.raises(ValueError, match="CRF 28 is not a rung"):
-        VideoBatches(ladder, ["clip0"], batch_size=2, training=False, spec=parse_crf_spec("28"))
+        VideoBatches(ladder, ["clip0"], batch_size=2, training=False, spec=H264.parse_spec("28"), codec=H264)

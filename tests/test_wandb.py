@@ -97,7 +97,7 @@ def test_offline_experiment_is_one_syncable_run_with_tables_and_artifacts(image_
     records = finished_records(run_files[0])
 
     history = logged(records, "history")
-    for key in ("baseline/train/loss", "baseline/step", "retrain/train/loss", "retrain/codec/quality_mean",
+    for key in ("baseline/train/loss", "baseline/step", "retrain/train/loss", "retrain/codec/level_mean",
                 "retrain/eval/top1"):
         assert key in history, key
     assert json.loads(history["sweep/_type"]) == "table-file"

@@ -48,15 +48,16 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads, parse_crf_spec,
-                        parse_quality_spec)
+from codecloop.dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads
+from codecloop.dali_pipes.codecs import JPEG, get_codec
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from codecloop.dali_pipes.iterator import SweepBatches
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, SamplePlan, crop_boxes
 from codecloop.tasks.classification import list_image_folder
 
 MODES = ("data", "model", "train", "sweep", "feeder")
-CODECS = ("jpeg", "h264")
+CODECS = ("jpeg", "h264")  # JPEG images against the JPEG peers; H.264 clips from a ladder
+DEFAULT_LEVELS = {"jpeg": "5-95", "h264": "18-51"}
 DEFAULT_MODELS = {"jpeg": "resnet50", "h264": "r3d_18"}
 DEFAULT_CROPS = {"jpeg": 224, "h264": 112}
 SWEEP_LEVELS = (5, 10, 15, 20, 30, 50, 75, 90, 95)
@@ -197,13 +198,13 @@ def nvjpeg_batches(files: list[str], quality: tuple[int, int] | None, crop: int,
 def data_contender(name: str, files: list[str], spec: str, crop: int, batch_size: int, workers: int,
                    threads: int, device: torch.device) -> Iterator[int] | str:
     """Batch sizes of one contender's batches on `device`, forever; or why it is skipped."""
-    parsed = parse_quality_spec(spec)
-    quality = (min(parsed.qualities), max(parsed.qualities)) if parsed.qualities else None
+    parsed = JPEG.parse_spec(spec)
+    quality = (min(parsed.levels), max(parsed.levels)) if parsed.levels else None
     device_id = (device.index or 0) if device.type == "cuda" else None
     if name in ("codecloop", "dali-bare"):
-        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=parse_quality_spec(
-            spec if name == "codecloop" else "none"), geometry=ImageGeometry(crop_size=crop), device_id=device_id,
-            num_threads=threads)
+        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=JPEG.parse_spec(
+            spec if name == "codecloop" else "none"), codec=JPEG, geometry=ImageGeometry(crop_size=crop),
+            device_id=device_id, num_threads=threads)
         return (len(batch["image"]) for batch in forever(batches))
     if name == "torch-dataloader":
         loader = torch.utils.data.DataLoader(PilJpegDataset(files, quality, crop), batch_size=batch_size,
@@ -267,7 +268,7 @@ class BenchSettings:
 
 
 def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int, batch_size: int, crop: int | None,
-              quality: str, crf: str = "18-51", frames: int = 16, iterations: int, warmup: int, repeats: int,
+              level: str | None = None, frames: int = 16, iterations: int, warmup: int, repeats: int,
               model: str | None, precision: str, workers: int | None, threads: int | None,
               contenders: list[str] | None, out: Path, samples: int = 1_000_000) -> list[dict]:
     """Run one mode, append its rows to the results files, print the table; returns the rows."""
@@ -281,9 +282,9 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
     if codec == "h264" and mode == "feeder":
         raise ValueError("bench --mode feeder plans JPEG qualities; leave out --codec h264 (the plan is the same "
                          "for every codec)")
-    levels = quality if codec == "jpeg" else crf
+    levels = level or DEFAULT_LEVELS[codec]
     crop = crop or DEFAULT_CROPS[codec]
-    (parse_quality_spec if codec == "jpeg" else parse_crf_spec)(levels)
+    get_codec(codec).parse_spec(levels)
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     threads = threads or default_num_threads()
     settings = BenchSettings(mode, codec, levels, crop, frames, batch_size, workers if workers is not None else threads,
@@ -354,7 +355,7 @@ def _measure_mode(settings: BenchSettings, codec: str, data: Path | None, images
 def measure_plan(samples: int, batch_size: int, quality: str, warmup: int, repeats: int) -> list[float]:
     """Samples per second of planning alone, one epoch per run: a `SamplePlan` over `samples` samples (the
     epoch's order, every batch's draws), each batch's crop boxes (640x480 images) and JPEG qualities."""
-    spec = parse_quality_spec(quality)
+    spec = JPEG.parse_spec(quality)
     plan = SamplePlan(samples, training=True, batch_size=batch_size)
     regions = np.tile(np.array([0.0, 0.0, 640.0, 480.0]), (batch_size, 1))
     rates = []
@@ -399,10 +400,10 @@ def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[st
     batch_size, crop, threads, device_id = settings.batch_size, settings.crop, settings.threads, settings.device_id
     if settings.mode == "sweep":
         geometry = ImageGeometry(crop_size=crop, resize_size=crop * 8 // 7)
-        one_pass = SweepBatches(files, levels=SWEEP_LEVELS, batch_size=batch_size, geometry=geometry,
+        one_pass = SweepBatches(files, levels=SWEEP_LEVELS, codec=JPEG, batch_size=batch_size, geometry=geometry,
                                 device_id=device_id, num_threads=threads)
         per_level = [ImageBatches(files, batch_size=batch_size, training=False, geometry=geometry, device_id=device_id,
-                                  num_threads=threads, spec=parse_quality_spec(str(level) if level else "none"))
+                                  num_threads=threads, spec=JPEG.parse_spec(str(level) if level else "none"), codec=JPEG)
                      for level in (None, *SWEEP_LEVELS)]
         levels = len(SWEEP_LEVELS) + 1
         measured["one-pass"] = settings.time(len(batch["index"]) * levels for batch in forever(one_pass))
@@ -417,7 +418,7 @@ def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[st
         measured[settings.model] = settings.time(step(images, labels) or batch_size for _ in itertools.count())
         return measured
     for name, spec in (("codecloop", settings.levels), ("codecloop-clean", "none")):
-        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=parse_quality_spec(spec),
+        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=JPEG.parse_spec(spec), codec=JPEG,
                                geometry=ImageGeometry(crop_size=crop), num_threads=threads, device_id=device_id)
         measured[name] = settings.time(step(batch["image"], labels[:len(batch["image"])]) or len(batch["image"])
                                        for batch in forever(batches))
@@ -445,7 +446,7 @@ def _markdown(rows: list[dict], mode: str, notes: list[str]) -> str:
     ratio = {"train": "codec / clean", "sweep": "vs pass per level"}.get(mode, "vs codecloop")
     shape = f"{first['crop']}x{first['crop']}"
     shape = f"{first['frames']}x{shape}" if first["frames"] else shape
-    level_name = "CRF" if first["codec"] == "h264" else "quality"
+    level_name = get_codec(first["codec"]).level_name
     lines = [f"`codecloop bench --mode {mode} --codec {first['codec']}`: {first['device']}, {first['precision']}, "
              f"batch {first['batch_size']}, {shape}, {level_name} {first['levels']}, torch {first['torch']}, DALI "
              f"{first['dali']}, CUDA {first['cuda']}", "",

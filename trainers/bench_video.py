@@ -25,7 +25,8 @@ import torch
 from torchvision.models import get_model
 from torchvision.transforms import v2
 
-from codecloop.dali_pipes.crf import CrfSpec, parse_crf_spec
+from codecloop.dali_pipes.codecs import H264
+from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
 from codecloop.dali_pipes.ladder import Ladder, load_ladder, transcode
 from codecloop.dali_pipes.video import KINETICS_MEAN, KINETICS_STD, ClipSampling, VideoBatches, VideoGeometry, decode_frames
 from codecloop.trainers.bench import BenchSettings, forever, skip, train_step
@@ -62,7 +63,7 @@ class PyAVClipDataset(torch.utils.data.Dataset):
     Returns float ``(C, T, H, W)`` clips, as `VideoBatches` does.
     """
 
-    def __init__(self, ladder: Ladder, clips: list[str], spec: CrfSpec, sampling: ClipSampling,
+    def __init__(self, ladder: Ladder, clips: list[str], spec: LevelSpec, sampling: ClipSampling,
                  geometry: VideoGeometry) -> None:
         self.ladder, self.clips, self.spec, self.sampling = ladder, clips, spec, sampling
         self.rungs = ladder.crfs()
@@ -77,9 +78,10 @@ class PyAVClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         rng = np.random.default_rng((torch.initial_seed() + index) % 2**63)
         clip = self.clips[index]
-        crf = self.spec.draw(rng, self.rungs)
+        crf = ladder_rung(self.spec.draw(rng, self.rungs), H264.ladder_clean_rung)
         rung = self.ladder.rungs[clip][crf]
-        frames = decode_frames(self.ladder.path(clip, crf), self.sampling.frame_indices(rung.frames, rng.random()), rung.fps)
+        frames = decode_frames(self.ladder.path(clip, crf), self.sampling.frame_indices(rung.frames, rng.random()),
+                               rung.fps)
         video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W
         return self.transform(video).permute(1, 0, 2, 3).contiguous()
 
@@ -91,11 +93,12 @@ def video_contender(name: str, ladder: Ladder, clips: list[str], spec: str, samp
     device_id = (device.index or 0) if device.type == "cuda" else None
     if name in ("codecloop", "dali-bare"):
         batches = VideoBatches(ladder, clips, batch_size=batch_size, training=True,
-                               spec=parse_crf_spec(spec if name == "codecloop" else "none"), sampling=sampling,
+                               spec=H264.parse_spec(spec if name == "codecloop" else "none"), codec=H264,
+                               sampling=sampling,
                                geometry=geometry, device_id=device_id, num_threads=threads)
         return (len(batch["video"]) for batch in forever(batches))
     if name == "torch-dataloader":
-        dataset = PyAVClipDataset(ladder, clips, parse_crf_spec(spec), sampling, geometry)
+        dataset = PyAVClipDataset(ladder, clips, H264.parse_spec(spec), sampling, geometry)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                              persistent_workers=workers > 0, pin_memory=device.type == "cuda")
         return (len(batch.to(device, non_blocking=True)) for batch in forever(loader))
@@ -143,8 +146,8 @@ def measure_video(settings: BenchSettings, *, ladder: Ladder, clips: list[str],
         measured[settings.model] = settings.time(step(clip, labels) or settings.batch_size for _ in itertools.count())
         return measured
     for name, spec in (("codecloop", settings.levels), ("codecloop-clean", "none")):
-        batches = VideoBatches(ladder, clips, batch_size=settings.batch_size, training=True, spec=parse_crf_spec(spec),
-                               sampling=sampling, geometry=geometry, device_id=settings.device_id,
+        batches = VideoBatches(ladder, clips, batch_size=settings.batch_size, training=True,
+                               spec=H264.parse_spec(spec), codec=H264, sampling=sampling, geometry=geometry, device_id=settings.device_id,
                                num_threads=settings.threads)
         measured[name] = settings.time(step(batch["video"], labels[:len(batch["video"])]) or len(batch["video"])
                                        for batch in forever(batches))

@@ -14,11 +14,15 @@ from typing import Any
 
 import yaml
 
-from codecloop.dali_pipes.crf import DEFAULT_CRF_LEVELS, CrfSpec, parse_crf_levels, parse_crf_spec
-from codecloop.dali_pipes.quality import QualitySpec, parse_levels, parse_quality_spec
+from codecloop.dali_pipes.codecs import Codec, codec_names, get_codec
+from codecloop.dali_pipes.levels import LevelSpec
 
-DEFAULT_LEVELS = {"jpeg": "5,10,15,20,30,50,75,95", "h264": DEFAULT_CRF_LEVELS}
-CODECS = ("jpeg", "h264")
+
+def _defaults(attribute: str) -> str:
+    """Each built-in codec's value of `attribute`, for help texts (``jpeg 5-95; h264 18-51``)."""
+    values = {name: getattr(get_codec(name), attribute) for name in codec_names()}
+    return "; ".join(f"{name} {value if isinstance(value, str) else ','.join(map(str, value))}"
+                     for name, value in values.items())
 
 
 def _key(default: Any, help: str, group: str, choices: tuple[str, ...] | None = None, *,
@@ -58,15 +62,13 @@ class Config:
                              "simplebaseline_resnet18, unet_resnet18)", "hyper")
     pretrained: str | None = _key(None, "local weights file to start from (no hub download)", "hyper")
     num_classes: int | None = _key(None, "classifier width; default: number of class folders", "hyper", at_least=1)
-    codec: str = _key("jpeg", "codec in the loop: jpeg (quality keys) or h264 (crf keys)", "hyper", CODECS)
-    quality: str = _key("none", "training JPEG quality spec: none | 30 | 5-95 | 5,10,15", "hyper")
-    crf: str = _key("none", "training H.264 CRF spec: none | 28 | 18-51 | 18,28,40 (snapped to ladder rungs)",
-                    "hyper")
+    codec: str = _key("jpeg", f"codec in the loop: {', '.join(codec_names())} (its level: JPEG quality 1..100, "
+                      "H.264 CRF 0..51)", "hyper")
+    level: str = _key("none", "training codec level spec on the codec's scale: none | 30 | 5-95 | 5,10,15 (on a "
+                      "ladder, snapped to its rungs)", "hyper")
     clean_prob: float = _key(0.0, "fraction of training samples left uncompressed", "hyper", at_least=0, at_most=1)
-    eval_quality: str = _key("none", "JPEG quality spec for evaluation during training", "hyper")
-    eval_crf: str = _key("none", "H.264 CRF spec for evaluation during training", "hyper")
-    ladder: str | None = _key(None, "H.264 CRF ladder folder (`codecloop transcode` output) of a video dataset",
-                              "hyper")
+    eval_level: str = _key("none", "codec level spec for evaluation during training", "hyper")
+    ladder: str | None = _key(None, "CRF ladder folder (`codecloop transcode` output) of a video dataset", "hyper")
     format: str | None = _key(None, "dataset layout (default: detected from the folder). segmentation: folder, "
                               "cityscapes, voc, ade20k; depth: folder, kitti, nyu; action: folders, ucf101, hmdb51; "
                               "detection / pose: coco; classification: imagefolder", "hyper")
@@ -121,10 +123,10 @@ class Config:
                                     "(e.g. conv_stem,bn1,blocks.0); default: all", "hyper")
     seed: int = _key(0, "random seed (per rank and epoch streams derive from it)", "hyper", at_least=0)
     # --- protocol (hyper-parameters) ---
-    levels: str | None = _key(None, "sweep: JPEG qualities or H.264 CRFs to evaluate, clean always added "
-                              f"(default: jpeg {DEFAULT_LEVELS['jpeg']}; h264 {DEFAULT_LEVELS['h264']})", "hyper")
-    retrain_quality: str = _key("5-95", "experiment: quality spec for fine-tuning on compressed data", "hyper")
-    retrain_crf: str = _key("18-51", "experiment: CRF spec for fine-tuning on compressed data (h264)", "hyper")
+    levels: str | None = _key(None, "sweep: codec levels to evaluate, clean always added (default: the codec's, "
+                              f"{_defaults('default_levels')})", "hyper")
+    retrain_level: str | None = _key(None, "experiment: level spec for fine-tuning on compressed data (default: the "
+                                     f"codec's, {_defaults('retrain_spec')})", "hyper")
     retrain_clean_prob: float = _key(0.1, "experiment: clean share while fine-tuning", "hyper", at_least=0, at_most=1)
     retrain_epochs: int | None = _key(None, "experiment: fine-tuning epochs; default: epochs", "hyper", at_least=0)
     retrain_max_steps: int | None = _key(None, "experiment: fine-tuning step cap; default: max_steps", "hyper",
@@ -164,10 +166,13 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every value; raise ValueError naming the key."""
-        for spec_key in ("quality", "eval_quality", "retrain_quality", "crf", "eval_crf", "retrain_crf"):
-            parse = parse_crf_spec if "crf" in spec_key else parse_quality_spec
+        try:
+            codec = get_codec(self.codec)
+        except ValueError as error:
+            raise ValueError(f"config key 'codec': {error}") from error
+        for spec_key in ("level", "eval_level", "retrain_level"):
             try:
-                parse(getattr(self, spec_key))
+                codec.parse_spec(getattr(self, spec_key))
             except ValueError as error:
                 raise ValueError(f"config key {spec_key!r}: {error}") from error
         try:
@@ -193,34 +198,40 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def training_spec(config: Config) -> QualitySpec | CrfSpec:
-    """The spec training draws from: ``quality`` (jpeg) or ``crf`` (h264), with ``clean_prob``."""
-    if config.codec == "h264":
-        return parse_crf_spec(config.crf, config.clean_prob)
-    return parse_quality_spec(config.quality, config.clean_prob)
+def config_codec(config: Config) -> Codec:
+    """The registered codec ``codec`` names."""
+    return get_codec(config.codec)
 
 
-def eval_spec(config: Config) -> QualitySpec | CrfSpec:
-    """The spec evaluation during training uses: ``eval_quality`` or ``eval_crf``."""
-    return parse_crf_spec(config.eval_crf) if config.codec == "h264" else parse_quality_spec(config.eval_quality)
+def training_spec(config: Config) -> LevelSpec:
+    """The spec training draws from: ``level`` with ``clean_prob``."""
+    return config_codec(config).parse_spec(config.level, config.clean_prob)
 
 
-def level_spec(config: Config, level: int | None) -> QualitySpec | CrfSpec:
+def eval_spec(config: Config) -> LevelSpec:
+    """The spec evaluation during training uses: ``eval_level``."""
+    return config_codec(config).parse_spec(config.eval_level)
+
+
+def level_spec(config: Config, level: int | None) -> LevelSpec:
     """The spec of one sweep level (None: clean)."""
-    text = "none" if level is None else str(level)
-    return parse_crf_spec(text) if config.codec == "h264" else parse_quality_spec(text)
+    return config_codec(config).parse_spec("none" if level is None else str(level))
 
 
 def sweep_levels(config: Config) -> list[int]:
     """The sweep's levels: ``levels``, or the codec's default list."""
-    text = config.levels or DEFAULT_LEVELS[config.codec]
-    return parse_crf_levels(text) if config.codec == "h264" else parse_levels(text)
+    codec = config_codec(config)
+    return codec.parse_levels(config.levels or list(codec.default_levels))
+
+
+def retrain_spec_text(config: Config) -> str:
+    """The experiment's fine-tuning spec: ``retrain_level``, or the codec's default."""
+    return config.retrain_level or config_codec(config).retrain_spec
 
 
 def retrain_changes(config: Config) -> dict[str, Any]:
     """The keys the experiment's fine-tuning stage changes: the compressed spec and its clean share."""
-    key, spec = ("crf", config.retrain_crf) if config.codec == "h264" else ("quality", config.retrain_quality)
-    return {key: spec, "clean_prob": config.retrain_clean_prob}
+    return {"level": retrain_spec_text(config), "clean_prob": config.retrain_clean_prob}
 
 
 def config_keys() -> dict[str, dataclasses.Field]:

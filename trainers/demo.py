@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from codecloop.dali_pipes.codecs import codec_title, get_codec
 from codecloop.dali_pipes.ladder import transcode
 from codecloop.tasks.classification import ClassificationTask
 from codecloop.tasks.packaged_data import write_demo_dataset
@@ -48,7 +49,6 @@ DEMO_CONFIG = dict(
     weight_decay=0.0,
     warmup_steps=10,
     freeze_bn=True,
-    retrain_quality="5-95",
     retrain_clean_prob=0.3,
     retrain_epochs=1000,
     retrain_max_steps=160,
@@ -59,7 +59,8 @@ DEMO_CONFIG = dict(
 )
 
 
-H264_CONFIG = dict(retrain_crf="18-43", retrain_lr=1e-4)  # CRF 46-51 destroy the frames; 3e-4 drifts more
+# per codec: JPEG fine-tunes on qualities 5-95; for H.264, CRF 46-51 destroy the frames and lr 3e-4 drifts more
+DEMO_CODECS = {"jpeg": dict(retrain_level="5-95"), "h264": dict(retrain_level="18-43", retrain_lr=1e-4)}
 DEMO_KEYINT = 5
 
 
@@ -122,14 +123,16 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     report recovery."""
     started = time.perf_counter()
     out = Path(out)
-    dataset = write_demo_dataset(out / "data", holdout_clip=HOLDOUT_CLIP,
-                                 layout="sequences" if codec == "h264" else "images")
+    if codec not in DEMO_CODECS:
+        raise ValueError(f"the demo runs {' or '.join(DEMO_CODECS)}, not {codec!r}")
+    on_ladder = get_codec(codec).ladder_clean_rung is not None
+    dataset = write_demo_dataset(out / "data", holdout_clip=HOLDOUT_CLIP, layout="sequences" if on_ladder else "images")
     print(f"demo data: {dataset.count('train')} train images, {dataset.count('val')} held-out frames "
           f"({', '.join(dataset.sources('val'))}) in {out / 'data'}")
-    settings = {**DEMO_CONFIG, **(H264_CONFIG if codec == "h264" else {})}
+    settings = {**DEMO_CONFIG, **DEMO_CODECS[codec]}
     config = Config(**settings, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
                     out=str(out), wandb=wandb, codec=codec)
-    if codec == "h264":
+    if on_ladder:
         # a keyframe every 5 frames: a random frame costs the CPU decoder 3 frames on average, not 8
         built = out / "ladder" / "ladder.json"
         if built.is_file() and json.loads(built.read_text()).get("keyint") != DEMO_KEYINT:
@@ -149,7 +152,7 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     minutes = (time.perf_counter() - started) / 60
     if accelerator.is_main_process:
         print(f"\nagreement with the teacher's clean-image top-1, before and after fine-tuning on "
-              f"{'H.264' if codec == 'h264' else 'JPEG'}:\n")
+              f"{codec_title(codec)}:\n")
         print(markdown_table(recovery))
         print(f"\ndemo finished in {minutes:.1f} min; report: {run_dir / 'report.md'}, plot: {run_dir / 'experiment.png'}")
     return recovery

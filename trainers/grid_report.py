@@ -29,9 +29,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from codecloop.dali_pipes.codecs import codec_axis, codec_title  # noqa: E402
 from codecloop.tasks import get_task_class  # noqa: E402
 from codecloop.trainers.config import load_yaml  # noqa: E402
-from codecloop.trainers.protocol import BASELINE, CODEC_NAMES, RETRAINED  # noqa: E402
+from codecloop.trainers.protocol import BASELINE, RETRAINED  # noqa: E402
 from codecloop.trainers.report import CLEAN, markdown_table, read_csv, write_csv, write_text  # noqa: E402
 
 FAMILY = "family"
@@ -143,7 +144,7 @@ def grid_markdown(results: list[CellResult], failures: list[CellFailure]) -> str
                     f"{_percent(result.kept(row[f'{BASELINE}_{metric}'], row[f'clean_{metric}']))} / "
                     f"{_percent(_number(row['recovery_pct']))}")
             table.append(line)
-        parts += [f"## {task}, {CODEC_NAMES.get(codec, codec)} ({metric})", markdown_table(table)]
+        parts += [f"## {task}, {codec_title(codec)} ({metric})", markdown_table(table)]
         kept = {result.cell.name: _mean_kept(result) for result in group}
         ranked = sorted(kept, key=lambda name: -kept[name] if kept[name] == kept[name] else float("inf"))
         parts.append(f"Most resilient first (mean share of clean {metric} the baseline keeps over the levels): "
@@ -174,9 +175,8 @@ def plot_grid(results: list[CellResult], path: Path) -> None:
                           color=colors[number % len(colors)],
                           label=result.cell.name if stage == BASELINE else None)
         axis.axhline(100.0, color="gray", linestyle=":", linewidth=1)
-        axis.set_title(f"{task}, {CODEC_NAMES.get(codec, codec)}: solid baseline, dashed retrained", fontsize=9)
-        axis.set_xlabel({"jpeg": "JPEG quality (lower: more compressed)",
-                         "h264": "H.264 CRF (higher: more compressed)"}.get(codec, f"{codec} level"))
+        axis.set_title(f"{task}, {codec_title(codec)}: solid baseline, dashed retrained", fontsize=9)
+        axis.set_xlabel(codec_axis(codec))
         axis.set_ylabel(f"% of clean {group[0].metric} kept")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)

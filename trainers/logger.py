@@ -4,10 +4,8 @@
 | ------------------------------ | -------------------------------------------------------- |
 | ``train/loss``                 | mean training loss over the logging interval             |
 | ``train/lr``                   | learning rate at the logged step                         |
-| ``codec/quality_mean``         | mean JPEG quality of the compressed samples seen (jpeg)  |
-| ``codec/quality_hist``         | counts of qualities in bins 1-10, 11-20, ..., 91-100     |
-| ``codec/crf_mean``             | mean H.264 CRF of the compressed samples seen (h264)     |
-| ``codec/crf_hist``             | counts of CRFs in bins 1-5, 6-10, ..., 46-50, 51         |
+| ``codec/level_mean``           | mean codec level of the compressed samples seen          |
+| ``codec/level_hist``           | their counts in 10 equal bins over the codec's range     |
 | ``codec/clean_frac``           | share of samples that passed through clean               |
 | ``throughput/samples_per_sec`` | samples per second over all processes                    |
 | ``throughput/data_wait_frac``  | share of step time spent waiting for the next batch      |
@@ -35,24 +33,28 @@ from typing import Any
 
 import numpy as np
 
+from codecloop.dali_pipes.codecs import codec_names, get_codec
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelScale
+
 INIT_TIMEOUT_S = 30  # seconds wandb.init may wait for the server before going offline
-HISTOGRAM_EDGES = {"codec/quality_hist": np.arange(0.5, 101, 10.0), "codec/crf_hist": np.arange(0.5, 56, 5.0)}
-CODEC_KEYS = {"jpeg_quality": "quality", "h264_crf": "crf"}
+HISTOGRAM_BINS = 10
+LEVEL_HISTOGRAM = "codec/level_hist"
 _COMMAND_RUN: list = []  # the W&B run of the sweep or experiment in progress (`command_run`), if any
 
 
-def codec_metrics(levels: np.ndarray, batch_key: str) -> dict[str, Any]:
-    """Mean, clean share and histogram of the levels drawn (``jpeg_quality`` or ``h264_crf`` values).
+def level_edges(scale: LevelScale) -> np.ndarray:
+    """The level histogram's bin edges: `HISTOGRAM_BINS` equal bins over `scale`'s range."""
+    return np.linspace(scale.low - 0.5, scale.high + 0.5, HISTOGRAM_BINS + 1)
 
-    Clean samples report a level <= 0 (JPEG quality 0; the CRF-0 rung or -1 for H.264) and are
-    left out of the mean and the histogram.
-    """
-    name = CODEC_KEYS[batch_key]
-    compressed = levels[levels > 0]
+
+def codec_metrics(levels: np.ndarray, scale: LevelScale) -> dict[str, Any]:
+    """Mean, clean share and histogram (`level_edges`) of the batches' ``codec_level`` values; clean samples
+    (`CLEAN_LEVEL`) are left out of the mean and the histogram."""
+    compressed = levels[levels != CLEAN_LEVEL]
     return {
-        f"codec/{name}_mean": float(compressed.mean()) if compressed.size else 0.0,
-        "codec/clean_frac": float((levels <= 0).mean()) if levels.size else 0.0,
-        f"codec/{name}_hist": np.histogram(compressed, bins=HISTOGRAM_EDGES[f"codec/{name}_hist"])[0].tolist(),
+        "codec/level_mean": float(compressed.mean()) if compressed.size else 0.0,
+        "codec/clean_frac": float((levels == CLEAN_LEVEL).mean()) if levels.size else 0.0,
+        LEVEL_HISTOGRAM: np.histogram(compressed, bins=level_edges(scale))[0].tolist(),
     }
 
 
@@ -115,6 +117,8 @@ class MetricsLogger:
         self._owns_run = True
         self._prefix = ""
         self.wandb_run_id = run_id
+        codec = config.get("codec")
+        self._level_edges = level_edges(get_codec(codec).scale) if codec in codec_names() else None
         if not is_main or wandb_mode == "disabled":
             return
         if _COMMAND_RUN:
@@ -145,8 +149,8 @@ class MetricsLogger:
 
         payload = {}
         for key, value in metrics.items():
-            if key in HISTOGRAM_EDGES:
-                payload[self._prefix + key] = wandb.Histogram(np_histogram=(np.asarray(value), HISTOGRAM_EDGES[key]))
+            if key == LEVEL_HISTOGRAM and self._level_edges is not None:
+                payload[self._prefix + key] = wandb.Histogram(np_histogram=(np.asarray(value), self._level_edges))
             elif isinstance(value, (int, float)):
                 payload[self._prefix + key] = value
         if self._owns_run:

@@ -21,12 +21,12 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from codecloop.dali_pipes import CrfSpec, PipelineRuntime, QualitySpec, default_num_threads
+from codecloop.dali_pipes import LevelScale, LevelSpec, PipelineRuntime, default_num_threads
 from codecloop.tasks.sample_index import SampleIndex
 from codecloop.trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint,
                                  save_final_weights)
-from codecloop.trainers.config import Config
-from codecloop.trainers.logger import CODEC_KEYS, MetricsLogger, codec_metrics
+from codecloop.trainers.config import Config, config_codec
+from codecloop.trainers.logger import MetricsLogger, codec_metrics
 
 
 def make_accelerator(config: Config) -> Accelerator:
@@ -42,13 +42,14 @@ def build_batches(
     index: SampleIndex,
     accelerator: Accelerator,
     training: bool,
-    spec: QualitySpec | CrfSpec,
+    spec: LevelSpec,
     checkpoint: bytes | str | None = None,
     with_clean: bool = False,
 ):
     """This rank's shard of `index`, through the task's pipeline, on this rank's device."""
     runtime = pipeline_runtime(config, task, accelerator, training)
-    return task.batches(index, training=training, spec=spec, runtime=runtime, checkpoint=checkpoint,
+    return task.batches(index, training=training, spec=spec, codec=config_codec(config), runtime=runtime,
+                        checkpoint=checkpoint,
                         with_clean=with_clean)
 
 
@@ -197,7 +198,7 @@ class Trainer:
 
     def __init__(
         self, config: Config, task, run_dir: Path, accelerator: Accelerator,
-        spec: QualitySpec | CrfSpec, eval_spec: QualitySpec | CrfSpec, model: torch.nn.Module | None = None,
+        spec: LevelSpec, eval_spec: LevelSpec, model: torch.nn.Module | None = None,
     ) -> None:
         self.config, self.task, self.accelerator = config, task, accelerator
         self.run_dir = Path(run_dir)
@@ -243,7 +244,7 @@ class Trainer:
         state.wandb_run_id = logger.wandb_run_id
         bar = tqdm(total=total_steps, initial=state.step, disable=not (accelerator.is_main_process and config.progress),
                    desc=f"train {self.run_dir.name}", dynamic_ncols=True)
-        interval = _Interval(first_step=state.step + 1)
+        interval = _Interval(config_codec(config).scale, first_step=state.step + 1)
         last_saved = state.step if resume_from else -1
         with StopSignals() as stops:
             if state.batch_in_epoch >= len(train_batches):  # resumed from the checkpoint of an epoch's last step
@@ -401,19 +402,18 @@ class StopSignals:
 class _Interval:
     """Loss, codec and timing statistics accumulated between two log lines."""
 
-    def __init__(self, first_step: int = 1) -> None:
+    def __init__(self, scale: LevelScale, first_step: int = 1) -> None:
+        self.scale = scale  # the codec's level scale, for the level histogram
         self.first_step = first_step  # the first optimizer step whose losses this interval holds
         self.losses: list[torch.Tensor] = []
         self.levels: list[torch.Tensor] = []
-        self.codec_key = "jpeg_quality"
         self.samples = 0
         self.wait = 0.0
         self.started = time.perf_counter()
 
     def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         self.losses.append(loss)
-        self.codec_key = next(key for key in CODEC_KEYS if key in batch)
-        self.levels.append(batch[self.codec_key])
+        self.levels.append(batch["codec_level"])
         self.samples += batch_size_of(batch)
 
     def flush(self, accelerator: Accelerator, lr: float) -> dict:
@@ -424,11 +424,11 @@ class _Interval:
         metrics = {
             "train/loss": torch.stack(self.losses).float().mean().item(),
             "train/lr": lr,
-            **codec_metrics(levels, self.codec_key),
+            **codec_metrics(levels, self.scale),
             "throughput/samples_per_sec": self.samples * accelerator.num_processes / elapsed,
             "throughput/data_wait_frac": min(1.0, self.wait / elapsed),
         }
-        self.__init__()
+        self.__init__(self.scale)
         return metrics
 
     def worst(self) -> torch.Tensor:

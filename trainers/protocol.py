@@ -31,9 +31,12 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from codecloop.dali_pipes.codecs import codec_axis, codec_names, codec_title, get_codec
+from codecloop.dali_pipes.levels import CLEAN_LEVEL
 from codecloop.tasks import get_task_class
 from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
-from codecloop.trainers.config import Config, eval_spec, load_yaml, level_spec, retrain_changes, sweep_levels, training_spec
+from codecloop.trainers.config import (Config, config_codec, eval_spec, level_spec, load_yaml, retrain_changes,
+                                      sweep_levels, training_spec)
 from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
@@ -42,7 +45,6 @@ from codecloop.trainers.report import CLEAN, markdown_table, plot_levels, read_c
 
 BASELINE, RETRAINED = "baseline", "retrained"
 RETRAIN_STAGE = "retrain"
-CODEC_NAMES = {"jpeg": "JPEG", "h264": "H.264"}
 REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "sweep.png", "experiment.png", "config.yaml")
 
 
@@ -59,9 +61,12 @@ def make_task(config: Config):
     if not config.data:
         raise ValueError("config key 'data': a dataset root is required (--data DIR)")
     task_class = get_task_class(config.task)
-    if config.codec not in task_class.codecs:
-        raise ValueError(f"config key 'codec': task {config.task!r} takes {' or '.join(task_class.codecs)}, "
-                         f"not {config.codec}")
+    codec, ladder = config_codec(config), bool(config.ladder)
+    if not codec.serves(task_class.media, ladder):
+        where = "clips from a ladder" if task_class.media == "clips" or ladder else "single images"
+        able = [name for name in codec_names() if get_codec(name).serves(task_class.media, ladder)]
+        raise ValueError(f"config key 'codec': task {config.task!r} compresses {where}, which codec {codec.name!r} "
+                         f"cannot (it runs: {', '.join(codec.runs)}); codecs that can: {', '.join(able)}")
     return task_class(**task_options(config, task_class))
 
 
@@ -115,8 +120,9 @@ def sweep(
             model = model.to(memory_format=torch.channels_last)
         compressed = [level for level in missing if level is not None]
         one_pass = None
-        if compressed and config.one_pass_sweep and config.codec == "jpeg" and hasattr(task, "sweep_batches"):
-            one_pass = task.sweep_batches(index, compressed, pipeline_runtime(config, task, accelerator, False))
+        codec = config_codec(config)
+        if compressed and config.one_pass_sweep and codec.graph_stage is not None and hasattr(task, "sweep_batches"):
+            one_pass = task.sweep_batches(index, compressed, codec, pipeline_runtime(config, task, accelerator, False))
         if one_pass is not None:
             passed = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
             for level in missing:
@@ -137,7 +143,7 @@ def sweep(
 @torch.no_grad()
 def sweep_one_pass(model: torch.nn.Module, task, batches, accelerator: Accelerator, memory_last: bool,
                    progress: bool, label: str) -> dict[int | None, dict[str, float]]:
-    """Metrics per JPEG level from batches holding every level's view (`SweepBatches`)."""
+    """Metrics per level of an in-graph codec from batches holding every level's view (`SweepBatches`)."""
     model.eval()
     evaluations = {level: Evaluation(task) for level in batches.levels}
     for batch in tqdm(batches, desc=f"sweep {label} (one pass)", disable=not (accelerator.is_main_process and progress)):
@@ -145,7 +151,8 @@ def sweep_one_pass(model: torch.nn.Module, task, batches, accelerator: Accelerat
         if len(batch["index"]) == 0:
             continue
         for level, image in views.items():
-            view = {**batch, "image": image, "jpeg_quality": torch.full_like(batch["index"], level or 0)}
+            view = {**batch, "image": image,
+                    "codec_level": torch.full_like(batch["index"], CLEAN_LEVEL if level is None else level)}
             if memory_last:
                 view = channels_last(view)
             with accelerator.autocast():
@@ -158,7 +165,7 @@ def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
     write_csv(rows, run_dir / "sweep.csv")
     codec = codec_of(rows)
     plot_levels({rows[0]["model"]: rows}, metric, run_dir / "sweep.png", codec)
-    write_text(run_dir / "report.md", f"# {CODEC_NAMES[codec]} sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
+    write_text(run_dir / "report.md", f"# {codec_title(codec)} sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
 
 
 def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator,
@@ -196,7 +203,7 @@ def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator
         if config.checkpoint or config.epochs == 0:
             baseline = model if model is not None else load_model(config, task)
         else:
-            baseline = train_stage(config.replace(quality="none", crf="none", clean_prob=0.0), task, baseline_dir,
+            baseline = train_stage(config.replace(level="none", clean_prob=0.0), task, baseline_dir,
                                    accelerator, progress)
         baseline_rows = sweep(config, task, baseline, accelerator, BASELINE, progress)
         retrain_config = config.replace(
@@ -220,8 +227,7 @@ def log_results(logger: MetricsLogger, run_dir: Path, rows: list[dict[str, Any]]
     the recovery table and plot, summary numbers a W&B sweep can rank runs by (``recovery/mean_pct``,
     ``sweep/<model>/<metric>_clean`` and ``_mean`` over the compressed levels), the report files and
     the training stages' final weights as artifacts."""
-    codec = codec_of(rows)
-    axis = f"{CODEC_NAMES[codec]} {'CRF' if codec == 'h264' else 'quality'}"
+    axis = codec_axis(codec_of(rows))
     logger.log_table("sweep", rows, x="level", y=metric, stroke="model", title=f"{metric} against {axis}")
     summary: dict[str, Any] = {}
     for label in dict.fromkeys(str(row["model"]) for row in rows):
@@ -257,11 +263,11 @@ def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: lis
     codec = codec_of(baseline_rows)
     how = ""
     if retrain_config:
-        spec = retrain_config.crf if codec == "h264" else retrain_config.quality
-        how = (f"Retrained on {CODEC_NAMES[codec]} {'CRF' if codec == 'h264' else 'quality'} `{spec}` with clean "
+        level_name = config_codec(retrain_config).level_name
+        how = (f"Retrained on {codec_title(codec)} {level_name} `{retrain_config.level}` with clean "
                f"share {retrain_config.clean_prob:g}, lr {retrain_config.lr:g}.")
     return "\n\n".join([
-        f"# {CODEC_NAMES[codec]} codec experiment",
+        f"# {codec_title(codec)} codec experiment",
         how,
         "## Recovery\n\nrecovery = (retrained - baseline) / (clean - baseline) x 100, "
         "clean = baseline model on uncompressed input; empty where the baseline lost nothing.",

@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from codecloop.dali_pipes.codecs import codec_axis  # noqa: E402
+
 CLEAN = "clean"
 MIN_DROP = 1e-6
 
@@ -74,8 +76,7 @@ def plot_levels(
         clean = [float(row[metric]) for row in rows if str(row["level"]) == CLEAN]
         if clean:
             axis.axhline(clean[0], linestyle="--", color=color, alpha=0.6, label=f"{label}, clean input")
-    axis.set_xlabel({"jpeg": "JPEG quality (lower: more compressed)",
-                     "h264": "H.264 CRF (higher: more compressed)"}.get(codec, f"{codec} level"))
+    axis.set_xlabel(codec_axis(codec))
     axis.set_ylabel(metric)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from nvidia.dali import fn, pipeline_def, types
 
-from codecloop.dali_pipes import CLEAN_QUALITY, jpeg_codec, parse_levels, parse_quality_spec
+from codecloop.dali_pipes import CLEAN_LEVEL, graph_codec, jpeg_stage
+from codecloop.dali_pipes.codecs import JPEG
 
 DRAWS = 2000
 
@@ -16,7 +17,7 @@ DRAWS = 2000
     [("none", ()), ("30", (30,)), ("5-8", (5, 6, 7, 8)), ("15, 5,10,5", (5, 10, 15)), (" 100 ", (100,))],
 )
 def test_parse_forms(text, expected):
-    assert parse_quality_spec(text).qualities == expected
+    assert JPEG.parse_spec(text).levels == expected
 
 
 @pytest.mark.parametrize(
@@ -26,27 +27,27 @@ def test_parse_forms(text, expected):
 )
 def test_bad_specs_name_the_value(text, culprit):
     with pytest.raises(ValueError, match=culprit.replace("(", r"\(")):
-        parse_quality_spec(text)
+        JPEG.parse_spec(text)
 
 
 def test_bad_clean_prob_and_levels():
     with pytest.raises(ValueError, match="clean_prob 1.5"):
-        parse_quality_spec("30", clean_prob=1.5)
+        JPEG.parse_spec("30", clean_prob=1.5)
     with pytest.raises(ValueError, match="quality 0"):
-        parse_levels("0,5")
-    assert parse_levels("50,5,5") == [5, 50]
+        JPEG.parse_levels("0,5")
+    assert JPEG.parse_levels("50,5,5") == [5, 50]
 
 
 @pipeline_def(enable_conditionals=True)
 def _draw_pipeline(spec):
     noise = fn.random.uniform(range=[0, 255], shape=[16, 16, 3])
     images = fn.reshape(fn.cast(noise, dtype=types.UINT8), layout="HWC")
-    compressed, quality = jpeg_codec(images, spec)
+    compressed, quality = graph_codec(images, spec, jpeg_stage)
     return images, compressed, quality
 
 
 def _draw(spec_text: str, clean_prob: float = 0.0):
-    spec = parse_quality_spec(spec_text, clean_prob)
+    spec = JPEG.parse_spec(spec_text, clean_prob)
     pipe = _draw_pipeline(spec, batch_size=DRAWS // 4, num_threads=2, device_id=None, seed=7)
     pipe.build()
     originals, outputs, qualities = [], [], []
@@ -77,7 +78,7 @@ def test_choice_spec_draws_only_listed():
 
 def test_clean_prob_passes_that_share_untouched():
     qualities, originals, outputs = _draw("5-95", clean_prob=0.3)
-    clean = qualities == CLEAN_QUALITY
+    clean = qualities == CLEAN_LEVEL
     share = clean.mean()
     assert abs(share - 0.3) < 4 * np.sqrt(0.3 * 0.7 / DRAWS), share
     for is_clean, original, output in zip(clean, originals, outputs):
@@ -87,5 +88,5 @@ def test_clean_prob_passes_that_share_untouched():
 
 def test_none_spec_reports_clean():
     qualities, originals, outputs = _draw("none")
-    assert set(qualities.tolist()) == {CLEAN_QUALITY}
+    assert set(qualities.tolist()) == {CLEAN_LEVEL}
     assert all(np.array_equal(a, b) for a, b in zip(originals, outputs))

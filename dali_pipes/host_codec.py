@@ -1,66 +1,38 @@
-"""H.264 for image datasets: a CRF drawn per image, online or from a CRF ladder of sequences.
+"""Image codecs on the host: a level drawn per image, encoded online on CPU threads or read from a ladder.
 
 Two kinds of sample share one pipeline:
 
-- an image file (online mode): decoded, encoded by libx264 as one intra frame at the drawn CRF
-  and decoded back, on a pool of CPU threads (x264 has no GPU encoder); a clean sample is the
-  untouched image (`CLEAN_CRF`). Odd sizes are edge-padded for 4:2:0 and cropped back;
-- a ``(clip, frame)`` of a CRF ladder (`codecloop transcode` on sequence folders or videos):
-  that frame of the drawn rung, decoded by NVDEC on a GPU or by PyAV on a CPU; clean is rung 0.
+- an image file (online mode): decoded and round-tripped through the codec's `roundtrip` (for
+  H.264, libx264 as one intra frame) at the drawn level, on the pipeline's pool of CPU threads; a
+  clean sample is the untouched image;
+- a ``(clip, frame)`` of a ladder (`codecloop transcode` on sequence folders or videos): that frame
+  of the drawn rung, decoded by NVDEC on a GPU or by PyAV on a CPU; clean is the codec's clean rung.
 
-Then, as for JPEG: random-resized crop + flip (train) or resize + center crop (eval), normalize.
-Crop boxes and flips are drawn in Python, so a resumed run repeats them. With ``with_clean``
-the clean image goes through the very same crop and flip (a teacher's view).
+Then, as for an in-graph codec: random-resized crop + flip (train) or resize + center crop (eval),
+normalize. Crop boxes and flips come from the sample plan, so a resumed run repeats them and a run of
+another codec with the same seed sees the same ones. With ``with_clean`` the clean image goes through
+the very same crop and flip (a teacher's view). Every sample reports its ``codec_level``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def
 from PIL import Image
 
-from codecloop.dali_pipes.crf import CLEAN_CRF, LOSSLESS_CRF, MAX_CRF, MIN_CRF, CrfSpec
+from codecloop.dali_pipes.codecs import Codec
 from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
-from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from codecloop.dali_pipes.iterator import nchw
+from codecloop.dali_pipes.ladder import Ladder
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec, ladder_rung
 from codecloop.dali_pipes.pipelines import ImageGeometry, normalize, on_device
 from codecloop.dali_pipes.video import decode_frames, require_nvdec
 
 LadderFrame = tuple[str, int]
-
-
-def h264_intra_roundtrip(image: np.ndarray, crf: int, preset: str = "veryfast") -> np.ndarray:
-    """Encode an RGB uint8 HxWx3 image as one intra H.264 frame (4:2:0) at `crf` and decode it back."""
-    import av
-    if not MIN_CRF <= crf <= MAX_CRF:
-        raise ValueError(f"CRF {crf} is outside {MIN_CRF}..{MAX_CRF}")
-    height, width = image.shape[:2]
-    padded = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-    encoder = av.CodecContext.create("libx264", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = padded.shape[1], padded.shape[0], "yuv420p"
-    encoder.time_base = Fraction(1, 25)
-    rate = "qp=1" if crf == LOSSLESS_CRF else f"crf={crf}"
-    encoder.options = {"preset": preset, "x264-params": f"{rate}:keyint=1:threads=1"}
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
-    frame = frame.reformat(format="yuv420p", threads=SWSCALE_THREADS)
-    packets = encoder.encode(frame) + encoder.encode(None)
-    decoder = av.CodecContext.create("h264", "r")
-    decoded = [out for packet in packets for out in decoder.decode(packet)] + decoder.decode(None)
-    return np.ascontiguousarray(decoded[0].to_ndarray(format="rgb24", threads=SWSCALE_THREADS)[:height, :width])
-
-
-def h264_roundtrip(images: Sequence[np.ndarray], crf: int | Sequence[int], preset: str = "veryfast") -> list[np.ndarray]:
-    """The online H.264 stage outside training: each HxWx3 uint8 image at `crf` (one, or one per image)."""
-    crfs = [crf] * len(images) if isinstance(crf, (int, np.integer)) else list(crf)
-    if len(crfs) != len(images):
-        raise ValueError(f"{len(crfs)} CRFs given for {len(images)} images")
-    return [h264_intra_roundtrip(np.asarray(image, dtype=np.uint8), int(value), preset)
-            for image, value in zip(images, crfs)]
 
 
 def random_resized_box(width: int, height: int, draws: np.ndarray, min_area: float) -> tuple[float, ...]:
@@ -70,20 +42,24 @@ def random_resized_box(width: int, height: int, draws: np.ndarray, min_area: flo
 
 
 class ImageFeeder(ShardedFeeder):
-    """This rank's images at drawn CRFs: outputs ``data`` (an image, or H.264 bytes for NVDEC),
+    """This rank's images at drawn levels: outputs ``data`` (an image, or the rung's bytes for NVDEC),
     ``frame_indices`` (NVDEC only), ``clean`` / ``clean_data`` (with `with_clean`), ``roi_start``,
-    ``roi_end``, ``mirror``, ``crf``, ``index``, ``valid``."""
+    ``roi_end``, ``mirror``, ``level``, ``index``, ``valid``."""
 
-    def __init__(self, samples: Sequence[str | LadderFrame], spec: CrfSpec, min_area: float, *,
+    def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec, min_area: float, *,
                  ladder: Ladder | None = None, decode_on_cpu: bool = True, with_clean: bool = False,
-                 preset: str = "veryfast", **sharding) -> None:
+                 **sharding) -> None:
         super().__init__(len(samples), **sharding)
-        self.samples, self.spec, self.min_area, self.ladder = list(samples), spec, min_area, ladder
+        if ladder is None and codec.roundtrip is None:
+            raise ValueError(f"codec {codec.name!r} has no host round trip for images ({', '.join(codec.runs)})")
+        if ladder is not None and codec.ladder_clean_rung is None:
+            raise ValueError(f"codec {codec.name!r} does not read ladders ({', '.join(codec.runs)})")
+        self.samples, self.spec, self.codec, self.min_area, self.ladder = list(samples), spec, codec, min_area, ladder
         self.decode_on_gpu = ladder is not None and not decode_on_cpu
-        self.with_clean, self.preset = with_clean, preset
+        self.with_clean = with_clean
         self.rungs = ladder.crfs() if ladder is not None else None
         if ladder is not None:
-            spec.check_ladder(self.rungs, f"ladder {ladder.root}")
+            spec.check_ladder(self.rungs, codec.ladder_clean_rung, f"ladder {ladder.root}")
             unknown = [clip for clip, _ in self.samples if clip not in ladder.rungs]
             if unknown:
                 raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root}")
@@ -97,30 +73,31 @@ class ImageFeeder(ShardedFeeder):
         if self.with_clean:
             names.append("clean_data" if self.decode_on_gpu else "clean")
         roi = ("roi_start", "roi_end") if self.training else ()
-        return (*names, *roi, "mirror", "crf", "index", "valid")
+        return (*names, *roi, "mirror", "level", "index", "valid")
 
-    def _ladder_frame(self, clip: str, frame: int, crf: int) -> np.ndarray:
-        path = self.ladder.path(clip, crf)
+    def _ladder_frame(self, clip: str, frame: int, level: int) -> np.ndarray:
+        rung = ladder_rung(level, self.codec.ladder_clean_rung)
+        path = self.ladder.path(clip, rung)
         if self.decode_on_gpu:
             return np.fromfile(path, np.uint8)
-        return decode_frames(path, [frame], self.ladder.rungs[clip][crf].fps)[0]
+        return decode_frames(path, [frame], self.ladder.rungs[clip][rung].fps)[0]
 
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         sample = self.samples[index]
-        crf = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
-        out: dict[str, np.ndarray] = {"crf": np.int32(crf)}
+        level = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
+        out: dict[str, np.ndarray] = {"level": np.int32(level)}
         if self.ladder is not None:
             clip, frame = sample
-            rung = self.ladder.rungs[clip][crf]
+            rung = self.ladder.rungs[clip][ladder_rung(level, self.codec.ladder_clean_rung)]
             width, height = rung.width, rung.height
-            out["data"], out["frame_indices"] = self._ladder_frame(clip, frame, crf), np.array([frame], np.int32)
+            out["data"], out["frame_indices"] = self._ladder_frame(clip, frame, level), np.array([frame], np.int32)
             if self.with_clean:
-                out["clean_data" if self.decode_on_gpu else "clean"] = self._ladder_frame(clip, frame, LOSSLESS_CRF)
+                out["clean_data" if self.decode_on_gpu else "clean"] = self._ladder_frame(clip, frame, CLEAN_LEVEL)
         else:
             with Image.open(sample) as image:
                 clean = np.asarray(image.convert("RGB"))
             height, width = clean.shape[:2]
-            out["data"] = clean if crf == CLEAN_CRF else h264_intra_roundtrip(clean, crf, self.preset)
+            out["data"] = clean if level == CLEAN_LEVEL else self.codec.roundtrip(clean, level)
             out["clean"] = clean
         box = random_resized_box(width, height, draws, self.min_area) if self.training else (0.0, 0.0, 1.0, 1.0)
         out["roi_start"], out["roi_end"] = np.array(box[:2], np.float32), np.array(box[2:], np.float32)
@@ -144,8 +121,8 @@ def image_view(images, roi_start, roi_end, geometry: ImageGeometry):
 
 
 @pipeline_def
-def h264_image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, on_gpu: bool, channels_last: bool = False):
-    """Images from `feeder`; outputs ``(image, index, crf, valid[, clean_image])``, images CHW (HWC with
+def host_codec_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, on_gpu: bool, channels_last: bool = False):
+    """Images from `feeder`; outputs ``(image, index, level, valid[, clean_image])``, images CHW (HWC with
     `channels_last`)."""
     names = feeder.outputs()
     layouts = ["HWC" if name in ("data", "clean") and not feeder.decode_on_gpu else "" for name in names]
@@ -162,13 +139,14 @@ def h264_image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, on_gpu: bo
         view = image_view(images, nodes.get("roi_start"), nodes.get("roi_end"), geometry)
         views.append(normalize(view, geometry, mirror=nodes["mirror"], center_crop=not feeder.training,
                                channels_last=channels_last))
-    return views[0], on_device(nodes["index"], on_gpu), on_device(nodes["crf"], on_gpu), nodes["valid"], *views[1:]
+    return views[0], on_device(nodes["index"], on_gpu), on_device(nodes["level"], on_gpu), nodes["valid"], *views[1:]
 
 
-class H264ImageBatches(FedBatches):
-    """Epochs of ``{image, index, h264_crf[, clean_image], **targets}`` batches of images at drawn CRFs.
+class HostCodecBatches(FedBatches):
+    """Epochs of ``{image, index, codec_level[, clean_image], **targets}`` batches of images at drawn levels
+    of a host codec.
 
-    `samples` are image files (online encode) or ``(clip, frame)`` pairs of `ladder`.
+    `samples` are image files (online round trip) or ``(clip, frame)`` pairs of `ladder`.
     """
 
     def __init__(
@@ -177,7 +155,8 @@ class H264ImageBatches(FedBatches):
         *,
         batch_size: int,
         training: bool,
-        spec: CrfSpec,
+        spec: LevelSpec,
+        codec: Codec,
         geometry: ImageGeometry = ImageGeometry(),
         ladder: Ladder | None = None,
         targets: Mapping[str, torch.Tensor] | None = None,
@@ -189,22 +168,21 @@ class H264ImageBatches(FedBatches):
         prefetch_queue_depth: int = 2,
         checkpoint: bytes | str | None = None,
         with_clean: bool = False,
-        preset: str = "veryfast",
         channels_last: bool = False,
     ) -> None:
         start_epoch, start_batch = FedBatches.start(checkpoint)
         self.channels_last = channels_last
-        feeder = ImageFeeder(samples, spec, geometry.min_area, ladder=ladder, decode_on_cpu=device_id is None,
-                             with_clean=with_clean, preset=preset, training=training, batch_size=batch_size,
+        feeder = ImageFeeder(samples, spec, codec, geometry.min_area, ladder=ladder, decode_on_cpu=device_id is None,
+                             with_clean=with_clean, training=training, batch_size=batch_size,
                              shard_id=shard_id, num_shards=num_shards, seed=seed, start_epoch=start_epoch,
                              start_batch=start_batch, threads=num_threads)
         if feeder.decode_on_gpu:
             require_nvdec()
-        pipe = h264_image_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None,
+        pipe = host_codec_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None,
                                    channels_last=channels_last, batch_size=batch_size, num_threads=num_threads,
                                    device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
         device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
-        names = ["image", "index", "h264_crf", "valid"] + (["clean_image"] if with_clean else [])
+        names = ["image", "index", "codec_level", "valid"] + (["clean_image"] if with_clean else [])
         super().__init__(pipe, feeder, names, device, targets)
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,143 @@
+"""The codec registry: every codec codecloop can put in the loop, as one object each.
+
+A `Codec` says what its level is called and its range, which direction of the level is better,
+its default sweep levels and retraining spec, and how it runs:
+
+| runs       | how                                                                      | images | clips |
+| ---------- | ------------------------------------------------------------------------ | ------ | ----- |
+| graph      | `graph_stage(images, level)`: DALI nodes, inside the pipeline (JPEG)     | yes    | no    |
+| host       | `roundtrip(image, level)`: HxWx3 uint8 in and out, on CPU threads        | yes    | no    |
+| ladder     | clips encoded ahead at each level (`codecloop transcode`), a rung drawn  | frames | yes   |
+
+`graph_tile` says the graph stage works on tiles fixed to the image's origin (JPEG: 16x16 for 4:2:0), so
+that CPU training may compress only a tile-aligned window around the crop. A codec may have several (H.264 runs on the host for images and as a ladder for clips). Every
+codec reports a clean sample as `CLEAN_LEVEL`. Adding a codec is one module that builds a `Codec`
+and passes it to `register_codec`; nothing else in codecloop names codecs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from codecloop.dali_pipes.codec import JPEG_QUALITY, jpeg_stage
+from codecloop.dali_pipes.crf import CRF_SCALE, DEFAULT_CRF_LEVELS, LOSSLESS_CRF
+from codecloop.dali_pipes.h264_intra import h264_intra_roundtrip
+from codecloop.dali_pipes.levels import LevelScale, LevelSpec
+
+Roundtrip = Callable[[np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One codec: its level scale, defaults, and how it runs (see the module's table)."""
+
+    name: str
+    title: str
+    scale: LevelScale
+    higher_is_better: bool
+    default_levels: tuple[int, ...]
+    retrain_spec: str
+    graph_stage: Callable | None = None
+    graph_tile: int | None = None
+    roundtrip: Roundtrip | None = None
+    ladder_clean_rung: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.graph_stage or self.roundtrip or self.ladder_clean_rung is not None):
+            raise ValueError(f"codec {self.name!r} runs nowhere: give a graph_stage, a roundtrip or a ladder rung")
+        self.scale.parse_levels(list(self.default_levels))
+        self.scale.parse_spec(self.retrain_spec)
+
+    @property
+    def level_name(self) -> str:
+        """What a level of this codec is called (``quality``, ``CRF``)."""
+        return self.scale.name
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        """How this codec runs: some of ``graph``, ``host``, ``ladder``."""
+        return tuple(name for name, present in (("graph", self.graph_stage is not None),
+                                                 ("host", self.roundtrip is not None),
+                                                 ("ladder", self.ladder_clean_rung is not None)) if present)
+
+    @property
+    def on_images(self) -> bool:
+        """Whether the codec can compress single images online (in the graph or on the host)."""
+        return self.graph_stage is not None or self.roundtrip is not None
+
+    def serves(self, media: str, ladder: bool = False) -> bool:
+        """Whether this codec can compress `media` (``images`` or ``clips``) in the loop; `ladder`: the images
+        are frames of a ladder."""
+        if media == "clips" or ladder:
+            return self.ladder_clean_rung is not None
+        return self.on_images
+
+    @property
+    def axis_label(self) -> str:
+        """A plot axis for this codec's levels, saying which way is more compressed."""
+        worse = "lower" if self.higher_is_better else "higher"
+        return f"{self.title} {self.level_name} ({worse}: more compressed)"
+
+    def parse_spec(self, spec: str | int | LevelSpec | None, clean_prob: float = 0.0) -> LevelSpec:
+        """A training / evaluation spec of this codec's levels (see `codecloop.dali_pipes.levels`)."""
+        return self.scale.parse_spec(spec, clean_prob)
+
+    def parse_levels(self, text: str | Sequence) -> list[int]:
+        """A sweep's level list on this codec's scale."""
+        return self.scale.parse_levels(text)
+
+    def worst_first(self, levels: Sequence[int]) -> list[int]:
+        """`levels` from the most to the least compressed."""
+        return sorted(levels, reverse=not self.higher_is_better)
+
+
+_CODECS: dict[str, Codec] = {}
+
+
+def register_codec(codec: Codec) -> Codec:
+    """File `codec` under its name; a name registered twice is an error naming both."""
+    if codec.name in _CODECS:
+        raise ValueError(f"codec {codec.name!r} is already registered ({_CODECS[codec.name].title})")
+    _CODECS[codec.name] = codec
+    return codec
+
+
+def unregister_codec(name: str) -> None:
+    """Remove a registered codec (a test's own codec, after the test)."""
+    _CODECS.pop(name, None)
+
+
+def get_codec(name: str) -> Codec:
+    """The codec registered as `name`, or a ValueError listing the known ones."""
+    if name not in _CODECS:
+        raise ValueError(f"unknown codec {name!r}; known codecs: {', '.join(codec_names())}")
+    return _CODECS[name]
+
+
+def codec_names() -> list[str]:
+    """Registered codec names, in registration order."""
+    return list(_CODECS)
+
+
+def codec_title(name: str) -> str:
+    """A codec's display name (``H.264``); the name itself for a codec this process has not registered
+    (a report rebuilt from another run's files)."""
+    return _CODECS[name].title if name in _CODECS else name
+
+
+def codec_axis(name: str) -> str:
+    """A plot axis for a codec's levels (see `Codec.axis_label`); ``<name> level`` when unregistered."""
+    return _CODECS[name].axis_label if name in _CODECS else f"{name} level"
+
+
+JPEG = register_codec(Codec(
+    name="jpeg", title="JPEG", scale=JPEG_QUALITY, higher_is_better=True,
+    default_levels=(5, 10, 15, 20, 30, 50, 75, 95), retrain_spec="5-95", graph_stage=jpeg_stage, graph_tile=16,
+))
+H264 = register_codec(Codec(
+    name="h264", title="H.264", scale=CRF_SCALE, higher_is_better=False, default_levels=DEFAULT_CRF_LEVELS,
+    retrain_spec="18-51", roundtrip=h264_intra_roundtrip, ladder_clean_rung=LOSSLESS_CRF,
+))
