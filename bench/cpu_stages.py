@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import nvidia.dali
+import nvidia.dali.math as dali_math
 from nvidia.dali import fn, pipeline_def, types
 
 from codecloop.dali_pipes.codec import jpeg_stage
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
-from codecloop.dali_pipes.pipelines import ImageGeometry, normalize, resize_window, train_geometry, train_window
+from codecloop.dali_pipes.pipelines import ImageGeometry, normalize
 
 GEOMETRY = ImageGeometry(crop_size=224)
 
@@ -35,10 +36,24 @@ def decoded(encoded):
     return fn.decoders.image(encoded, output_type=types.RGB)
 
 
+def train_geometry(images, geometry: ImageGeometry):
+    """A random-resized crop to the crop size (area min_area..1, aspect 3/4..4/3), drawn in the graph."""
+    return fn.random_resized_crop(images, size=[geometry.crop_size] * 2, random_area=[geometry.min_area, 1.0],
+                                  random_aspect_ratio=[3 / 4, 4 / 3], antialias=True)
+
+
 def windowed(encoded):
-    anchor, size, start, end = train_window(encoded, GEOMETRY)
+    """The crop's region on the 16-pixel grid, one tile to spare on each side, decoded and compressed alone
+    (what `codecloop.dali_pipes.images.tile_window` does with the sample plan's boxes), then resized."""
+    shape = fn.peek_image_shape(encoded)
+    anchor, size = fn.random_crop_generator(shape, random_area=[GEOMETRY.min_area, 1.0],
+                                            random_aspect_ratio=[3 / 4, 4 / 3])
+    start = dali_math.max(anchor // 16 * 16 - 16, 0)
+    end = dali_math.min((anchor + size + 15) // 16 * 16 + 16, fn.cast(shape[0:2], dtype=types.INT32))
     region = fn.decoders.image_slice(encoded, start, end - start, axes=[0, 1], output_type=types.RGB)
-    return resize_window(jpeg_stage(region, quality()), anchor, size, start, GEOMETRY)
+    offset = fn.cast(anchor - start, dtype=types.FLOAT)
+    return fn.resize(jpeg_stage(region, quality()), size=[GEOMETRY.crop_size] * 2, roi_start=offset,
+                     roi_end=offset + fn.cast(size, dtype=types.FLOAT), antialias=True)
 
 
 STAGES = {

@@ -44,7 +44,7 @@ def run(out: Path, per_class: int, batch_size: int, crop_size: int) -> dict:
         run_dir = Path(scratch) / "run"
         status = codecloop(["train", "--data", str(data), "--model", "resnet50", "--precision", "auto",
                             "--crop_size", str(crop_size), "--resize_size", str(crop_size * 8 // 7),
-                            "--batch_size", str(batch_size), "--epochs", "1", "--quality", "5-95",
+                            "--batch_size", str(batch_size), "--epochs", "1", "--level", "5-95",
                             "--clean_prob", "0.1", "--log_every", "5", "--checkpoint_every", "0",
                             "--wandb", "disabled", "--progress", "false", "--out", str(run_dir)])
         if status != 0:

@@ -34,7 +34,6 @@ from codecloop.dali_pipes import ImageBatches, ImageGeometry
 from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from codecloop.dali_pipes.h264_intra import h264_intra_roundtrip
-from codecloop.dali_pipes.host_codec import HostCodecBatches
 from codecloop.dali_pipes.ladder import DEFAULT_LADDER, SWSCALE_THREADS, transcode
 from codecloop.tasks.packaged_data import packaged_clip
 
@@ -113,7 +112,7 @@ def bench_images(work: Path, threads: int) -> list[str]:
     for name, batches in (
         ("JPEG stage 5-95 (DALI)", ImageBatches(files, batch_size=32, training=True, spec=JPEG.parse_spec("5-95"),
                                                  codec=JPEG, geometry=geometry, num_threads=threads)),
-        ("H.264 stage 18-51 (online x264)", HostCodecBatches(files, batch_size=32, training=True,
+        ("H.264 stage 18-51 (online x264)", ImageBatches(files, batch_size=32, training=True,
                                                               spec=H264.parse_spec("18-51"), codec=H264,
                                                               geometry=geometry, num_threads=threads)),
     ):

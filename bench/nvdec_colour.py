@@ -4,7 +4,7 @@ tests/test_gpu_video.py, measured on a CPU by emulating DALI's YUV -> RGB kernel
 Both sides decode the same YUV (H.264 decoding is exact) and differ only in the colour conversion. On the
 ladder the GPU tests build (carphone and bikes, default CRFs): (a) PSNR over the frames the NVDEC test reads,
 per rung; (b) mean absolute difference of the normalized 112x112 eval views the H.264-image test compares
-(PyAV side from HostCodecBatches on the CPU). Two other plausible conversions and three bugs the tests must
+(PyAV side from ImageBatches on the CPU). Two other plausible conversions and three bugs the tests must
 catch show where the bounds sit. Rerun when DALI changes its kernel, after updating `nvdec_rgb`.
 
     python bench/nvdec_colour.py --out bench/results/nvdec_colour.md
@@ -26,7 +26,7 @@ from nvidia.dali import fn, pipeline_def
 from codecloop.dali_pipes import ImageGeometry
 from codecloop.dali_pipes.codecs import H264
 from codecloop.dali_pipes.fidelity import cpu_model
-from codecloop.dali_pipes.host_codec import HostCodecBatches, image_view
+from codecloop.dali_pipes.images import ImageBatches, image_view
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder, load_ladder, transcode
 from codecloop.dali_pipes.pipelines import normalize
 from codecloop.dali_pipes.reference import psnr
@@ -129,16 +129,16 @@ def rung_psnrs(ladder: Ladder) -> dict[tuple[str, int], dict[str, float]]:
 @pipeline_def(batch_size=len(CLIPS) * len(VIEW_FRAMES), num_threads=2, device_id=None, exec_async=False,
               exec_pipelined=False)
 def eval_views():
-    """The eval view of HostCodecBatches: shorter side 128 (antialiased), centre crop 112, normalized."""
+    """The eval view of ImageBatches: shorter side 128 (antialiased), centre crop 112, normalized."""
     images = fn.external_source(name="images", layout="HWC")
     return normalize(image_view(images, None, None, VIEW_GEOMETRY), VIEW_GEOMETRY, center_crop=True)
 
 
 def view_differences(ladder: Ladder, crf: int, pipe) -> dict[str, float]:
     """(b) at `crf`: mean |view(PyAV) - view(stand-in)| per stand-in; under "PyAV rgb24", this script's view
-    of PyAV's frames against HostCodecBatches' (0 when the two view pipelines agree)."""
+    of PyAV's frames against ImageBatches' (0 when the two view pipelines agree)."""
     samples = [(clip, frame) for clip in sorted(ladder.rungs) for frame in VIEW_FRAMES]
-    batches = HostCodecBatches(samples, ladder=ladder, batch_size=len(samples), training=False,
+    batches = ImageBatches(samples, ladder=ladder, batch_size=len(samples), training=False,
                                spec=H264.parse_spec(str(crf)), codec=H264, geometry=VIEW_GEOMETRY, device_id=None,
                                num_threads=2)
     project = {i: image.numpy() for batch in batches for i, image in zip(batch["index"].tolist(), batch["image"])}
@@ -217,7 +217,7 @@ def main() -> None:
         "# NVDEC (DALI 2.4) colour conversion against PyAV rgb24, emulated on the CPU", "",
         f"{cpu_model()}, DALI {nvidia.dali.__version__}, PyAV {av.__version__} (libswscale "
         f"{'.'.join(map(str, av.library_versions['libswscale']))}), numpy {np.__version__}; carphone and bikes at "
-        f"CRFs {', '.join(map(str, ladder.crfs()))}; this script's view of PyAV's frames is HostCodecBatches' CPU "
+        f"CRFs {', '.join(map(str, ladder.crfs()))}; this script's view of PyAV's frames is ImageBatches' CPU "
         f"view to a mean difference of {view_check:.1g}", "",
         *report(psnrs, views),
     ]

@@ -27,8 +27,7 @@ from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
 from codecloop.dali_pipes.codecs import Codec
-from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
-from codecloop.dali_pipes.iterator import nchw
+from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec
 from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
@@ -210,7 +209,7 @@ def dense_pipeline(feeder: DenseFeeder, on_gpu: bool, channels_last: bool = Fals
             nodes["points_mt"], nodes["mirror"], *rasters, *points, *extras)
 
 
-class DenseBatches(FedBatches):
+class DenseBatches(Batches):
     """Epochs of ``{image, index, codec_level, points_mt, mirror, *rasters, [points,
     num_points], *extras, **targets}`` batches; rasters are ``(B, H, W)``, points ``(B, P, 2)``.
 
@@ -239,18 +238,15 @@ class DenseBatches(FedBatches):
         checkpoint: bytes | str | None = None,
         channels_last: bool = False,
     ) -> None:
-        start_epoch, start_batch = FedBatches.start(checkpoint)
-        self.channels_last = channels_last
         feeder = DenseFeeder(samples, layout, load_targets, spec, codec, geometry, training=training,
                              batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
-                             start_epoch=start_epoch, start_batch=start_batch, threads=num_threads)
+                             checkpoint=checkpoint, threads=num_threads)
         pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, channels_last=channels_last,
                               batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                               prefetch_queue_depth=prefetch_queue_depth)
-        device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
         names = ["image", "index", "codec_level", "valid", "points_mt", "mirror", *layout.rasters]
         names += ["points", "num_points"] if layout.points else []
-        super().__init__(pipe, feeder, names + list(layout.extras), device, targets)
+        super().__init__(pipe, feeder, names + list(layout.extras), targets, channels_last)
         self.layout = layout
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

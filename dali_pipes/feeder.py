@@ -1,17 +1,25 @@
-"""Python-fed pipelines: sharded, seeded external-source callables and the iterator that reads them.
+"""Every pipeline's feeder and iterator: sharded, seeded external-source callables and the one `Batches` base.
 
-The Python-fed pipelines take per sample what DALI's readers cannot: which CRF rung or online
-CRF, which frames, which crop. `ShardedFeeder` is the DALI external-source callable (batch mode)
-behind them: for every batch it takes this rank's samples and their draws from the `SamplePlan`
-(one law for every pipeline; draws keyed by (seed, epoch, sample), so they do not depend on the
-world size and a resumed run repeats them) and asks `load` for each one's outputs. `FedBatches` turns such a pipeline into dict
-batches of torch tensors on the device and records where it stands for checkpoints.
+Every pipeline takes per sample what the sample plan drew: which level (or ladder rung), which frames,
+which crop, which flip. `ShardedFeeder` is the DALI external-source callable (batch mode) behind them:
+for every batch it takes this rank's samples and their draws from the `SamplePlan` (one law for every
+pipeline; draws keyed by (seed, epoch, sample), so they do not depend on the world size and a resumed
+run repeats them) and asks `load` for each one's outputs. `Batches` turns such a pipeline into dict
+batches of torch tensors on the device, with one checkpoint format (the epoch and batch to resume at)
+and one padding scheme (the plan's: training batches are always full, evaluation's padding is dropped).
+
+It stays outside `accelerator.prepare`: each process builds its own with ``shard_id = process_index``,
+``num_shards = num_processes`` and ``device_id`` the index of ``accelerator.device`` (None without CUDA).
+With ``channels_last`` a pipeline writes images NHWC and the batch holds them as NCHW views in
+channels-last memory format: no copy per step for a channels-last model.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
+import os
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,33 +32,54 @@ from codecloop.dali_pipes.sample_plan import SamplePlan
 from codecloop.dali_pipes.validate import decode_failure, record_pipeline_failure
 
 
-class ShardedFeeder:
-    """Base external-source callable: this rank's batches of one epoch after another.
+def nchw(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Images from a pipeline as (B, C, H, W): NHWC data viewed in channels-last format, or NCHW as is."""
+    return images.permute(0, 3, 1, 2) if channels_last else images
 
-    Every rank runs the same number of batches: training pads a short shard with repeats,
-    evaluation pads with samples marked ``valid = 0`` that `FedBatches` drops. Subclasses name
-    their outputs (`outputs`, ending with ``index`` and ``valid``) and produce one sample's in `load`.
-    Samples are loaded on `threads` threads (PyAV and Pillow release the GIL).
+
+def default_num_threads() -> int:
+    """CPU worker threads per pipeline: this process's cores shared with its peers on the node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def start_position(checkpoint: bytes | str | None) -> tuple[int, int]:
+    """``(epoch, batch)`` to start from, given a `Batches.checkpoint()` value (or None: the start)."""
+    position = json.loads(checkpoint) if checkpoint else {"epoch": 0, "batch": 0}
+    return position["epoch"], position["batch"]
+
+
+class ShardedFeeder(abc.ABC):
+    """Base external-source callable: this rank's batches of one epoch after another, from `checkpoint`'s
+    position on (a `Batches.checkpoint()` value; None: the start).
+
+    Every rank runs the same number of batches: training batches are full (the plan pads with repeats),
+    evaluation pads with samples marked ``valid = 0`` that `Batches` drops. Subclasses name their outputs
+    (`outputs`, ending with ``index`` and ``valid``) and produce one sample's in `load`. Samples are loaded
+    on `threads` threads (PyAV and Pillow release the GIL).
     """
 
     def __init__(self, num_samples: int, *, training: bool, batch_size: int, shard_id: int = 0,
-                 num_shards: int = 1, seed: int = 0, start_epoch: int = 0, start_batch: int = 0,
+                 num_shards: int = 1, seed: int = 0, checkpoint: bytes | str | None = None,
                  threads: int = 1) -> None:
         self.plan = SamplePlan(num_samples, training=training, batch_size=batch_size, shard_id=shard_id,
                                num_shards=num_shards, seed=seed)
         self.num_samples, self.training, self.batch_size = num_samples, training, batch_size
-        self.start_epoch, self.start_batch, self.threads = start_epoch, start_batch, threads
+        self.start_epoch, self.start_batch = start_position(checkpoint)
+        if self.start_batch >= self.plan.batches_per_epoch():  # saved after an epoch's last batch
+            self.start_epoch, self.start_batch = self.start_epoch + 1, 0
+        self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[list[int]] = deque(maxlen=4)  # the last batches handed to DALI
 
+    @abc.abstractmethod
     def outputs(self) -> tuple[str, ...]:
         """Names of the per-sample outputs, in the order `__call__` returns them."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         """Every output but ``index`` and ``valid`` for sample `index`, its random choices taken from `draws`
         (its row of the plan's uniforms; `dali_pipes.sample_plan` names the columns)."""
-        raise NotImplementedError
 
     def sample_path(self, index: int) -> str | None:
         """The image file sample `index` is decoded from by DALI, where it has one (subclasses)."""
@@ -117,22 +146,24 @@ def blame(feeder: ShardedFeeder, samples: list[int], error: str) -> str:
     return "".join(lines)
 
 
-class FedBatches:
-    """Epochs of dict batches from a pipeline fed by a `ShardedFeeder`, padding dropped.
+class Batches:
+    """Epochs of dict batches from a pipeline fed by a `ShardedFeeder`, padding dropped: the one iterator
+    every task's pipeline goes through.
 
     `output_map` names the pipeline's outputs; ``valid`` must be one of them. Every output stays
     where the pipeline produced it: a GPU pipeline moves what the training step needs (images,
     ``index``, the codec level) to the device itself, and leaves on the host the small per-sample
     values Python reads (point counts, flips), so nothing here waits for the GPU. `reshape` may
     rewrite the batch (e.g. split frames into clips) before targets are added: ``targets[name]``
-    (moved to `device`) is indexed by each sample's ``index``. `checkpoint()` records the epoch and
-    batch after the last batch returned; ``checkpoint=`` given to the feeder resumes there with the
-    same draws.
+    (moved to the pipeline's device) is indexed by each sample's ``index``. `checkpoint()` records the
+    epoch and batch after the last batch returned; ``checkpoint=`` given to the feeder resumes there
+    with the same draws.
     """
 
-    def __init__(self, pipe, feeder: ShardedFeeder, output_map: list[str], device: torch.device,
-                 targets: Mapping[str, torch.Tensor] | None = None) -> None:
-        self.feeder, self.device = feeder, device
+    def __init__(self, pipe, feeder: ShardedFeeder, output_map: list[str],
+                 targets: Mapping[str, torch.Tensor] | None = None, channels_last: bool = False) -> None:
+        device = torch.device("cuda", pipe.device_id) if pipe.device_id is not None else torch.device("cpu")
+        self.feeder, self.device, self.channels_last = feeder, device, channels_last
         self.epoch, self.batch = feeder.start_epoch, feeder.start_batch
         self.targets = {name: value.to(device) for name, value in (targets or {}).items()}
         with self._naming_failures():  # the iterator runs the first batches already
@@ -151,12 +182,6 @@ class FedBatches:
             message = (f"{error}\nwhile reading one of {len(reading)} samples: {', '.join(reading[:8])}"
                        f"{' ...' if len(reading) > 8 else ''}")
             raise RuntimeError(message + blame(self.feeder, samples, str(error))) from error
-
-    @staticmethod
-    def start(checkpoint: bytes | str | None) -> tuple[int, int]:
-        """``(epoch, batch)`` to start from, given a `checkpoint()` value (or None)."""
-        position = json.loads(checkpoint) if checkpoint else {"epoch": 0, "batch": 0}
-        return position["epoch"], position["batch"]
 
     def __len__(self) -> int:
         """Batches per epoch on this shard (the same on every shard)."""

@@ -76,8 +76,10 @@ class PlannedBatch:
 
 class SamplePlan:
     """This rank's batches, epoch after epoch: training shuffles all samples per epoch (a permutation seeded by
-    (seed, epoch)), deals them to ranks in turn and pads a short shard with repeats; evaluation keeps the order
-    and pads with invalid slots. Every rank runs the same number of batches."""
+    (seed, epoch)), deals them to ranks in turn and fills the shard's last batch with repeats of the epoch's
+    first samples, so every training batch is full (no batch of one sample for BatchNorm, no rank with an
+    empty step); evaluation keeps the order and pads with invalid slots, so every sample counts once. Every
+    rank runs the same number of batches."""
 
     def __init__(self, num_samples: int, *, training: bool, batch_size: int, shard_id: int = 0,
                  num_shards: int = 1, seed: int = 0) -> None:
@@ -102,7 +104,8 @@ class SamplePlan:
             if self.training:
                 order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
             mine = order[self.shard_id::self.num_shards]
-            padding = self.shard_size() - len(mine)
+            slots = self.batches_per_epoch() * self.batch_size if self.training else self.shard_size()
+            padding = slots - len(mine)
             samples = np.concatenate([mine, order[np.arange(padding) % self.num_samples]])
             valid = np.concatenate([np.ones(len(mine), bool), np.full(padding, self.training)])
             self._cached = (epoch, samples, valid)

@@ -22,7 +22,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from codecloop.dali_pipes.codecs import Codec
-from codecloop.dali_pipes.feeder import FedBatches, ShardedFeeder
+from codecloop.dali_pipes.feeder import Batches, ShardedFeeder
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CROP_X, CROP_Y, FLIP, START
@@ -182,7 +182,7 @@ def video_pipeline(feeder: LadderFeeder, geometry: VideoGeometry, on_gpu: bool):
     return video, on_device(nodes["index"], on_gpu), on_device(nodes["level"], on_gpu), nodes["valid"]
 
 
-class VideoBatches(FedBatches):
+class VideoBatches(Batches):
     """Epochs of ``{video, index, codec_level, **targets}`` batches from one shard of a ladder's clips.
 
     `targets` maps a name to a tensor indexed by sample index (position in `clips`).
@@ -212,18 +212,16 @@ class VideoBatches(FedBatches):
     ) -> None:
         if channels_last:
             raise ValueError("video clips are 5-D (B, C, T, H, W): there is no channels-last layout for them")
-        start_epoch, start_batch = FedBatches.start(checkpoint)
         self.sampling = sampling
         feeder = LadderFeeder(
             ladder, clips, spec, codec, sampling, decode_on_cpu=device_id is None, training=training,
-            batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, start_epoch=start_epoch,
-            start_batch=start_batch, threads=num_threads)
+            batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, checkpoint=checkpoint,
+            threads=num_threads)
         if device_id is not None:
             require_nvdec()
         pipe = video_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None, batch_size=batch_size,
                               num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
-        device = torch.device("cuda", device_id) if device_id is not None else torch.device("cpu")
-        super().__init__(pipe, feeder, ["video", "index", "codec_level", "valid"], device, targets)
+        super().__init__(pipe, feeder, ["video", "index", "codec_level", "valid"], targets)
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``(B, K*T, C, H, W)`` frames to ``(B, C, T, H, W)`` clips, or ``(B, K, C, T, H, W)``."""

@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, Codec, ImageBatches, ImageGeometry, LevelSpec,
-                                  PipelineRuntime)
-from codecloop.dali_pipes.host_codec import HostCodecBatches
-from codecloop.dali_pipes.iterator import SweepBatches
+                                  PipelineRuntime, SweepBatches)
 from codecloop.dali_pipes.ladder import load_ladder
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
 from codecloop.tasks.layout_errors import choose_format
@@ -120,20 +118,16 @@ class ClassificationTask:
 
     def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
                 checkpoint: bytes | str | None = None,
-                with_clean: bool = False) -> ImageBatches | HostCodecBatches:
+                with_clean: bool = False) -> ImageBatches:
         """One epoch after another of `index` through the codec stage, as dict batches on the device.
 
         An in-graph codec runs in the DALI pipeline; a host codec round-trips each image online, or, with a
         ladder, each image is its frame of the drawn rung.
         """
-        if self.ladder is not None or codec.graph_stage is None:
-            samples = self.ladder_frames(index.files) if self.ladder else index.files
-            return HostCodecBatches(samples, training=training, spec=spec, codec=codec, geometry=self.geometry,
-                                    ladder=self.ladder, targets=index.targets, checkpoint=checkpoint,
-                                    with_clean=with_clean, **dataclasses.asdict(runtime))
-        return ImageBatches(index.files, training=training, spec=spec, codec=codec, geometry=self.geometry,
-                            targets=index.targets, codec_placement=self.codec_placement, checkpoint=checkpoint,
-                            with_clean=with_clean, **dataclasses.asdict(runtime))
+        samples = self.ladder_frames(index.files) if self.ladder else index.files
+        return ImageBatches(samples, training=training, spec=spec, codec=codec, geometry=self.geometry,
+                            ladder=self.ladder, targets=index.targets, codec_placement=self.codec_placement,
+                            checkpoint=checkpoint, with_clean=with_clean, **dataclasses.asdict(runtime))
 
     def sweep_batches(self, index: SampleIndex, levels: list[int], codec: Codec,
                       runtime: PipelineRuntime) -> SweepBatches | None:

@@ -180,11 +180,11 @@ def test_pose_flip_swaps_left_and_right(synthetic):
 # --- metrics through the tasks -------------------------------------------------------------------
 
 
-def _eval_batch(task, split: str = "val", spec=None):
+def _eval_batch(task, split: str = "val", spec=None, codec=JPEG):
     from codecloop.dali_pipes import PipelineRuntime
 
     index = task.sample_index(split)
-    return next(iter(task.batches(index, training=False, spec=spec or JPEG.parse_spec("none"),
+    return next(iter(task.batches(index, training=False, spec=spec or codec.parse_spec("none"), codec=codec,
                                   runtime=PipelineRuntime(batch_size=len(index)))))
 
 

@@ -19,8 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from codecloop.dali_pipes.codecs import JPEG
-from codecloop.dali_pipes import PipelineRuntime
-from codecloop.dali_pipes.iterator import ImageBatches
+from codecloop.dali_pipes import ImageBatches, PipelineRuntime
 from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.detection import DetectionTask
 from codecloop.tasks.pose import PoseTask
@@ -109,8 +108,8 @@ def test_dense_targets_land_where_they_do_in_the_untagged_file(task_name, orient
 
 @pytest.mark.parametrize("orientation", [6, 8])
 def test_classification_reads_the_stored_orientation(orientation, tmp_path):
-    """The CPU training path decodes only the crop's window (`train_window`): its shape query and its
-    decoder follow the same rule, so the tagged file gives the same crops as the untagged one."""
+    """The CPU training path decodes only the crop's window (`tile_window`): the header size it is computed
+    from and the decoder follow the same rule, so the tagged file gives the same crops as the untagged one."""
     pixels = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
     files = {tag: str(write_jpeg(pixels, tmp_path / f"{tag}.jpg", orientation if tag == "tagged" else None))
              for tag in ("plain", "tagged")}

@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from codecloop.dali_pipes.codecs import H264, JPEG
-from codecloop.dali_pipes import ImageBatches, ImageGeometry
+from codecloop.dali_pipes import ImageBatches, ImageGeometry, SweepBatches
 from codecloop.dali_pipes.feeder import valid_count
-from codecloop.dali_pipes.iterator import SweepBatches
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +122,7 @@ def test_channels_last_batches_equal_the_nchw_ones(image_folder, training, with_
             assert nhwc[name].shape == nchw[name].shape and nhwc[name].shape[1] == 3
             assert nhwc[name].is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(nhwc[name], nchw[name])
-    sweeps = [list(SweepBatches(files, levels=[10, 50], batch_size=6, geometry=ImageGeometry(32, 40), num_threads=2,
+    sweeps = [list(SweepBatches(files, levels=[10, 50], codec=JPEG, batch_size=6, geometry=ImageGeometry(32, 40), num_threads=2,
                                 channels_last=channels_last)) for channels_last in (False, True)]
     for nchw, nhwc in zip(*sweeps):
         for level in (None, 10, 50):
@@ -133,7 +132,6 @@ def test_channels_last_batches_equal_the_nchw_ones(image_folder, training, with_
 
 def test_dense_and_h264_batches_channels_last(tmp_path, image_folder):
     from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
-    from codecloop.dali_pipes.host_codec import HostCodecBatches
 
     files = _image_files(image_folder)[:6]
     for make in (
@@ -141,7 +139,7 @@ def test_dense_and_h264_batches_channels_last(tmp_path, image_folder):
                                   load_targets=lambda index: {"points": np.zeros((1, 2), np.float32)}, batch_size=3,
                                   training=True, spec=JPEG.parse_spec("30"), codec=JPEG, geometry=DenseGeometry(32, 48),
                                   seed=2, channels_last=last),
-        lambda last: HostCodecBatches(files, batch_size=3, training=True, spec=H264.parse_spec("30"), codec=H264,
+        lambda last: ImageBatches(files, batch_size=3, training=True, spec=H264.parse_spec("30"), codec=H264,
                                       geometry=ImageGeometry(32, 40), seed=2, with_clean=True, channels_last=last),
     ):
         nchw, nhwc = next(iter(make(False))), next(iter(make(True)))
@@ -210,32 +208,35 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
     such as a GPU node given as an argument input. Building needs CUDA, so it stops before that."""
     from codecloop.dali_pipes.codec import _roundtrip_pipeline
     from codecloop.dali_pipes.dense import DenseFeeder, DenseGeometry, DenseLayout, DenseSample, dense_pipeline
-    from codecloop.dali_pipes.host_codec import ImageFeeder, host_codec_pipeline
-    from codecloop.dali_pipes.pipelines import CODEC_PLACEMENTS, image_pipeline, sweep_pipeline
+    from codecloop.dali_pipes.images import ImageFeeder, image_pipeline
+    from codecloop.dali_pipes.pipelines import CODEC_PLACEMENTS
     from codecloop.dali_pipes.video import ClipSampling, LadderFeeder, VideoGeometry, video_pipeline
 
     files, geometry = _image_files(image_folder)[:4], ImageGeometry(32, 40)
     run = {"batch_size": 2, "num_threads": 1, "device_id": 0}
     for training in (True, False):
+        sharding = {"training": training, "batch_size": 2}
         for placement in CODEC_PLACEMENTS:
             for spec in ("none", "5-95", "10"):
                 for with_clean in (False, True):
-                    image_pipeline(files=files, shard_id=0, num_shards=1, training=training,
-                                   spec=JPEG.parse_spec(spec, 0.2), codec=JPEG, geometry=geometry, on_gpu=True,
-                                   codec_placement=placement, with_clean=with_clean, channels_last=with_clean, **run)
-            sweep_pipeline(files=files, shard_id=0, num_shards=1, levels=[10, 50], geometry=geometry, on_gpu=True,
-                           codec_placement=placement, channels_last=training, **run)
-        sharding = {"training": training, "batch_size": 2}
-        for spec in (JPEG.parse_spec("5-95"), H264.parse_spec("40")):
+                    feeder = ImageFeeder(files, JPEG.parse_spec(spec, 0.2), JPEG, 0.5, on_gpu=True,
+                                         with_clean=with_clean, codec_placement=placement, **sharding)
+                    image_pipeline(feeder=feeder, geometry=geometry, channels_last=with_clean, **run)
+            if not training:
+                feeder = ImageFeeder(files, JPEG.parse_spec("none"), JPEG, 0.5, on_gpu=True, levels=[10, 50],
+                                     codec_placement=placement, **sharding)
+                image_pipeline(feeder=feeder, geometry=geometry, channels_last=True, **run)
+        for codec, spec in ((JPEG, JPEG.parse_spec("5-95")), (H264, H264.parse_spec("40"))):
             layout = DenseLayout(rasters=("mask",), points=True, extras=("labels",))
-            feeder = DenseFeeder([DenseSample(path) for path in files], layout, lambda index: {}, spec,
+            feeder = DenseFeeder([DenseSample(path) for path in files], layout, lambda index: {}, spec, codec,
                                  DenseGeometry(32, 32), **sharding)
             dense_pipeline(feeder=feeder, on_gpu=True, channels_last=training, **run)
         for with_clean in (False, True):
-            feeder = ImageFeeder([("clip", 0), ("clip", 3)], H264.parse_spec("0-40"), 0.5, ladder=small_ladder,
-                                 decode_on_cpu=False, with_clean=with_clean, **sharding)
-            host_codec_pipeline(feeder=feeder, geometry=geometry, on_gpu=True, channels_last=with_clean, **run)
-        feeder = LadderFeeder(small_ladder, ["clip"], H264.parse_spec("0-40"), ClipSampling(4, 1, 1),
+            for samples, ladder in (([("clip", 0), ("clip", 3)], small_ladder), (files, None)):
+                feeder = ImageFeeder(samples, H264.parse_spec("0-40"), H264, 0.5, ladder=ladder, on_gpu=True,
+                                     with_clean=with_clean, **sharding)
+                image_pipeline(feeder=feeder, geometry=geometry, channels_last=with_clean, **run)
+        feeder = LadderFeeder(small_ladder, ["clip"], H264.parse_spec("0-40"), H264, ClipSampling(4, 1, 1),
                               decode_on_cpu=False, **sharding)
         video_pipeline(feeder=feeder, geometry=VideoGeometry(32, 40), on_gpu=True, **run)
     _roundtrip_pipeline(device="gpu", **run)

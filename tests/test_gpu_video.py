@@ -89,12 +89,12 @@ def test_gpu_video_batches_live_on_the_device(real_ladder):
 
 def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
     from codecloop.dali_pipes import ImageGeometry
-    from codecloop.dali_pipes.host_codec import HostCodecBatches
+    from codecloop.dali_pipes.images import ImageBatches
 
     samples = [(clip, frame) for clip in sorted(real_ladder.rungs) for frame in (0, 9, 30)]
     views = {}
     for device_id in (None, 0):
-        batches = HostCodecBatches(samples, ladder=real_ladder, batch_size=4, training=False,
+        batches = ImageBatches(samples, ladder=real_ladder, batch_size=4, training=False,
                                    spec=H264.parse_spec("40"), codec=H264, geometry=ImageGeometry(112, 128), device_id=device_id,
                                    num_threads=2, with_clean=True)
         views[device_id] = torch.cat([batch["image"].cpu() for batch in batches])

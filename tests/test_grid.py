@@ -12,6 +12,7 @@ import pytest
 import timm
 import yaml
 
+from codecloop.dali_pipes.codecs import get_codec
 from codecloop.tasks import get_task_class
 from codecloop.tasks.dense_models import check_model_name
 from codecloop.trainers.grid import cell_config, cell_name, expand, load_grid
@@ -92,7 +93,8 @@ def test_shipped_grids_expand_to_valid_configs(path, tmp_path):
     for cell in grid.cells:
         config = cell_config(cell, tmp_path)
         task_class = get_task_class(config.task)
-        assert config.codec in task_class.codecs, cell.name
+        assert get_codec(config.codec).serves(task_class.media, bool(config.ladder)), cell.name
+        config.validate()
         if config.task == "classification":
             assert timm.is_model(config.model), cell.name
         else:

@@ -48,10 +48,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from codecloop.dali_pipes import IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, default_num_threads
+from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, SweepBatches,
+                                  default_num_threads)
 from codecloop.dali_pipes.codecs import JPEG, get_codec
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
-from codecloop.dali_pipes.iterator import SweepBatches
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, SamplePlan, crop_boxes
 from codecloop.tasks.classification import list_image_folder
 

@@ -1,0 +1,310 @@
+"""Image pipelines fed by the sample plan: a codec level, crop box and flip drawn per image, for every codec.
+
+The feeder hands DALI, per image, what the plan drew; how the image gets there depends on how the
+codec runs (`codecloop.dali_pipes.codecs`):
+
+- in the graph (JPEG): the file's path; DALI reads it (``fn.io.file.read``), decodes it (nvJPEG on a
+  GPU) and runs the codec stage at native resolution. Training on the CPU decodes and compresses only
+  a window around the crop box, on the codec's tile grid (`tile_window`): inside it the codec is
+  bit-identical to the whole image's, and the work outside the crop is saved;
+- on the host (H.264): the image decoded and round-tripped through the codec's `roundtrip` on the
+  feeder's CPU threads (there is no GPU encoder);
+- from a ladder: a ``(clip, frame)`` of a `codecloop transcode` ladder, that frame of the drawn rung,
+  decoded by NVDEC on a GPU or by PyAV on a CPU.
+
+Then, for all: the crop box resized to the crop size (train) or the shorter side resized and a center
+crop (eval), flip, normalize. Crop boxes, flips and levels come from the plan, so a resumed run repeats
+them and runs of two codecs with one seed see the same crops and flips. With ``with_clean`` the clean
+image goes through the very same crop and flip (a teacher's view). A one-pass sweep (`levels`) decodes
+each image once and returns its view at every level of an in-graph codec.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from PIL import Image
+
+from codecloop.dali_pipes.codecs import Codec
+from codecloop.dali_pipes.dense import image_size
+from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw
+from codecloop.dali_pipes.ladder import Ladder
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec, ladder_rung
+from codecloop.dali_pipes.pipelines import (ADJUST_ORIENTATION, CODEC_PLACEMENTS, ImageGeometry, decode, normalize,
+                                            on_device, split_channels)
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
+from codecloop.dali_pipes.video import decode_frames, require_nvdec
+
+LadderFrame = tuple[str, int]
+Box = tuple[float, float, float, float]
+
+
+def tile_window(box: Box, width: int, height: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """The region ``(start, shape)`` (y, x pixels) on a `tile`-pixel grid fixed to the image's origin that holds
+    `box` (x0, y0, x1, y1) with one tile to spare on each side, clipped to the image: a codec working on tiles
+    compresses it exactly as it does inside the whole image (JPEG 4:2:0: 16x16)."""
+    x0, y0, x1, y1 = box
+    start = [max(math.floor(y0 / tile) * tile - tile, 0), max(math.floor(x0 / tile) * tile - tile, 0)]
+    end = [min(math.ceil(y1 / tile) * tile + tile, height), min(math.ceil(x1 / tile) * tile + tile, width)]
+    return np.array(start, np.int32), np.array([end[0] - start[0], end[1] - start[1]], np.int32)
+
+
+class ImageFeeder(ShardedFeeder):
+    """This rank's images with the plan's level, crop box and flip; see the module docstring for what it
+    hands DALI per codec. Outputs (by mode): ``path`` / ``window_start``, ``window_shape`` (in-graph codec),
+    ``data``, ``clean`` (host codec, ladder on the CPU), ``data``, ``frame_indices``, ``clean_data`` (ladder on
+    a GPU), then ``roi_start``, ``roi_end`` (train; y, x pixels of the decoded image or window), ``mirror``,
+    ``level``, ``index``, ``valid``."""
+
+    def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec, min_area: float, *,
+                 ladder: Ladder | None = None, on_gpu: bool = False, with_clean: bool = False,
+                 codec_placement: str = "native", levels: Sequence[int] = (), **sharding) -> None:
+        super().__init__(len(samples), **sharding)
+        if codec_placement not in CODEC_PLACEMENTS:
+            raise ValueError(f"codec_placement {codec_placement!r} must be one of {CODEC_PLACEMENTS}")
+        if ladder is not None and codec.ladder_clean_rung is None:
+            raise ValueError(f"codec {codec.name!r} does not read ladders (it runs: {', '.join(codec.runs)})")
+        if ladder is None and not codec.on_images:
+            raise ValueError(f"codec {codec.name!r} cannot compress single images (it runs: {', '.join(codec.runs)})")
+        self.mode = "ladder" if ladder is not None else "graph" if codec.graph_stage is not None else "host"
+        if levels and self.mode != "graph":
+            raise ValueError(f"a one-pass sweep needs a codec that runs in the graph; {codec.name!r} does not")
+        self.samples, self.spec, self.codec, self.min_area, self.ladder = list(samples), spec, codec, min_area, ladder
+        self.on_gpu, self.with_clean, self.codec_placement, self.levels = on_gpu, with_clean, codec_placement, levels
+        self.decode_on_gpu = self.mode == "ladder" and on_gpu
+        self.windowed = (self.mode == "graph" and self.training and not on_gpu and codec_placement == "native"
+                         and codec.graph_tile is not None and not spec.is_none)
+        self.rungs = ladder.crfs() if ladder is not None else None
+        self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
+        if ladder is not None:
+            spec.check_ladder(self.rungs, codec.ladder_clean_rung, f"ladder {ladder.root}")
+            unknown = [clip for clip, _ in self.samples if clip not in ladder.rungs]
+            if unknown:
+                raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root}")
+
+    def sample_path(self, index: int) -> str | None:
+        return self.samples[index] if self.mode == "graph" else None
+
+    def describe(self, index: int) -> str:
+        sample = self.samples[index]
+        return f"frame {sample[1]} of clip {sample[0]!r}" if self.mode == "ladder" else str(sample)
+
+    def outputs(self) -> tuple[str, ...]:
+        if self.mode == "graph":
+            names = ["path", "window_start", "window_shape"] if self.windowed else ["path"]
+        elif self.decode_on_gpu:
+            names = ["data", "frame_indices", "clean_data"] if self.with_clean else ["data", "frame_indices"]
+        else:
+            names = ["data", "clean"] if self.with_clean else ["data"]
+        roi = ("roi_start", "roi_end") if self.training else ()
+        return (*names, *roi, "mirror", "level", "index", "valid")
+
+    def _size(self, index: int) -> tuple[int, int]:
+        if index not in self._sizes:
+            self._sizes[index] = image_size(self.samples[index])
+        return self._sizes[index]
+
+    def _ladder_frame(self, clip: str, frame: int, level: int) -> np.ndarray:
+        rung = ladder_rung(level, self.codec.ladder_clean_rung)
+        path = self.ladder.path(clip, rung)
+        if self.decode_on_gpu:
+            return np.fromfile(path, np.uint8)
+        return decode_frames(path, [frame], self.ladder.rungs[clip][rung].fps)[0]
+
+    def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
+        sample = self.samples[index]
+        level = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
+        out: dict[str, np.ndarray] = {"level": np.int32(level), "mirror": np.int32(self.training and draws[FLIP] < 0.5)}
+        if self.mode == "graph":
+            out["path"] = np.frombuffer(str(sample).encode(), np.uint8)
+            width, height = self._size(index) if self.training else (0, 0)
+        elif self.mode == "ladder":
+            clip, frame = sample
+            rung = self.ladder.rungs[clip][ladder_rung(level, self.codec.ladder_clean_rung)]
+            width, height = rung.width, rung.height
+            out["data"], out["frame_indices"] = self._ladder_frame(clip, frame, level), np.array([frame], np.int32)
+            if self.with_clean:
+                out["clean_data" if self.decode_on_gpu else "clean"] = self._ladder_frame(clip, frame, CLEAN_LEVEL)
+        else:
+            with Image.open(sample) as image:
+                clean = np.asarray(image.convert("RGB"))
+            height, width = clean.shape[:2]
+            out["data"] = clean if level == CLEAN_LEVEL else self.codec.roundtrip(clean, level)
+            out["clean"] = clean
+        if self.training:
+            box = crop_boxes(draws[None], np.array([[0.0, 0.0, width, height]]), self.min_area)[0]
+            offset = np.zeros(2)
+            if self.windowed:
+                out["window_start"], out["window_shape"] = tile_window(tuple(box), width, height, self.codec.graph_tile)
+                offset = out["window_start"].astype(np.float64)
+            out["roi_start"] = (np.array([box[1], box[0]]) - offset).astype(np.float32)
+            out["roi_end"] = (np.array([box[3], box[2]]) - offset).astype(np.float32)
+        return out
+
+
+def decode_ladder_frames(encoded, frame_indices):
+    """The one frame `frame_indices` of each H.264 stream, decoded by NVDEC, as HWC on the GPU (a frame
+    past the stream's end is an error, not a black frame)."""
+    return fn.decoders.video(encoded, device="mixed", frames=frame_indices, pad_mode="none")[0]
+
+
+def image_view(images, roi_start, roi_end, geometry: ImageGeometry):
+    """Train: the crop box (`roi_start`, `roi_end`: y, x pixels) resized to `crop_size`; eval (no box): the
+    shorter side resized to `resize_size` (the center crop happens in `normalize`)."""
+    if roi_start is not None:
+        return fn.resize(images, roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                         size=[geometry.crop_size, geometry.crop_size], antialias=True)
+    return fn.resize(images, resize_shorter=geometry.resize_size, antialias=True)
+
+
+def graph_images(nodes: dict, feeder: ImageFeeder):
+    """Decoded images of an in-graph codec's feeder: the whole file, or (windowed) its window only."""
+    encoded = fn.io.file.read(nodes["path"])
+    if feeder.windowed:
+        return fn.decoders.image_slice(encoded, nodes["window_start"], nodes["window_shape"], axes=[0, 1],
+                                       output_type=types.RGB, adjust_orientation=ADJUST_ORIENTATION)
+    return decode(encoded, feeder.on_gpu)
+
+
+@pipeline_def(enable_conditionals=True)
+def image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, channels_last: bool = False):
+    """Images from `feeder`; outputs ``(image, index, level, valid[, clean_image])`` or, for a one-pass sweep,
+    ``(index, valid, clean view, view at levels[0], ...)``; images CHW (HWC with `channels_last`)."""
+    names, on_gpu = feeder.outputs(), feeder.on_gpu
+    host_images = feeder.mode != "graph" and not feeder.decode_on_gpu
+    layouts = ["HWC" if name in ("data", "clean") and host_images else "" for name in names]
+    nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
+                                               layout=layouts)))
+    roi = nodes.get("roi_start"), nodes.get("roi_end")
+    index, valid = on_device(nodes["index"], on_gpu), nodes["valid"]
+    if feeder.levels:
+        images = graph_images(nodes, feeder)
+        if feeder.codec_placement == "after_resize":
+            resized = image_view(images, *roi, geometry)
+            views = [resized] + [feeder.codec.graph_stage(resized, level) for level in feeder.levels]
+        else:
+            views = [image_view(view, *roi, geometry)
+                     for view in [images] + [feeder.codec.graph_stage(images, level) for level in feeder.levels]]
+        return (index, valid, *[normalize(view, geometry, center_crop=True, channels_last=channels_last)
+                                for view in views])
+    if feeder.mode == "graph":
+        clean = graph_images(nodes, feeder)
+        if feeder.codec_placement == "after_resize":
+            clean = image_view(clean, *roi, geometry)
+        compressed = clean
+        if nodes["level"] != CLEAN_LEVEL:
+            compressed = feeder.codec.graph_stage(clean, nodes["level"])
+        if feeder.codec_placement == "native":
+            stacked = image_view(fn.cat(compressed, clean, axis=2) if feeder.with_clean else compressed, *roi, geometry)
+        else:
+            stacked = fn.cat(compressed, clean, axis=2) if feeder.with_clean else compressed
+    else:
+        if feeder.decode_on_gpu:
+            compressed = decode_ladder_frames(nodes["data"], nodes["frame_indices"])
+            clean = decode_ladder_frames(nodes["clean_data"], nodes["frame_indices"]) if feeder.with_clean else None
+        else:
+            compressed = nodes["data"].gpu() if on_gpu else nodes["data"]
+            clean = (nodes["clean"].gpu() if on_gpu else nodes["clean"]) if feeder.with_clean else None
+        stacked = image_view(fn.cat(compressed, clean, axis=2) if feeder.with_clean else compressed, *roi, geometry)
+    copies = 2 if feeder.with_clean else 1
+    images = normalize(stacked, geometry, mirror=nodes["mirror"], center_crop=not feeder.training, copies=copies,
+                       channels_last=channels_last)
+    level = on_device(nodes["level"], on_gpu)
+    if feeder.with_clean:
+        return (split_channels(images, 0, 3, channels_last), index, level, valid,
+                split_channels(images, 3, 6, channels_last))
+    return images, index, level, valid
+
+
+class ImageBatches(Batches):
+    """Epochs of ``{image, index, codec_level[, clean_image], **targets}`` batches of images at drawn levels of
+    any codec that compresses images (see the module docstring). `samples` are image files, or ``(clip, frame)``
+    pairs of `ladder`."""
+
+    def __init__(
+        self,
+        samples: Sequence[str | Path | LadderFrame],
+        *,
+        batch_size: int,
+        training: bool,
+        spec: LevelSpec,
+        codec: Codec,
+        geometry: ImageGeometry = ImageGeometry(),
+        ladder: Ladder | None = None,
+        targets: Mapping[str, torch.Tensor] | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        device_id: int | None = None,
+        num_threads: int = 1,
+        seed: int = 0,
+        prefetch_queue_depth: int = 2,
+        codec_placement: str = "native",
+        checkpoint: bytes | str | None = None,
+        with_clean: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        feeder = ImageFeeder([str(s) if isinstance(s, Path) else s for s in samples], spec, codec, geometry.min_area,
+                             ladder=ladder, on_gpu=device_id is not None, with_clean=with_clean,
+                             codec_placement=codec_placement, training=training, batch_size=batch_size,
+                             shard_id=shard_id, num_shards=num_shards, seed=seed, threads=num_threads,
+                             checkpoint=checkpoint)
+        if feeder.decode_on_gpu:
+            require_nvdec()
+        names = ["image", "index", "codec_level", "valid"] + (["clean_image"] if with_clean else [])
+        super().__init__(image_pipeline(feeder=feeder, geometry=geometry, channels_last=channels_last,
+                                        batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                                        prefetch_queue_depth=prefetch_queue_depth),
+                         feeder, names, targets, channels_last)
+
+    def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Images as (B, C, H, W) (views of NHWC data with `channels_last`)."""
+        for name in ("image", "clean_image"):
+            if name in batch:
+                batch[name] = nchw(batch[name], self.channels_last)
+        return batch
+
+
+class SweepBatches(Batches):
+    """One epoch of evaluation batches holding every sweep level's view of the same images: ``{index,
+    **targets, views}``, ``views`` mapping each level (None: clean) to its ``image`` tensor. One read and decode
+    per image for all levels of an in-graph codec, instead of one full pass per level."""
+
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        *,
+        levels: Sequence[int],
+        codec: Codec,
+        batch_size: int,
+        geometry: ImageGeometry = ImageGeometry(),
+        targets: Mapping[str, torch.Tensor] | None = None,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        device_id: int | None = None,
+        num_threads: int = 1,
+        seed: int = 0,
+        prefetch_queue_depth: int = 2,
+        codec_placement: str = "native",
+        channels_last: bool = False,
+    ) -> None:
+        self.levels: list[int | None] = [None, *levels]
+        feeder = ImageFeeder([str(path) for path in files], codec.parse_spec("none"), codec, geometry.min_area,
+                             on_gpu=device_id is not None, codec_placement=codec_placement, levels=list(levels),
+                             training=False, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
+                             seed=seed, threads=num_threads)
+        self._names = [f"view{position}" for position in range(len(self.levels))]
+        super().__init__(image_pipeline(feeder=feeder, geometry=geometry, channels_last=channels_last,
+                                        batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                                        prefetch_queue_depth=prefetch_queue_depth),
+                         feeder, ["index", "valid", *self._names], targets, channels_last)
+
+    def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The views gathered under ``views``, each (B, C, H, W)."""
+        batch["views"] = {level: nchw(batch.pop(name), self.channels_last)
+                          for level, name in zip(self.levels, self._names)}
+        return batch
