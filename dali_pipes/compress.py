@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from codecloop.dali_pipes.reference import JPEG_SAVE_OPTIONS, check_quality
+from codecloop.dali_pipes.validate import DATA_CACHE_FOLDER
 
 __all__ = ["IMAGE_SUFFIXES", "CompressReport", "compress_dataset"]
 
@@ -118,7 +119,7 @@ def _scan(src: Path, dst: Path, report: CompressReport) -> list[_Job]:
     jobs: list[_Job] = []
     claimed: dict[Path, Path] = {}
     for folder, subfolders, files in os.walk(src):
-        subfolders.sort()
+        subfolders[:] = sorted(name for name in subfolders if name != DATA_CACHE_FOLDER)  # our scan cache
         for name in sorted(files):
             source = Path(folder) / name
             if source.suffix.lower() not in IMAGE_SUFFIXES:

@@ -68,10 +68,12 @@ class DenseLayout:
 
 @dataclass(frozen=True)
 class DenseSample:
-    """An image file and the region (x0, y0, x1, y1 pixels) its view is taken from; None: whole image."""
+    """An image file, the region (x0, y0, x1, y1 pixels) its view is taken from (None: whole image) and
+    its stored (width, height) where the index knows it (None: read from the header once)."""
 
     path: str
     region: Box | None = None
+    size: tuple[int, int] | None = None
 
 
 def image_size(path: str) -> tuple[int, int]:
@@ -128,7 +130,7 @@ class DenseFeeder(ShardedFeeder):
         path = self.samples[index].path
         if self.in_graph:
             if index not in self._sizes:
-                self._sizes[index] = image_size(path)
+                self._sizes[index] = self.samples[index].size or image_size(path)
             return np.fromfile(path, np.uint8), *self._sizes[index]
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))

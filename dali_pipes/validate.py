@@ -15,10 +15,18 @@ is checked when a task builds its sample index, before any pipeline:
   ...") marks it damaged: skipped unless ``keep_damaged``. About 0.35 ms per 500x375 photo on one
   core (`bench/image_scan.py`), against 0.06 ms for the header checks and 0.007 ms for a cache hit.
 
-What the checks found about a file is cached by (path, size, mtime_ns) in the user's cache folder
-(`scan_cache_dir`), never in the dataset, so a second run, a sweep or another rank reads it back
-instead of decoding again; scans of the same folder take turns under a lock, so ranks started
-together decode each file once. A cache that cannot be read or written costs time, never the run.
+Label files (segmentation masks) are decoded once more for the set of 8-bit values they hold, so a
+task checks class ids against its table when the index is built, not per sample and epoch; the
+header's mode (``L``, ``P``, ``I;16``...) is kept for every file, so depth PNGs are checked too.
+
+What the checks found about a file is cached by (path, size, mtime_ns): a changed file is checked
+again, never silently reused. A task passes its data root, and the cache is written next to the
+data (``<data root>/.codecloop/scan-<hash>.json``), where every stage, sweep, run and rank of an
+experiment finds it; a data folder that cannot be written keeps it in the user's cache folder
+(`scan_cache_dir`, with one warning saying so), as do scans that name no data root. Scans of the
+same folder take turns under a file lock: the first process (on a distributed launch, whichever rank
+comes first) checks the files, the others wait and read its verdicts, opening none. A cache that
+cannot be read or written costs time, never the run.
 Bad files are skipped and reported with their path and reason, or, in strict mode, stop the run
 naming the file.
 """
@@ -33,17 +41,18 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own warning limit (it refuses twice that)
 PIPELINE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM")
-CACHE_VERSION = 1  # raise when a check changes: older verdicts are then ignored
+CACHE_VERSION = 2  # raise when a check changes: older verdicts are then ignored
 _TAIL_BYTES = 1024  # camera files may pad after the end marker
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
@@ -68,24 +77,34 @@ class ScanPolicy:
 @dataclass
 class FileFacts:
     """What checking one file found, whatever the policy (so it can be cached): format, stored size
-    (``width x height`` before any EXIF rotation), a structural problem, and libjpeg's complaint about
-    the compressed data ("" when it decoded cleanly, None while not decoded)."""
+    (``width x height`` before any EXIF rotation), a structural problem, libjpeg's complaint about
+    the compressed data ("" when it decoded cleanly, None while not decoded), the header's mode, and
+    for a label file the 8-bit values it holds (a 256-bit set in hex; None while not decoded)."""
 
     format: str | None = None
     width: int = 0
     height: int = 0
     problem: str | None = None
     damage: str | None = None
+    mode: str | None = None
+    values: str | None = None
+
+    def value_set(self) -> np.ndarray:
+        """The sorted 8-bit values a label file holds (empty while not decoded)."""
+        if self.values is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(np.unpackbits(np.frombuffer(bytes.fromhex(self.values), np.uint8)))
 
 
 @dataclass
 class ScanResult:
-    """Files that passed (in the order given), ``(path, reason)`` for each file skipped, and the stored
-    ``(width, height)`` of each file that passed."""
+    """Files that passed (in the order given), ``(path, reason)`` for each file skipped, the stored
+    ``(width, height)`` of each file that passed and its `FileFacts` (mode, label values)."""
 
     good: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    facts: dict[str, FileFacts] = field(default_factory=dict, compare=False)
 
 
 def _open_header(path: str | Path, head: bytes) -> Image.Image:
@@ -110,7 +129,7 @@ def read_facts(path: str | Path) -> FileFacts:
         return FileFacts(problem="file too short to be an image")
     try:
         with _open_header(path, head) as image:
-            facts = FileFacts(image.format, *image.size)
+            facts = FileFacts(image.format, *image.size, mode=image.mode)
             if image.format == "PNG" and _PNG_IEND in tail:
                 image.verify()
     except _PARSE_ERRORS as error:
@@ -155,6 +174,19 @@ def jpeg_damage(path: str | Path) -> str:
     return ""
 
 
+LABEL_MODES = ("L", "P")  # 8-bit class ids: grey or palette indices
+
+
+def label_values(path: str | Path) -> str | None:
+    """The 8-bit values a label PNG holds as a 256-bit set in hex (`FileFacts.values`), or None when
+    the file is not 8-bit (the task names it by its mode)."""
+    with Image.open(path) as label:
+        if label.mode not in LABEL_MODES:
+            return None
+        counts = np.bincount(np.asarray(label, np.uint8).ravel(), minlength=256)
+    return np.packbits(counts > 0).tobytes().hex()
+
+
 def verdict(facts: FileFacts, policy: ScanPolicy) -> str | None:
     """Why a file with these facts is bad under `policy`, or None when it is kept."""
     if facts.problem:
@@ -187,9 +219,9 @@ def file_problem(path: str | Path, policy: ScanPolicy = ScanPolicy()) -> str | N
 
 
 def scan_cache_dir() -> Path:
-    """Where scan results are cached: ``$CODECLOOP_CACHE_DIR``, else ``$XDG_CACHE_HOME/codecloop``,
-    else ``~/.cache/codecloop``; a ``scan/`` folder below it. Never inside the dataset, which may be
-    read-only."""
+    """Where scan results are cached when the data folder cannot hold them (and pipeline failures
+    always): ``$CODECLOOP_CACHE_DIR``, else ``$XDG_CACHE_HOME/codecloop``, else ``~/.cache/codecloop``;
+    a ``scan/`` folder below it."""
     if os.environ.get("CODECLOOP_CACHE_DIR"):
         return Path(os.environ["CODECLOOP_CACHE_DIR"]) / "scan"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -197,6 +229,32 @@ def scan_cache_dir() -> Path:
 
 
 Stamp = tuple[int, int]  # (size, mtime_ns): a file whose stamp changed is checked again
+
+
+DATA_CACHE_FOLDER = ".codecloop"  # inside a task's data root
+
+
+@functools.cache
+def _unwritable(folder: str, error: str, fallback: str) -> None:
+    """Say once per data folder that its scan cache lives elsewhere."""
+    warnings.warn(f"data folder {folder} cannot hold the image scan cache ({error}): keeping it in {fallback}",
+                  stacklevel=3)
+
+
+def cache_folder(data_root: str | Path | None) -> Path:
+    """Where the scan cache of a dataset lives: ``<data_root>/.codecloop`` when it can be written there,
+    else (saying so once) `scan_cache_dir`; `scan_cache_dir` too when no data root is given."""
+    if data_root is None:
+        return scan_cache_dir()
+    folder = Path(data_root).resolve() / DATA_CACHE_FOLDER
+    try:
+        folder.mkdir(exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as error:
+        _unwritable(str(Path(data_root).resolve()), f"{error.__class__.__name__}: {error}", str(scan_cache_dir()))
+        return scan_cache_dir()
+    return folder
 
 
 class ScanCache:
@@ -208,14 +266,14 @@ class ScanCache:
         self.root = root
         name = hashlib.sha256(root.encode()).hexdigest()[:24]
         self.folder = folder or scan_cache_dir()
-        self.path = self.folder / f"{name}.json"
+        self.path = self.folder / (f"scan-{name}.json" if self.folder.name == DATA_CACHE_FOLDER else f"{name}.json")
         self.entries: dict[str, list] = {}
         self.dirty = False
 
     def get(self, path: str, stamp: Stamp) -> FileFacts | None:
         """The facts cached for `path` at this stamp, or None."""
         entry = self.entries.get(os.path.relpath(path, self.root))
-        if not isinstance(entry, list) or len(entry) != 7 or tuple(entry[:2]) != stamp:
+        if not isinstance(entry, list) or len(entry) != 9 or tuple(entry[:2]) != stamp:
             return None  # not cached, changed since, or an entry this version did not write
         return FileFacts(*entry[2:])
 
@@ -336,14 +394,22 @@ def _facts_or_unreadable(path: str) -> FileFacts:
         return FileFacts(problem=f"{_UNREADABLE} ({error.__class__.__name__}: {error})")
 
 
+def _values_or_none(path: str) -> str | None:
+    try:
+        return label_values(path)
+    except (OSError, *_PARSE_ERRORS):  # a label PNG whose data is broken: the pipeline's decode names it
+        return None
+
+
 def _cache_root(paths: Sequence[str]) -> str:
     """The deepest folder holding every path: one cache file per dataset split (or dataset)."""
     return os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths])
 
 
-def check_files(paths: Sequence[str], policy: ScanPolicy, cache: ScanCache | None, workers: int) -> list[FileFacts]:
+def check_files(paths: Sequence[str], policy: ScanPolicy, cache: ScanCache | None, workers: int,
+                labels: Collection[str] = ()) -> list[FileFacts]:
     """The facts of every path, from `cache` where its stamp matches, else checked (and decoded where
-    `policy` needs it) on `workers` threads and put in `cache`."""
+    `policy` needs it, or for the values of the `labels` files) on `workers` threads and put in `cache`."""
     stamps = [_stamp(path) for path in paths]
     facts: list[FileFacts | None] = [cache.get(path, stamp) if cache and stamp else None
                                      for path, stamp in zip(paths, stamps)]
@@ -354,28 +420,36 @@ def check_files(paths: Sequence[str], policy: ScanPolicy, cache: ScanCache | Non
         decode = [i for i, found in enumerate(facts) if needs_decode(found, policy)]
         for i, damage in zip(decode, pool.map(jpeg_damage, [paths[i] for i in decode])):
             facts[i].damage = damage
+        valued = [i for i, found in enumerate(facts) if paths[i] in labels and found.values is None
+                  and found.mode in LABEL_MODES and not found.problem]
+        for i, values in zip(valued, pool.map(_values_or_none, [paths[i] for i in valued])):
+            facts[i].values = values
     if cache is not None:
-        for i in sorted(set(todo) | set(decode)):
+        for i in sorted(set(todo) | set(decode) | set(valued)):
             if stamps[i] is not None and not (facts[i].problem or "").startswith(_UNREADABLE):
                 cache.put(paths[i], stamps[i], facts[i])
     return facts
 
 
 def scan_images(paths: Sequence[str], policy: ScanPolicy = ScanPolicy(), *, cache: bool = True,
-                workers: int | None = None) -> ScanResult:
+                workers: int | None = None, data_root: str | Path | None = None,
+                labels: Collection[str] = ()) -> ScanResult:
     """Check every path (`ScanPolicy`); skip bad ones, or raise `BadImageError` naming the first one
-    (in the order given) when ``policy.strict``. What was learned is cached before that."""
+    (in the order given) when ``policy.strict``. What was learned is cached before that, next to the
+    data when `data_root` is given (`cache_folder`). The `labels` files are decoded once for the values
+    they hold (`FileFacts.values`)."""
     paths = [str(path) for path in paths]
     result = ScanResult()
     if not paths:
         return result
     workers = workers or min(32, os.cpu_count() or 1)
-    store = ScanCache(_cache_root(paths)) if cache else None
+    labels = {str(path) for path in labels}
+    store = ScanCache(_cache_root(paths), cache_folder(data_root)) if cache else None
     if store is None:
-        facts = check_files(paths, policy, None, workers)
+        facts = check_files(paths, policy, None, workers, labels)
     else:
         with store.locked():
-            facts = check_files(paths, policy, store, workers)
+            facts = check_files(paths, policy, store, workers, labels)
     failed = pipeline_failures()
     for path, found in zip(paths, facts):
         reason = verdict(found, policy)
@@ -385,6 +459,7 @@ def scan_images(paths: Sequence[str], policy: ScanPolicy = ScanPolicy(), *, cach
         if reason is None:
             result.good.append(path)
             result.sizes[path] = (found.width, found.height)
+            result.facts[path] = found
         elif policy.strict:
             raise BadImageError(f"{path}: {reason} (strict mode stops on the first bad file)")
         else:

@@ -109,7 +109,7 @@ class ClassificationTask:
         if unknown:
             raise ValueError(f"{self.root / split} has classes absent from train: {', '.join(unknown[:5])}")
         remap = [self.classes.index(name) for name in classes]
-        scan = scan_images(files, self.scan_policy)
+        scan = scan_images(files, self.scan_policy, data_root=self.root)
         id_of = dict(zip(files, class_ids))
         labels = torch.tensor([remap[id_of[path]] for path in scan.good], dtype=torch.long)
         if not scan.good:

@@ -77,13 +77,16 @@ def paired_files(root: Path, split: str, target_folder: str, suffixes: tuple[str
     return pairs
 
 
-def scan_pairs(pairs: list[tuple[str, str]], policy: ScanPolicy) -> tuple[list[tuple[str, str]], ScanResult]:
+def scan_pairs(pairs: list[tuple[str, str]], policy: ScanPolicy, data_root: str | Path | None = None,
+               labels: bool = False) -> tuple[list[tuple[str, str]], ScanResult]:
     """The ``(image, target)`` pairs whose image and target file both pass the scan, and the scan
-    (skipped files, stored sizes). A bad target file leaves with its image, and its reason names the
+    (skipped files, stored sizes, facts; cached next to `data_root`, with the values every target
+    holds when they are `labels`). A bad target file leaves with its image, and its reason names the
     image; ``.npy`` targets are not images (the task checks them)."""
     image_of = {target: image for image, target in pairs}
-    scan = scan_images([image for image, _ in pairs] + [target for _, target in pairs if not target.endswith(".npy")],
-                       policy)
+    targets = [target for _, target in pairs if not target.endswith(".npy")]
+    scan = scan_images([image for image, _ in pairs] + targets, policy, data_root=data_root,
+                       labels=targets if labels else ())
     bad = {path for path, _ in scan.skipped}
     scan.skipped = [(path, f"{reason}; its image {image_of[path]} is left out with it" if path in image_of else reason)
                     for path, reason in scan.skipped]
@@ -125,7 +128,7 @@ class DenseTask:
         """Epochs of `index` through the codec stage and the shared crop / flip / resize, on the device."""
         if with_clean:
             raise ValueError(f"the {self.name} task has no clean-view pairing")
-        samples = [DenseSample(path, annotation.get("region"))
+        samples = [DenseSample(path, annotation.get("region"), index.sizes.get(path))
                    for path, annotation in zip(index.files, index.annotations or [{}] * len(index))]
         return DenseBatches(samples, layout=self.layout, load_targets=functools.partial(self.load_targets, index),
                             training=training, spec=spec, codec=codec, geometry=self.geometry, targets=index.targets,

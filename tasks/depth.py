@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from codecloop.dali_pipes.dense import DenseLayout
-from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
+from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, FileFacts, ScanPolicy
 from codecloop.tasks.dense_common import DenseTask, scan_pairs
 from codecloop.tasks.dense_metrics import depth_errors
 from codecloop.tasks.dense_models import check_model_name, model_names, create_depth_model
@@ -50,6 +50,7 @@ DROPPED_SHARE_WARNING = 0.10
 KNOWN_SCALES = {1000.0: "millimetres, NYU Depth v2", 256.0: "metres x 256, KITTI", 5000.0: "metres x 5000, TUM RGB-D"}
 TYPICAL_MEDIAN_M = {"kitti": (2.0, 50.0), "nyu": (0.5, 6.0)}
 ANY_MEDIAN_M = (0.1, math.inf)
+DEPTH_PNG_MODES = ("I;16", "I;16B", "I")  # Pillow's modes of a 16-bit grey PNG
 
 
 def scale_invariant_log_loss(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,9 @@ def scale_invariant_log_loss(prediction: torch.Tensor, target: torch.Tensor, val
     return torch.where(count > 0, loss, prediction.sum() * 0.0)
 
 
-def check_depth_file(path: str, scale: float) -> tuple[int, int]:
-    """(width, height) of a depth file; a wrong dtype is an error naming the file."""
+def check_depth_file(path: str, scale: float, facts: FileFacts | None = None) -> tuple[int, int]:
+    """(width, height) of a depth file; a wrong dtype is an error naming the file. A PNG's mode and size
+    come from its scan `facts` where given (cached: nothing is opened)."""
     if path.endswith(".npy"):
         try:
             array = np.load(path, mmap_mode="r")
@@ -74,12 +76,14 @@ def check_depth_file(path: str, scale: float) -> tuple[int, int]:
         if array.dtype.kind != "f" or array.ndim != 2:
             raise ValueError(f"depth file {path} is {array.dtype} {array.shape}; expected a 2-D float array of metres")
         return array.shape[1], array.shape[0]
-    with Image.open(path) as depth:
-        if depth.mode not in ("I;16", "I;16B", "I"):
-            bits = "8-bit" if depth.mode in ("L", "P") else "not 16-bit"
-            raise ValueError(f"depth file {path} is mode {depth.mode} ({bits}); expected a 16-bit PNG of metres x "
-                             f"{scale:g} (depth_scale)")
-        return depth.size
+    if facts is None:
+        with Image.open(path) as depth:
+            facts = FileFacts(depth.format, *depth.size, mode=depth.mode)
+    if facts.mode not in DEPTH_PNG_MODES:
+        bits = "8-bit" if facts.mode in ("L", "P") else "not 16-bit"
+        raise ValueError(f"depth file {path} is mode {facts.mode} ({bits}); expected a 16-bit PNG of metres x "
+                         f"{scale:g} (depth_scale)")
+    return facts.width, facts.height
 
 
 def stored_depth(path: str) -> tuple[np.ndarray, bool]:
@@ -192,9 +196,9 @@ class DepthTask(DenseTask):
         a wrong dtype or a size unlike the image's is an error naming the file. ``counts`` holds what the
         layout left out and the sampled valid depth pixels, with those at or beyond max_depth."""
         listed = self.reader.pairs(split)
-        pairs, scan = scan_pairs(listed.pairs, self.scan_policy)
+        pairs, scan = scan_pairs(listed.pairs, self.scan_policy, self.root)
         for image, depth in pairs:
-            size = check_depth_file(depth, self.depth_scale)
+            size = check_depth_file(depth, self.depth_scale, scan.facts.get(depth))
             if size != scan.sizes[image]:
                 raise ValueError(f"depth file {depth} is {size[0]}x{size[1]}, not the size of its image {image} "
                                  f"({scan.sizes[image][0]}x{scan.sizes[image][1]})")
@@ -204,7 +208,7 @@ class DepthTask(DenseTask):
         counts = {**listed.counts, "sampled_valid_depth_pixels": stats.valid,
                   "sampled_depth_pixels_beyond_max_depth": stats.beyond}
         return SampleIndex(split, [image for image, _ in pairs], {}, scan.skipped,
-                           annotations=[{"depth": d} for _, d in pairs], counts=counts)
+                           annotations=[{"depth": d} for _, d in pairs], counts=counts, sizes=scan.sizes)
 
     def check_scale(self, split: str, depth_files: list[str]) -> DepthStats:
         """Statistics of up to 32 evenly spaced depth maps of `split` under the declared scale: printed once per

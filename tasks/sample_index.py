@@ -13,7 +13,8 @@ class SampleIndex:
 
     Dense tasks keep per-sample `annotations` (a target file, boxes, keypoints, the region a
     view is taken from) that their pipelines load sample by sample; `counts` says what the
-    reader fixed on the way (boxes clipped or dropped, images without annotations).
+    reader fixed on the way (boxes clipped or dropped, images without annotations). `sizes` holds the
+    stored ``(width, height)`` of files the scan read, so pipelines need not open them again.
     """
 
     split: str
@@ -22,6 +23,7 @@ class SampleIndex:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     annotations: list[dict] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.files)

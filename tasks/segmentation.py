@@ -40,8 +40,8 @@ from codecloop.tasks.dense_models import check_model_name, model_names, create_s
 from codecloop.tasks.layout_errors import choose_format
 from codecloop.tasks.registry import register_task
 from codecloop.tasks.sample_index import SampleIndex
-from codecloop.tasks.segmentation_layouts import DETECTORS, IGNORE_INDEX, LabelTable, decode_labels, id_table, open_layout, \
-    read_label_png
+from codecloop.tasks.segmentation_layouts import DETECTORS, IGNORE_INDEX, LabelTable, check_label_mode, \
+    check_label_values, decode_labels, id_table, open_layout, read_label_png
 
 
 def read_mask(path: str, num_classes: int, table: LabelTable | None = None) -> np.ndarray:
@@ -114,19 +114,25 @@ class SegmentationTask(DenseTask):
 
     def sample_index(self, split: str) -> SampleIndex:
         """Image / mask pairs of `split` that pass the scan (a bad image or mask file skips the pair);
-        a mask whose size differs from its image is an error naming it."""
+        a mask whose size differs from its image, that is not 8-bit, or that holds a value its layout's
+        table does not define is an error naming it. The values come from the scan's cache: a second
+        stage or sweep decodes no mask."""
         samples = self.dataset_layout.samples(split)
         table_of = {sample.mask: sample.table for sample in samples}
-        pairs, scan = scan_pairs([(sample.image, sample.mask) for sample in samples], self.scan_policy)
+        pairs, scan = scan_pairs([(sample.image, sample.mask) for sample in samples], self.scan_policy, self.root,
+                                 labels=True)
         for image, mask in pairs:
             if scan.sizes[image] != scan.sizes[mask]:
                 raise ValueError(f"mask {mask} is {'x'.join(map(str, scan.sizes[mask]))}, its image {image} "
                                  f"{'x'.join(map(str, scan.sizes[image]))}")
+            check_label_mode(mask, scan.facts[mask].mode)
+            check_label_values(scan.facts[mask].value_set(), self.tables[table_of[mask]], mask)
         if not pairs:
             raise ValueError(f"dataset split {self.dataset_layout.split_folder(split)} has no readable image / mask "
                              f"pair")
         return SampleIndex(split, [image for image, _ in pairs], {}, scan.skipped,
-                           annotations=[{"mask": mask, "table": table_of[mask]} for _, mask in pairs])
+                           annotations=[{"mask": mask, "table": table_of[mask], "mode": scan.facts[mask].mode}
+                                        for _, mask in pairs], sizes=scan.sizes)
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         """The class ids of one sample's label file, decoded by its layout's lookup table."""

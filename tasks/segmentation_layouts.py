@@ -131,13 +131,26 @@ def cityscapes_train_id_table(num_classes: int) -> LabelTable:
                       f"the {num_classes} classes (train ids 0..{num_classes - 1}, 255 = ignore)")
 
 
+def check_label_mode(path: str, mode: str | None) -> None:
+    """Anything but mode L or a palette PNG is an error naming the label file."""
+    if mode not in ("L", "P"):
+        hint = " (Cityscapes' *_color.png is a rendering for people: read *_labelIds.png)" \
+            if path.endswith("_color.png") else ""
+        raise ValueError(f"mask {path} is mode {mode}; expected class ids (mode L or a palette PNG){hint}")
+
+
+def check_label_values(values: np.ndarray, table: LabelTable, path: str) -> None:
+    """A stored value (of the sorted distinct `values` of a label file) that `table` does not define is an
+    error naming `path`, the value and the classes."""
+    unknown = values[~table.known.take(values)]
+    if unknown.size:
+        raise ValueError(f"mask {path} holds {table.kind} {int(unknown.min())}, beyond {table.limits}")
+
+
 def read_label_png(path: str) -> np.ndarray:
     """The values of a label PNG as uint8 HxW; anything but mode L or a palette PNG is an error naming it."""
     with Image.open(path) as label:
-        if label.mode not in ("L", "P"):
-            hint = " (Cityscapes' *_color.png is a rendering for people: read *_labelIds.png)" \
-                if path.endswith("_color.png") else ""
-            raise ValueError(f"mask {path} is mode {label.mode}; expected class ids (mode L or a palette PNG){hint}")
+        check_label_mode(path, label.mode)
         return np.asarray(label, dtype=np.uint8)
 
 
@@ -146,8 +159,7 @@ def decode_labels(values: np.ndarray, table: LabelTable, path: str) -> np.ndarra
     the table does not define names `path`."""
     known = table.known.take(values)
     if not known.all():
-        unknown = np.unique(values[~known])
-        raise ValueError(f"mask {path} holds {table.kind} {int(unknown[0])}, beyond {table.limits}")
+        check_label_values(np.unique(values[~known]), table, path)
     return table.lookup.take(values)
 
 
