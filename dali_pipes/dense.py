@@ -4,8 +4,13 @@ Detection, segmentation, pose and depth share this graph. Per sample, the sample
 codec level, a crop box inside the sample's region (the whole image, or a
 person box for top-down pose) and a flip, so a resumed run repeats them. DALI then
 
-- decodes the image (nvJPEG on a GPU) and applies an in-graph codec (JPEG) at native resolution
-  (a host codec, e.g. H.264, round-trips the image on CPU threads first, as for classification);
+- reads the image file (`fn.io.file.read` of the path the feeder hands over), decodes it (nvJPEG on
+  a GPU) and applies an in-graph codec (JPEG) at native resolution (a host codec, e.g. H.264,
+  round-trips the image on CPU threads first, as for classification);
+- reads and decodes the raster targets a task hands over as files (`RasterFiles`): 8-bit grey PNGs
+  (masks) through a per-sample row of a lookup table (`fn.lookup_table`), 16-bit PNGs (depth) divided
+  by a scale. DALI expands palette PNGs to RGB, so their indices (and ``.npy`` arrays) stay with the
+  task's Python `load_targets`;
 - resizes the crop box to the output size (images with antialiasing, raster targets such as
   masks and depth maps by nearest neighbour) and flips images and rasters alike;
 - moves point targets (box corners, keypoints; pixel coordinates) by the same crop, scale and
@@ -34,6 +39,29 @@ from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
 
 Box = tuple[float, float, float, float]
 TargetLoader = Callable[[int], Mapping[str, np.ndarray]]
+LOOKUP_SIZE = 256  # values of an 8-bit raster
+
+
+@dataclass(frozen=True)
+class RasterFiles:
+    """One raster target DALI reads and decodes in the graph, a PNG file per sample (indexed like the
+    samples): 8-bit grey values mapped through row ``rows[i]`` of `lookup` (``(T, 256)`` uint8) when it
+    is given, else 16-bit grey values divided by `scale` (float32). Decoded as stored: no EXIF rotation,
+    as Pillow reads them."""
+
+    paths: Sequence[str]
+    lookup: np.ndarray | None = None
+    rows: Sequence[int] | None = None
+    scale: float = 1.0
+
+    def row_offset(self, index: int) -> np.uint16:
+        """Where sample `index`'s row starts in the flattened lookup table."""
+        return np.uint16(LOOKUP_SIZE * (self.rows[index] if self.rows is not None else 0))
+
+
+def path_bytes(path: str) -> np.ndarray:
+    """A file name as the uint8 array `fn.io.file.read` takes."""
+    return np.frombuffer(path.encode(), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -107,13 +135,19 @@ class DenseFeeder(ShardedFeeder):
     """This rank's images and targets with a drawn codec level, crop box and flip per sample."""
 
     def __init__(self, samples: Sequence[DenseSample], layout: DenseLayout, load_targets: TargetLoader,
-                 spec: LevelSpec, codec: Codec, geometry: DenseGeometry, **sharding) -> None:
+                 spec: LevelSpec, codec: Codec, geometry: DenseGeometry,
+                 raster_files: Mapping[str, RasterFiles] | None = None, **sharding) -> None:
         super().__init__(len(samples), **sharding)
         if not codec.on_images:
             raise ValueError(f"codec {codec.name!r} cannot compress single images ({', '.join(codec.runs)})")
         self.samples, self.layout, self.load_targets = list(samples), layout, load_targets
         self.spec, self.codec, self.geometry = spec, codec, geometry
         self.in_graph = codec.graph_stage is not None
+        self.raster_files = dict(raster_files or {})
+        unknown = set(self.raster_files) - set(layout.rasters)
+        if unknown:
+            raise ValueError(f"raster_files names {', '.join(sorted(unknown))}, not a raster of the layout")
+        self.python_rasters = tuple(name for name in layout.rasters if name not in self.raster_files)
         self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
 
     def sample_path(self, index: int) -> str:
@@ -121,17 +155,19 @@ class DenseFeeder(ShardedFeeder):
 
     def outputs(self) -> tuple[str, ...]:
         points = ("points", "num_points") if self.layout.points else ()
-        return ("encoded" if self.in_graph else "image", "roi_start", "roi_end", "mirror", "points_mt", "level",
-                *self.layout.rasters, *points, *self.layout.extras, "index", "valid")
+        files = [f"{name}_{part}" for name, raster in self.raster_files.items()
+                 for part in (("path", "offset") if raster.lookup is not None else ("path",))]
+        return ("path" if self.in_graph else "image", "roi_start", "roi_end", "mirror", "points_mt", "level",
+                *self.python_rasters, *files, *points, *self.layout.extras, "index", "valid")
 
     def _image(self, index: int, level: int) -> tuple[np.ndarray, int, int]:
-        """The encoded file (decoded by DALI, for an in-graph codec) or the host codec's round-tripped pixels,
-        and the size."""
+        """The file's name (read and decoded by DALI, for an in-graph codec) or the host codec's round-tripped
+        pixels, and the size."""
         path = self.samples[index].path
         if self.in_graph:
             if index not in self._sizes:
                 self._sizes[index] = self.samples[index].size or image_size(path)
-            return np.fromfile(path, np.uint8), *self._sizes[index]
+            return path_bytes(path), *self._sizes[index]
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))
         if level != CLEAN_LEVEL:
@@ -142,9 +178,14 @@ class DenseFeeder(ShardedFeeder):
         sample = self.samples[index]
         level = self.spec.pick(draws[CLEAN], draws[CHOICE])
         image, width, height = self._image(index, level)
-        targets = self.load_targets(index)
-        out: dict[str, np.ndarray] = {"encoded" if self.in_graph else "image": image, "level": np.int32(level)}
-        for name in self.layout.rasters:
+        python = self.python_rasters or self.layout.points or self.layout.extras
+        targets = self.load_targets(index) if python else {}
+        out: dict[str, np.ndarray] = {"path" if self.in_graph else "image": image, "level": np.int32(level)}
+        for name, files in self.raster_files.items():
+            out[f"{name}_path"] = path_bytes(files.paths[index])
+            if files.lookup is not None:
+                out[f"{name}_offset"] = files.row_offset(index)
+        for name in self.python_rasters:
             raster = np.asarray(targets[name])
             if raster.shape[:2] != (height, width):
                 raise ValueError(f"{name} of {sample.path} is {raster.shape[1]}x{raster.shape[0]}, the image "
@@ -174,6 +215,21 @@ def view(images, roi_start, roi_end, geometry: DenseGeometry, nearest: bool = Fa
                      size=[geometry.height, geometry.width], antialias=True)
 
 
+def decode_raster(nodes: Mapping, name: str, files: RasterFiles, on_gpu: bool):
+    """Raster `name` read from its file and decoded on the CPU (PNG has no GPU decoder), moved to the GPU,
+    then mapped by its lookup table row (8-bit) or divided by its scale (16-bit)."""
+    encoded = fn.io.file.read(nodes[f"{name}_path"])
+    dtype = types.UINT8 if files.lookup is not None else types.UINT16
+    raster = fn.decoders.image(encoded, device="cpu", output_type=types.ANY_DATA, dtype=dtype, adjust_orientation=False)
+    raster = raster.gpu() if on_gpu else raster
+    if files.lookup is None:
+        return fn.cast(raster, dtype=types.FLOAT) / np.float32(files.scale)
+    offset = nodes[f"{name}_offset"].gpu() if on_gpu else nodes[f"{name}_offset"]
+    values = np.asarray(files.lookup, np.uint8).reshape(-1)
+    return fn.lookup_table(fn.cast(raster, dtype=types.UINT16) + offset, keys=list(range(len(values))),
+                           values=values.tolist(), dtype=types.UINT8, default_value=0)
+
+
 def move_points(points, matrix):
     """Pixel coordinates through the view's ``[M T]``, padded to the batch's longest list."""
     return fn.pad(fn.coord_transform(points, MT=matrix), axes=(0,), fill_value=0.0)
@@ -188,12 +244,12 @@ def dense_pipeline(feeder: DenseFeeder, on_gpu: bool, channels_last: bool = Fals
     per-image targets without waiting for the GPU. Images are CHW (HWC with `channels_last`).
     """
     names = feeder.outputs()
-    layouts = ["HWC" if name in ("image", *feeder.layout.rasters) else "" for name in names]
+    layouts = ["HWC" if name in ("image", *feeder.python_rasters) else "" for name in names]
     nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
                                                layout=layouts)))
     geometry = feeder.geometry
     if feeder.in_graph:
-        images = decode(nodes["encoded"], on_gpu)
+        images = decode(fn.io.file.read(nodes["path"]), on_gpu)
         if nodes["level"] != CLEAN_LEVEL:
             images = feeder.codec.graph_stage(images, nodes["level"])
     else:
@@ -203,7 +259,10 @@ def dense_pipeline(feeder: DenseFeeder, on_gpu: bool, channels_last: bool = Fals
                        channels_last=channels_last)
     rasters = []
     for name in feeder.layout.rasters:
-        raster = nodes[name].gpu() if on_gpu else nodes[name]
+        if name in feeder.raster_files:
+            raster = decode_raster(nodes, name, feeder.raster_files[name], on_gpu)
+        else:
+            raster = nodes[name].gpu() if on_gpu else nodes[name]
         rasters.append(fn.flip(view(raster, *roi, geometry, nearest=True), horizontal=nodes["mirror"]))
     points = (move_points(nodes["points"], nodes["points_mt"]), nodes["num_points"]) if feeder.layout.points else ()
     extras = [fn.pad(nodes[name], axes=(0,), fill_value=0) for name in feeder.layout.extras]
@@ -239,8 +298,9 @@ class DenseBatches(Batches):
         prefetch_queue_depth: int = 2,
         checkpoint: bytes | str | None = None,
         channels_last: bool = False,
+        raster_files: Mapping[str, RasterFiles] | None = None,
     ) -> None:
-        feeder = DenseFeeder(samples, layout, load_targets, spec, codec, geometry, training=training,
+        feeder = DenseFeeder(samples, layout, load_targets, spec, codec, geometry, raster_files, training=training,
                              batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
                              checkpoint=checkpoint, threads=num_threads)
         pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, channels_last=channels_last,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime
-from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
+from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample, RasterFiles
 from codecloop.dali_pipes.validate import ScanPolicy, ScanResult, scan_images
 from codecloop.tasks.classification import IMAGE_SUFFIXES
 from codecloop.tasks.sample_index import SampleIndex
@@ -132,4 +132,9 @@ class DenseTask:
                    for path, annotation in zip(index.files, index.annotations or [{}] * len(index))]
         return DenseBatches(samples, layout=self.layout, load_targets=functools.partial(self.load_targets, index),
                             training=training, spec=spec, codec=codec, geometry=self.geometry, targets=index.targets,
-                            checkpoint=checkpoint, **dataclasses.asdict(runtime))
+                            checkpoint=checkpoint, raster_files=self.raster_files(index), **dataclasses.asdict(runtime))
+
+    def raster_files(self, index: SampleIndex) -> dict[str, RasterFiles]:
+        """The raster targets of `index` that DALI reads and decodes itself (the rest come from
+        `load_targets`); none unless a task says how."""
+        return {}

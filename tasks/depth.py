@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from codecloop.dali_pipes.dense import DenseLayout
+from codecloop.dali_pipes.dense import DenseLayout, RasterFiles
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, FileFacts, ScanPolicy
 from codecloop.tasks.dense_common import DenseTask, scan_pairs
 from codecloop.tasks.dense_metrics import depth_errors
@@ -232,6 +232,14 @@ class DepthTask(DenseTask):
             warnings.warn(f"depth scale {self.depth_scale:g} per metre ({self.scale_source}) looks wrong for the "
                           f"{split} split of {self.root}: {reason}; {advice}", stacklevel=2)
         return stats
+
+    def raster_files(self, index: SampleIndex) -> dict[str, RasterFiles]:
+        """16-bit depth PNGs are read, decoded and scaled to metres by the pipeline; a split holding ``.npy``
+        depth (which no DALI decoder reads per sample) is read by `load_targets`."""
+        paths = [annotation["depth"] for annotation in index.annotations]
+        if any(path.endswith(".npy") for path in paths):
+            return {}
+        return {"depth": RasterFiles(paths, scale=self.depth_scale)}
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         return {"depth": read_depth(index.annotations[position]["depth"], self.depth_scale)}

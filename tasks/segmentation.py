@@ -17,8 +17,9 @@ Layouts (``--format``; detected from the folder when not given, ``folder`` first
   ``annotations/{training,validation}/*.png`` (mode L, 0 = other); ``--reduce_zero_label`` (default on
   here) makes 0 ignore and k class k-1: 150 classes, named by ``objectInfo150.txt`` when present.
 
-Labels are decoded per sample in `load_targets` through one 256-entry lookup table per layout; a value
-the layout does not define, or an RGB label PNG, stops the run naming the file. Models: torchvision
+Labels are checked when the index is built (their values cached with the scan): a value the layout does
+not define, or an RGB label PNG, stops the run naming the file. Grey label PNGs are then read, decoded and
+mapped through the layout's 256-entry lookup table in the DALI graph; palette PNGs (VOC) in `load_targets`. Models: torchvision
 ``deeplabv3_resnet50``, ``fcn_resnet50``, ``lraspp_mobilenet_v3_large`` or ``unet_<timm encoder>``.
 Metrics: mIoU and pixel accuracy from an exact confusion matrix summed over every rank.
 """
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from codecloop.dali_pipes.dense import DenseLayout
+from codecloop.dali_pipes.dense import DenseLayout, RasterFiles
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
 from codecloop.tasks.dense_common import DenseTask, scan_pairs
 from codecloop.tasks.dense_metrics import ConfusionMatrix
@@ -133,6 +134,17 @@ class SegmentationTask(DenseTask):
         return SampleIndex(split, [image for image, _ in pairs], {}, scan.skipped,
                            annotations=[{"mask": mask, "table": table_of[mask], "mode": scan.facts[mask].mode}
                                         for _, mask in pairs], sizes=scan.sizes)
+
+    def raster_files(self, index: SampleIndex) -> dict[str, RasterFiles]:
+        """Grey label PNGs are read, decoded and mapped to class ids by the pipeline (one lookup table row
+        per layout table); a split holding palette PNGs (VOC) is decoded by `load_targets`, because DALI
+        expands a palette to RGB and loses the indices."""
+        if any(annotation["mode"] != "L" for annotation in index.annotations):
+            return {}
+        names = list(self.tables)
+        return {"mask": RasterFiles([annotation["mask"] for annotation in index.annotations],
+                                    lookup=np.stack([self.tables[name].lookup for name in names]),
+                                    rows=[names.index(annotation["table"]) for annotation in index.annotations])}
 
     def load_targets(self, index: SampleIndex, position: int) -> dict[str, np.ndarray]:
         """The class ids of one sample's label file, decoded by its layout's lookup table."""
