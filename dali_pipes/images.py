@@ -9,8 +9,9 @@ codec runs (`codecloop.dali_pipes.codecs`):
   bit-identical to the whole image's, and the work outside the crop is saved;
 - on the host (H.264): the image decoded and round-tripped through the codec's `roundtrip` on the
   feeder's CPU threads (there is no GPU encoder);
-- from a ladder: a ``(clip, frame)`` of a `codecloop transcode` ladder, that frame of the drawn rung,
-  decoded by NVDEC on a GPU or by PyAV on a CPU.
+- from a ladder: a ``(clip, frame)`` of a `codecloop transcode` ladder, that frame of the drawn rung:
+  on a GPU the rung file's path, read by DALI (``fn.io.file.read``) and decoded by NVDEC; on a CPU
+  decoded by PyAV.
 
 Then, for all: the crop box resized to the crop size (train) or the shorter side resized and a center
 crop (eval), flip, normalize. Crop boxes, flips and levels come from the plan, so a resumed run repeats
@@ -31,7 +32,7 @@ from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
 from codecloop.dali_pipes.codecs import Codec
-from codecloop.dali_pipes.dense import image_size
+from codecloop.dali_pipes.dense import image_size, path_bytes
 from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw
 from codecloop.dali_pipes.ladder import Ladder
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec, ladder_rung
@@ -57,13 +58,14 @@ def tile_window(box: Box, width: int, height: int, tile: int) -> tuple[np.ndarra
 class ImageFeeder(ShardedFeeder):
     """This rank's images with the plan's level, crop box and flip; see the module docstring for what it
     hands DALI per codec. Outputs (by mode): ``path`` / ``window_start``, ``window_shape`` (in-graph codec),
-    ``data``, ``clean`` (host codec, ladder on the CPU), ``data``, ``frame_indices``, ``clean_data`` (ladder on
-    a GPU), then ``roi_start``, ``roi_end`` (train; y, x pixels of the decoded image or window), ``mirror``,
+    ``data``, ``clean`` (host codec, ladder on the CPU), ``rung_path``, ``frame_indices``, ``clean_rung_path``
+    (ladder on a GPU: the rung files DALI reads), then ``roi_start``, ``roi_end`` (train; y, x pixels of the decoded image or window), ``mirror``,
     ``level``, ``index``, ``valid``."""
 
     def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec, min_area: float, *,
                  ladder: Ladder | None = None, on_gpu: bool = False, with_clean: bool = False,
-                 codec_placement: str = "native", levels: Sequence[int] = (), **sharding) -> None:
+                 codec_placement: str = "native", levels: Sequence[int] = (),
+                 sizes: Mapping[str, tuple[int, int]] | None = None, **sharding) -> None:
         super().__init__(len(samples), **sharding)
         if codec_placement not in CODEC_PLACEMENTS:
             raise ValueError(f"codec_placement {codec_placement!r} must be one of {CODEC_PLACEMENTS}")
@@ -80,6 +82,7 @@ class ImageFeeder(ShardedFeeder):
         self.windowed = (self.mode == "graph" and self.training and not on_gpu and codec_placement == "native"
                          and codec.graph_tile is not None and not spec.is_none)
         self.rungs = ladder.crfs() if ladder is not None else None
+        self.sizes = dict(sizes or {})  # stored (width, height) by path, where the index knows them
         self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
         if ladder is not None:
             spec.check_ladder(self.rungs, codec.ladder_clean_rung, f"ladder {ladder.root}")
@@ -98,7 +101,8 @@ class ImageFeeder(ShardedFeeder):
         if self.mode == "graph":
             names = ["path", "window_start", "window_shape"] if self.windowed else ["path"]
         elif self.decode_on_gpu:
-            names = ["data", "frame_indices", "clean_data"] if self.with_clean else ["data", "frame_indices"]
+            names = ["rung_path", "frame_indices", "clean_rung_path"] if self.with_clean else ["rung_path",
+                                                                                               "frame_indices"]
         else:
             names = ["data", "clean"] if self.with_clean else ["data"]
         roi = ("roi_start", "roi_end") if self.training else ()
@@ -106,14 +110,16 @@ class ImageFeeder(ShardedFeeder):
 
     def _size(self, index: int) -> tuple[int, int]:
         if index not in self._sizes:
-            self._sizes[index] = image_size(self.samples[index])
+            path = self.samples[index]
+            self._sizes[index] = self.sizes.get(path) or image_size(path)
         return self._sizes[index]
 
     def _ladder_frame(self, clip: str, frame: int, level: int) -> np.ndarray:
+        """The rung file's name (GPU: read by DALI, decoded by NVDEC) or the frame decoded by PyAV (CPU)."""
         rung = ladder_rung(level, self.codec.ladder_clean_rung)
         path = self.ladder.path(clip, rung)
         if self.decode_on_gpu:
-            return np.fromfile(path, np.uint8)
+            return path_bytes(str(path))
         return decode_frames(path, [frame], self.ladder.rungs[clip][rung].fps)[0]
 
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
@@ -121,15 +127,16 @@ class ImageFeeder(ShardedFeeder):
         level = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
         out: dict[str, np.ndarray] = {"level": np.int32(level), "mirror": np.int32(self.training and draws[FLIP] < 0.5)}
         if self.mode == "graph":
-            out["path"] = np.frombuffer(str(sample).encode(), np.uint8)
+            out["path"] = path_bytes(str(sample))
             width, height = self._size(index) if self.training else (0, 0)
         elif self.mode == "ladder":
             clip, frame = sample
             rung = self.ladder.rungs[clip][ladder_rung(level, self.codec.ladder_clean_rung)]
             width, height = rung.width, rung.height
-            out["data"], out["frame_indices"] = self._ladder_frame(clip, frame, level), np.array([frame], np.int32)
+            names = ("rung_path", "clean_rung_path") if self.decode_on_gpu else ("data", "clean")
+            out[names[0]], out["frame_indices"] = self._ladder_frame(clip, frame, level), np.array([frame], np.int32)
             if self.with_clean:
-                out["clean_data" if self.decode_on_gpu else "clean"] = self._ladder_frame(clip, frame, CLEAN_LEVEL)
+                out[names[1]] = self._ladder_frame(clip, frame, CLEAN_LEVEL)
         else:
             with Image.open(sample) as image:
                 clean = np.asarray(image.convert("RGB"))
@@ -205,8 +212,9 @@ def image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, channels_last: 
             stacked = fn.cat(compressed, clean, axis=2) if feeder.with_clean else compressed
     else:
         if feeder.decode_on_gpu:
-            compressed = decode_ladder_frames(nodes["data"], nodes["frame_indices"])
-            clean = decode_ladder_frames(nodes["clean_data"], nodes["frame_indices"]) if feeder.with_clean else None
+            compressed = decode_ladder_frames(fn.io.file.read(nodes["rung_path"]), nodes["frame_indices"])
+            clean = (decode_ladder_frames(fn.io.file.read(nodes["clean_rung_path"]), nodes["frame_indices"])
+                     if feeder.with_clean else None)
         else:
             compressed = nodes["data"].gpu() if on_gpu else nodes["data"]
             clean = (nodes["clean"].gpu() if on_gpu else nodes["clean"]) if feeder.with_clean else None
@@ -224,7 +232,8 @@ def image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, channels_last: 
 class ImageBatches(Batches):
     """Epochs of ``{image, index, codec_level[, clean_image], **targets}`` batches of images at drawn levels of
     any codec that compresses images (see the module docstring). `samples` are image files, or ``(clip, frame)``
-    pairs of `ladder`."""
+    pairs of `ladder`. `sizes` maps image files to their stored ``(width, height)`` where known (the scan's
+    `SampleIndex.sizes`), so training opens no file header; the rest are read once."""
 
     def __init__(
         self,
@@ -247,10 +256,11 @@ class ImageBatches(Batches):
         checkpoint: bytes | str | None = None,
         with_clean: bool = False,
         channels_last: bool = False,
+        sizes: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         feeder = ImageFeeder([str(s) if isinstance(s, Path) else s for s in samples], spec, codec, geometry.min_area,
                              ladder=ladder, on_gpu=device_id is not None, with_clean=with_clean,
-                             codec_placement=codec_placement, training=training, batch_size=batch_size,
+                             codec_placement=codec_placement, sizes=sizes, training=training, batch_size=batch_size,
                              shard_id=shard_id, num_shards=num_shards, seed=seed, threads=num_threads,
                              checkpoint=checkpoint)
         if feeder.decode_on_gpu:

@@ -114,7 +114,7 @@ class ClassificationTask:
         labels = torch.tensor([remap[id_of[path]] for path in scan.good], dtype=torch.long)
         if not scan.good:
             raise ValueError(f"dataset split {self.root / split} has no readable image")
-        return SampleIndex(split, scan.good, {"label": labels}, scan.skipped)
+        return SampleIndex(split, scan.good, {"label": labels}, scan.skipped, sizes=scan.sizes)
 
     def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
                 checkpoint: bytes | str | None = None,
@@ -127,7 +127,8 @@ class ClassificationTask:
         samples = self.ladder_frames(index.files) if self.ladder else index.files
         return ImageBatches(samples, training=training, spec=spec, codec=codec, geometry=self.geometry,
                             ladder=self.ladder, targets=index.targets, codec_placement=self.codec_placement,
-                            checkpoint=checkpoint, with_clean=with_clean, **dataclasses.asdict(runtime))
+                            checkpoint=checkpoint, with_clean=with_clean, sizes=index.sizes,
+                            **dataclasses.asdict(runtime))
 
     def sweep_batches(self, index: SampleIndex, levels: list[int], codec: Codec,
                       runtime: PipelineRuntime) -> SweepBatches | None:

@@ -207,7 +207,8 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
     ``.gpu()``, every option) is traced: DALI checks there what a first GPU run would otherwise find,
     such as a GPU node given as an argument input. Building needs CUDA, so it stops before that."""
     from codecloop.dali_pipes.codec import _roundtrip_pipeline
-    from codecloop.dali_pipes.dense import DenseFeeder, DenseGeometry, DenseLayout, DenseSample, dense_pipeline
+    from codecloop.dali_pipes.dense import (DenseFeeder, DenseGeometry, DenseLayout, DenseSample, RasterFiles,
+                                            dense_pipeline)
     from codecloop.dali_pipes.images import ImageFeeder, image_pipeline
     from codecloop.dali_pipes.pipelines import CODEC_PLACEMENTS
     from codecloop.dali_pipes.video import ClipSampling, LadderFeeder, VideoGeometry, video_pipeline
@@ -226,11 +227,14 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
                 feeder = ImageFeeder(files, JPEG.parse_spec("none"), JPEG, 0.5, on_gpu=True, levels=[10, 50],
                                      codec_placement=placement, **sharding)
                 image_pipeline(feeder=feeder, geometry=geometry, channels_last=True, **run)
+        in_graph = {"mask": RasterFiles(files, lookup=np.zeros((2, 256), np.uint8), rows=[0, 1] * 2),
+                    "depth": RasterFiles(files, scale=256.0)}  # masks and depth read and decoded by DALI
         for codec, spec in ((JPEG, JPEG.parse_spec("5-95")), (H264, H264.parse_spec("40"))):
-            layout = DenseLayout(rasters=("mask",), points=True, extras=("labels",))
-            feeder = DenseFeeder([DenseSample(path) for path in files], layout, lambda index: {}, spec, codec,
-                                 DenseGeometry(32, 32), **sharding)
-            dense_pipeline(feeder=feeder, on_gpu=True, channels_last=training, **run)
+            for raster_files in ({}, in_graph):
+                layout = DenseLayout(rasters=("mask", "depth"), points=True, extras=("labels",))
+                feeder = DenseFeeder([DenseSample(path) for path in files], layout, lambda index: {}, spec, codec,
+                                     DenseGeometry(32, 32), raster_files, **sharding)
+                dense_pipeline(feeder=feeder, on_gpu=True, channels_last=training, **run)
         for with_clean in (False, True):
             for samples, ladder in (([("clip", 0), ("clip", 3)], small_ladder), (files, None)):
                 feeder = ImageFeeder(samples, H264.parse_spec("0-40"), H264, 0.5, ladder=ladder, on_gpu=True,

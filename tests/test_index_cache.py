@@ -121,3 +121,23 @@ def test_ranks_started_together_decode_each_mask_once(written, tmp_path, monkeyp
         thread.join()
     assert len(results) == 3 and results[0].files == results[1].files == results[2].files
     assert sorted(decoded) == sorted(annotation["mask"] for annotation in results[0].annotations)
+
+
+def test_classification_training_reads_sizes_from_the_index(tmp_path, monkeypatch):
+    """The scan's stored sizes reach the image feeder: training crops need no header read per sample."""
+    from codecloop.dali_pipes import PipelineRuntime, images
+    from codecloop.dali_pipes.codecs import JPEG
+    from codecloop.tasks.classification import ClassificationTask
+
+    rng = np.random.default_rng(0)
+    for position, (name, width, height) in enumerate([("a", 64, 48), ("a", 50, 70), ("b", 81, 33), ("b", 40, 40)]):
+        (tmp_path / "train" / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)).save(tmp_path / "train" / name /
+                                                                                 f"{position}.jpg")
+    task = ClassificationTask(tmp_path, crop_size=32, resize_size=40)
+    index = task.sample_index("train")
+    assert index.sizes == {path: Image.open(path).size for path in index.files}
+    monkeypatch.setattr(images, "image_size", lambda path: pytest.fail(f"the feeder read the header of {path}"))
+    batches = task.batches(index, training=True, spec=JPEG.parse_spec("20-90"), codec=JPEG,
+                           runtime=PipelineRuntime(batch_size=2))
+    assert sum(len(batch["index"]) for batch in batches) == len(index)
