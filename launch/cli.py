@@ -286,14 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                       samples=args.samples)
         elif args.command == "make-synthetic":
             from codecloop.tasks.dense_common import parse_input_size
-            from codecloop.tasks.synthetic import make_synthetic
+            from codecloop.synthetic.datasets import make_synthetic
 
             height, width = parse_input_size(args.size, 0)
             out = make_synthetic(args.task, args.out, format=args.format, train=args.train, val=args.val,
                                  height=height, width=width, seed=args.seed)
             layout = f" --format {args.format}" if args.format else ""
             if args.task == "action":
-                from codecloop.tasks.synthetic_action import run_hint
+                from codecloop.synthetic.action import run_hint
 
                 print(f"wrote a synthetic action dataset to {out}; try: {run_hint(out, args.format)}")
             else:

@@ -38,7 +38,7 @@ from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime
 from codecloop.dali_pipes.ladder import VIDEO_SUFFIXES, load_ladder
 from codecloop.dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
 from codecloop.tasks.layout_errors import MissingFilesError, choose_format
-from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.weights import load_pretrained
 from codecloop.tasks.registry import register_task
 from codecloop.tasks.sample_index import SampleIndex
 

@@ -21,7 +21,7 @@ from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, Codec, ImageBatch
 from codecloop.dali_pipes.ladder import load_ladder
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
 from codecloop.tasks.layout_errors import choose_format
-from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.weights import load_pretrained
 from codecloop.tasks.registry import register_task
 from codecloop.tasks.sample_index import SampleIndex
 

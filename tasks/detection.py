@@ -27,7 +27,7 @@ from codecloop.tasks.dense_common import DenseTask, to_device
 from codecloop.tasks.dense_metrics import coco_box_metrics
 from codecloop.tasks.dense_models import check_model_name, model_names, create_detection_model
 from codecloop.tasks.layout_errors import choose_format
-from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.weights import load_pretrained
 from codecloop.tasks.registry import register_task
 from codecloop.tasks.sample_index import SampleIndex
 

@@ -18,7 +18,7 @@ from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.detection import DetectionTask
 from codecloop.tasks.pose import PoseTask, flip_permutation
 from codecloop.tasks.segmentation import SegmentationTask, read_mask
-from codecloop.tasks.synthetic import COCO_KEYPOINTS, make_synthetic
+from codecloop.synthetic.datasets import COCO_KEYPOINTS, make_synthetic
 
 TASKS = {"detection": DetectionTask, "segmentation": SegmentationTask, "pose": PoseTask, "depth": DepthTask}
 CLI = {

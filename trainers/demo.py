@@ -23,8 +23,8 @@ import torch
 from codecloop.dali_pipes.codecs import codec_title, get_codec
 from codecloop.dali_pipes.ladder import transcode
 from codecloop.tasks.classification import ClassificationTask
-from codecloop.tasks.packaged_data import write_demo_dataset
-from codecloop.tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
+from codecloop.demo.packaged_data import write_demo_dataset
+from codecloop.demo.teacher import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
 from codecloop.tasks.sample_index import SampleIndex
 from codecloop.trainers.commands import opened_run
 from codecloop.trainers.config import Config, level_spec, sweep_levels
