@@ -65,8 +65,11 @@ class DetectionTask(DenseTask):
     memory_format = None
     layout = DenseLayout(points=True, extras=("labels", "crowd"))
     model_help = model_names("detection")
+    default_model = "fasterrcnn_mobilenet_v3_large_fpn"
+    config_keys = ("data", "model", "pretrained", "input_size", "crop_size", "min_scale", "strict", "keep_damaged",
+                   "max_image_pixels", "format")
 
-    def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn",
+    def __init__(self, data: str | Path, model: str = default_model,
                  pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35, strict: bool = False,
                  keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
