@@ -104,7 +104,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, pipe in pipes.items():
                 timings[name].append(ms_per_image(pipe, args.batch_size, args.batches))
-    lines = [f"# CPU pipeline stages, ms of one DALI thread per image", "",
+    lines = ["# CPU pipeline stages, ms of one DALI thread per image", "",
              f"{cpu_model()}, DALI {nvidia.dali.__version__}; 500x375 JPEGs, batch {args.batch_size}, median of "
              f"{args.rounds} rounds of {args.batches} batches (min..max)", "",
              "| pipeline up to | ms / image | min | max |", "| --- | ---: | ---: | ---: |"]
