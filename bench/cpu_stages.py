@@ -37,8 +37,8 @@ def decoded(encoded):
 
 
 def train_geometry(images, geometry: ImageGeometry):
-    """A random-resized crop to the crop size (area min_area..1, aspect 3/4..4/3), drawn in the graph."""
-    return fn.random_resized_crop(images, size=[geometry.crop_size] * 2, random_area=[geometry.min_area, 1.0],
+    """A random-resized crop to the crop size (area min_scale..1, aspect 3/4..4/3), drawn in the graph."""
+    return fn.random_resized_crop(images, size=[geometry.crop_size] * 2, random_area=[geometry.min_scale, 1.0],
                                   random_aspect_ratio=[3 / 4, 4 / 3], antialias=True)
 
 
@@ -46,7 +46,7 @@ def windowed(encoded):
     """The crop's region on the 16-pixel grid, one tile to spare on each side, decoded and compressed alone
     (what `codecloop.dali_pipes.images.tile_window` does with the sample plan's boxes), then resized."""
     shape = fn.peek_image_shape(encoded)
-    anchor, size = fn.random_crop_generator(shape, random_area=[GEOMETRY.min_area, 1.0],
+    anchor, size = fn.random_crop_generator(shape, random_area=[GEOMETRY.min_scale, 1.0],
                                             random_aspect_ratio=[3 / 4, 4 / 3])
     start = dali_math.max(anchor // 16 * 16 - 16, 0)
     end = dali_math.min((anchor + size + 15) // 16 * 16 + 16, fn.cast(shape[0:2], dtype=types.INT32))
@@ -104,7 +104,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, pipe in pipes.items():
                 timings[name].append(ms_per_image(pipe, args.batch_size, args.batches))
-    lines = [f"# CPU pipeline stages, ms of one DALI thread per image", "",
+    lines = ["# CPU pipeline stages, ms of one DALI thread per image", "",
              f"{cpu_model()}, DALI {nvidia.dali.__version__}; 500x375 JPEGs, batch {args.batch_size}, median of "
              f"{args.rounds} rounds of {args.batches} batches (min..max)", "",
              "| pipeline up to | ms / image | min | max |", "| --- | ---: | ---: | ---: |"]

@@ -12,7 +12,7 @@ COMMON=(--wandb disabled --progress false --batch_size 8 --eval_every 0)
 # task model input_size baseline_epochs retrain_epochs extra options
 # (detection starts from the ImageNet EfficientNet-Lite0 weights shipped in a pip package: from
 # random weights no detector learns enough in CPU minutes to sweep)
-LITE0=$(python -c "from codecloop.tasks.pretrained import packaged_efficientnet_lite0_path as p; print(p())")
+LITE0=$(python -c "from codecloop.demo.teacher import packaged_efficientnet_lite0_path as p; print(p())")
 SGD="--optimizer sgd --weight_decay 1e-4 --warmup_steps 20"
 RUNS=(
   "segmentation unet_resnet18 96x128 25 10"

@@ -30,7 +30,7 @@ from codecloop.dali_pipes.images import ImageBatches, image_view
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder, load_ladder, transcode
 from codecloop.dali_pipes.pipelines import normalize
 from codecloop.dali_pipes.reference import psnr
-from codecloop.tasks.packaged_data import packaged_clip
+from codecloop.demo.packaged_data import packaged_clip
 from codecloop.trainers.report import write_text
 
 F32 = np.float32

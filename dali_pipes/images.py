@@ -62,7 +62,7 @@ class ImageFeeder(ShardedFeeder):
     (ladder on a GPU: the rung files DALI reads), then ``roi_start``, ``roi_end`` (train; y, x pixels of the decoded image or window), ``mirror``,
     ``level``, ``index``, ``valid``."""
 
-    def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec, min_area: float, *,
+    def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec, min_scale: float, *,
                  ladder: Ladder | None = None, on_gpu: bool = False, with_clean: bool = False,
                  codec_placement: str = "native", levels: Sequence[int] = (),
                  sizes: Mapping[str, tuple[int, int]] | None = None, **sharding) -> None:
@@ -76,7 +76,7 @@ class ImageFeeder(ShardedFeeder):
         self.mode = "ladder" if ladder is not None else "graph" if codec.graph_stage is not None else "host"
         if levels and self.mode != "graph":
             raise ValueError(f"a one-pass sweep needs a codec that runs in the graph; {codec.name!r} does not")
-        self.samples, self.spec, self.codec, self.min_area, self.ladder = list(samples), spec, codec, min_area, ladder
+        self.samples, self.spec, self.codec, self.min_scale, self.ladder = list(samples), spec, codec, min_scale, ladder
         self.on_gpu, self.with_clean, self.codec_placement, self.levels = on_gpu, with_clean, codec_placement, levels
         self.decode_on_gpu = self.mode == "ladder" and on_gpu
         self.windowed = (self.mode == "graph" and self.training and not on_gpu and codec_placement == "native"
@@ -144,7 +144,7 @@ class ImageFeeder(ShardedFeeder):
             out["data"] = clean if level == CLEAN_LEVEL else self.codec.roundtrip(clean, level)
             out["clean"] = clean
         if self.training:
-            box = crop_boxes(draws[None], np.array([[0.0, 0.0, width, height]]), self.min_area)[0]
+            box = crop_boxes(draws[None], np.array([[0.0, 0.0, width, height]]), self.min_scale)[0]
             offset = np.zeros(2)
             if self.windowed:
                 out["window_start"], out["window_shape"] = tile_window(tuple(box), width, height, self.codec.graph_tile)
@@ -258,7 +258,7 @@ class ImageBatches(Batches):
         channels_last: bool = False,
         sizes: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
-        feeder = ImageFeeder([str(s) if isinstance(s, Path) else s for s in samples], spec, codec, geometry.min_area,
+        feeder = ImageFeeder([str(s) if isinstance(s, Path) else s for s in samples], spec, codec, geometry.min_scale,
                              ladder=ladder, on_gpu=device_id is not None, with_clean=with_clean,
                              codec_placement=codec_placement, sizes=sizes, training=training, batch_size=batch_size,
                              shard_id=shard_id, num_shards=num_shards, seed=seed, threads=num_threads,
@@ -303,7 +303,7 @@ class SweepBatches(Batches):
         channels_last: bool = False,
     ) -> None:
         self.levels: list[int | None] = [None, *levels]
-        feeder = ImageFeeder([str(path) for path in files], codec.parse_spec("none"), codec, geometry.min_area,
+        feeder = ImageFeeder([str(path) for path in files], codec.parse_spec("none"), codec, geometry.min_scale,
                              on_gpu=device_id is not None, codec_placement=codec_placement, levels=list(levels),
                              training=False, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
                              seed=seed, threads=num_threads)

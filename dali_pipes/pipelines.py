@@ -26,7 +26,7 @@ class ImageGeometry:
 
     crop_size: int = 224
     resize_size: int = 256
-    min_area: float = 0.08
+    min_scale: float = 0.08
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

@@ -2,7 +2,9 @@
 
 Every config key is a flag (``--batch_size 32`` or ``--batch_size=32``; dashes work too) and
 a YAML key (``--config run.yaml``); flags win over the file, the file over the defaults.
-The resolved config is saved as ``config.yaml`` in the run directory.
+Task keys belong to the tasks that take them (``codecloop train --task T --help`` lists T's);
+one set for another task is an error. The resolved config is saved as ``config.yaml`` in the
+run directory.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from codecloop.dali_pipes.crf import CRF_SCALE, DEFAULT_LADDER
 from codecloop.dali_pipes.validate import BadImageError
 from codecloop.trainers.checkpoint import DiskFullError
-from codecloop.trainers.config import Config, coerce, config_keys, load_yaml, range_text
+from codecloop.trainers.config import Config, check_task_keys, coerce, config_keys, load_yaml, range_text, task_sections
 
 CONFIG_COMMANDS = {
     "train": "train or fine-tune a task model with a codec (JPEG, H.264, ...) in the loop",
@@ -46,30 +48,37 @@ def task_in(argv: list[str]) -> str | None:
 
 def model_help(task_name: str) -> str:
     """The ``--model`` help of one task: its model names and default."""
-    import inspect
-
     from codecloop.tasks import get_task_class
 
     task_class = get_task_class(task_name)
-    default = inspect.signature(task_class.__init__).parameters["model"].default
-    return f"{task_name} model: {task_class.model_help} (default: {default})"
+    return f"{task_name} model: {task_class.model_help} (default: {task_class.default_model})"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, task: str | None = None) -> None:
-    """One flag per config key, grouped as hyper-parameters and runtime settings; with `task`, the
-    ``--model`` help lists that task's models."""
+def add_config_flags(parser: argparse.ArgumentParser, task: str | None = None,
+                     sections: dict[str, tuple[str, ...]] | None = None) -> None:
+    """One flag per config key. With `sections` (each task's config section, for ``--help``), generic keys
+    are grouped as hyper-parameters and runtime settings and task keys apart: with `task`, only that
+    task's own (and ``--model`` lists its models), the other tasks' keys hidden; without, each names the
+    tasks that take it."""
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (flags override it)")
     groups = {
         "hyper": parser.add_argument_group("hyper-parameters"),
         "runtime": parser.add_argument_group("runtime settings"),
     }
+    sections = sections or {}
+    task_group = parser.add_argument_group(f"keys of task {task}" if task else "task keys (each task takes its own)")
     for name, item in config_keys().items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         bounds = range_text(item)
         help_text = f"{item.metadata['help']} ({f'{bounds}; ' if bounds else ''}default: {item.default})"
+        takers = [taker for taker, section in sections.items() if name in section]
+        group = groups[item.metadata["group"]] if not takers else task_group
         if name == "model" and task:
             help_text = model_help(task)
-        group = groups[item.metadata["group"]]
+        elif takers and task:
+            help_text = help_text if task in takers else argparse.SUPPRESS
+        elif takers and len(takers) < len(sections):
+            help_text = f"[{', '.join(takers)}] {help_text}"
         if str(item.type).startswith("bool"):
             group.add_argument(*flags, dest=name, nargs="?", const="true", default=None, metavar="BOOL", help=help_text)
         else:
@@ -99,17 +108,20 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults, then the YAML file, then the flags given; every value type-checked."""
-    values = load_yaml(args.config) if args.config else {}
-    for name in config_keys():
-        given = getattr(args, name, None)
-        if given is not None:
-            values[name] = coerce(name, given)
-    return Config(**values).validate()
+    """Defaults, then the YAML file, then the flags given; every value type-checked, and a key of
+    another task's section (in the file or among the flags) an error naming the key and the task."""
+    from_file = load_yaml(args.config) if args.config else {}
+    flags = given_flags(args)
+    config = Config(**{**from_file, **flags}).validate()
+    check_task_keys(config.task, from_file, f"config file {args.config}: ")
+    check_task_keys(config.task, flags)
+    return config
 
 
-def build_parser(task: str | None = None) -> argparse.ArgumentParser:
-    """The `codecloop` parser with all subcommands (`task`: whose models ``--model`` lists)."""
+def build_parser(task: str | None = None,
+                 sections: dict[str, tuple[str, ...]] | None = None) -> argparse.ArgumentParser:
+    """The `codecloop` parser with all subcommands (`task` and `sections`: whose keys ``--help`` lists, see
+    `add_config_flags`)."""
     parser = argparse.ArgumentParser(
         prog="codecloop", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -129,7 +141,7 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if name == "experiment":
             add_grid_flags(sub)
-        add_config_flags(sub, task)
+        add_config_flags(sub, task, sections)
     compress = commands.add_parser(
         "compress", help="write a real JPEG copy of a dataset (layout kept), reporting bits per pixel",
         description="Re-encode every image under --src as a real JPEG file under --dst, same layout. Files are "
@@ -232,9 +244,10 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse and dispatch; bad input exits with status 2 and a message naming the culprit."""
     argv = sys.argv[1:] if argv is None else argv
-    task = task_in(argv) if any(token in ("-h", "--help") for token in argv) else None
+    wants_help = any(token in ("-h", "--help") for token in argv)
+    task = task_in(argv) if wants_help else None
     try:
-        parser = build_parser(task)
+        parser = build_parser(task, task_sections() if wants_help else None)
     except ValueError as error:
         print(f"codecloop: error: {error}", file=sys.stderr)
         return 2
@@ -286,14 +299,14 @@ def main(argv: list[str] | None = None) -> int:
                       samples=args.samples)
         elif args.command == "make-synthetic":
             from codecloop.tasks.dense_common import parse_input_size
-            from codecloop.tasks.synthetic import make_synthetic
+            from codecloop.synthetic.datasets import make_synthetic
 
             height, width = parse_input_size(args.size, 0)
             out = make_synthetic(args.task, args.out, format=args.format, train=args.train, val=args.val,
                                  height=height, width=width, seed=args.seed)
             layout = f" --format {args.format}" if args.format else ""
             if args.task == "action":
-                from codecloop.tasks.synthetic_action import run_hint
+                from codecloop.synthetic.action import run_hint
 
                 print(f"wrote a synthetic action dataset to {out}; try: {run_hint(out, args.format)}")
             else:

@@ -37,8 +37,9 @@ from torchvision.models import get_model
 from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime
 from codecloop.dali_pipes.ladder import VIDEO_SUFFIXES, load_ladder
 from codecloop.dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
+from codecloop.tasks.base import Task
 from codecloop.tasks.layout_errors import MissingFilesError, choose_format
-from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.weights import load_pretrained
 from codecloop.tasks.registry import register_task
 from codecloop.tasks.sample_index import SampleIndex
 
@@ -95,7 +96,7 @@ def layout_detectors(splits: Path | None) -> dict[str, Callable[[Path], bool]]:
 
 
 @register_task("action")
-class ActionTask:
+class ActionTask(Task):
     """Video classification with a torchvision video model; owns its loss and clip / video metrics."""
 
     primary_metric = "top1"
@@ -103,8 +104,11 @@ class ActionTask:
     memory_format = None
     media = "clips"  # what the codec compresses: single images, or clips from a ladder
     model_help = ", ".join(VIDEO_MODELS)
+    default_model = "r3d_18"
+    config_keys = ("data", "ladder", "model", "pretrained", "num_classes", "label_smoothing", "splits", "split",
+                   "frames", "frame_stride", "eval_clips", "crop_size", "resize_size", "format")
 
-    def __init__(self, data: str | Path, ladder: str | Path | None = None, model: str = "r3d_18",
+    def __init__(self, data: str | Path, ladder: str | Path | None = None, model: str = default_model,
                  pretrained: str | None = None, num_classes: int | None = None, label_smoothing: float = 0.0,
                  splits: str | Path | None = None, split: int = 1, frames: int = 16, frame_stride: int = 2,
                  eval_clips: int = 3, crop_size: int = 112, resize_size: int = 128, format: str | None = None) -> None:
@@ -255,10 +259,8 @@ class ActionTask:
         return SampleIndex(split, [item.clip for item in kept], {"label": labels}, skipped)
 
     def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
-                checkpoint: bytes | str | None = None, with_clean: bool = False) -> VideoBatches:
+                checkpoint: bytes | str | None = None) -> VideoBatches:
         """Epochs of clips of `index` drawn from the ladder at the spec's levels (rungs)."""
-        if with_clean:
-            raise ValueError("the action task has no clean-view pairing")
         sampling = dataclasses.replace(self.sampling, clips_per_video=1 if training else self.eval_clips)
         return VideoBatches(self.ladder, index.files, training=training, spec=spec, codec=codec, sampling=sampling,
                             geometry=self.geometry, targets=index.targets, checkpoint=checkpoint,

@@ -3,8 +3,7 @@
 Layout: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg``; classes are the sorted
 folder names of ``train``. A codec that runs in the graph (JPEG) runs in the DALI pipeline; a host
 codec (H.264) round-trips each image online on CPU threads, or, when the folders hold frame sequences
-transcoded with ``codecloop transcode --src ROOT``, each image's frame is read from the ladder (``ladder``). A batch may carry ``soft_label`` (teacher probabilities per sample):
-the loss is then the KL divergence to them (distillation) and ``kl`` is reported too.
+transcoded with ``codecloop transcode --src ROOT``, each image's frame is read from the ladder (``ladder``).
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, Codec, ImageBatch
                                   PipelineRuntime, SweepBatches)
 from codecloop.dali_pipes.ladder import load_ladder
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
+from codecloop.tasks.base import Task
 from codecloop.tasks.layout_errors import choose_format
-from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.weights import load_pretrained
 from codecloop.tasks.registry import register_task
 from codecloop.tasks.sample_index import SampleIndex
 
@@ -51,7 +51,7 @@ def list_image_folder(split_dir: Path) -> tuple[list[str], list[str], list[int]]
 
 
 @register_task("classification")
-class ClassificationTask:
+class ClassificationTask(Task):
     """ImageFolder classification with a timm model; owns its loss and per-sample metrics."""
 
     primary_metric = "top1"
@@ -59,11 +59,15 @@ class ClassificationTask:
     memory_format = torch.channels_last
     media = "images"  # what the codec compresses: single images, or clips from a ladder
     model_help = "any timm model name (timm.list_models()), e.g. resnet50, efficientnet_lite0, vit_small_patch16_224"
+    default_model = "resnet50"
+    config_keys = ("data", "model", "pretrained", "num_classes", "label_smoothing", "strict", "keep_damaged",
+                   "max_image_pixels", "crop_size", "resize_size", "min_scale", "normalize", "codec_placement",
+                   "ladder", "format")
 
     def __init__(
         self,
         data: str | Path,
-        model: str = "resnet50",
+        model: str = default_model,
         pretrained: str | None = None,
         num_classes: int | None = None,
         label_smoothing: float = 0.0,
@@ -72,7 +76,7 @@ class ClassificationTask:
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         crop_size: int = 224,
         resize_size: int = 256,
-        min_area: float = 0.08,
+        min_scale: float = 0.08,
         normalize: str = "imagenet",
         codec_placement: str = "native",
         ladder: str | Path | None = None,
@@ -88,7 +92,7 @@ class ClassificationTask:
         self.scan_policy = ScanPolicy(strict, keep_damaged, max_image_pixels)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize {normalize!r} must be one of {sorted(NORMALIZATIONS)}")
-        self.geometry = ImageGeometry(crop_size, resize_size, min_area, *NORMALIZATIONS[normalize])
+        self.geometry = ImageGeometry(crop_size, resize_size, min_scale, *NORMALIZATIONS[normalize])
         self.codec_placement = codec_placement
         self.ladder = load_ladder(ladder) if ladder else None
         if self.ladder is not None:
@@ -122,7 +126,8 @@ class ClassificationTask:
         """One epoch after another of `index` through the codec stage, as dict batches on the device.
 
         An in-graph codec runs in the DALI pipeline; a host codec round-trips each image online, or, with a
-        ladder, each image is its frame of the drawn rung.
+        ladder, each image is its frame of the drawn rung. With `with_clean`, batches also carry
+        ``clean_image``: the same view without the codec.
         """
         samples = self.ladder_frames(index.files) if self.ladder else index.files
         return ImageBatches(samples, training=training, spec=spec, codec=codec, geometry=self.geometry,
@@ -167,10 +172,7 @@ class ClassificationTask:
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss (mean over the batch) and logits."""
         logits = self.predict(model, batch)
-        if "soft_label" in batch:
-            loss = distillation_kl(logits, batch["soft_label"]).mean()
-        else:
-            loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
         return {"loss": loss, "outputs": logits}
 
     def sample_metrics(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -178,17 +180,8 @@ class ClassificationTask:
         logits = logits.float()
         label = batch["label"]
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        metrics = {
+        return {
             "top1": (top5[:, 0] == label).float(),
             "top5": (top5 == label[:, None]).any(dim=1).float(),
             "loss": F.cross_entropy(logits, label, reduction="none"),
         }
-        if "soft_label" in batch:
-            metrics["kl"] = distillation_kl(logits, batch["soft_label"])
-        return metrics
-
-
-def distillation_kl(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """Per-sample KL(teacher || student) in nats."""
-    log_student = F.log_softmax(logits.float(), dim=1)
-    return F.kl_div(log_student, teacher_probs.float(), reduction="none").sum(dim=1)

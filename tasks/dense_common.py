@@ -16,6 +16,7 @@ import torch
 from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime
 from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample, RasterFiles
 from codecloop.dali_pipes.validate import ScanPolicy, ScanResult, scan_images
+from codecloop.tasks.base import Task
 from codecloop.tasks.classification import IMAGE_SUFFIXES
 from codecloop.tasks.sample_index import SampleIndex
 
@@ -93,7 +94,7 @@ def scan_pairs(pairs: list[tuple[str, str]], policy: ScanPolicy, data_root: str 
     return [(image, target) for image, target in pairs if image not in bad and target not in bad], scan
 
 
-class DenseTask:
+class DenseTask(Task):
     """Base of the dense tasks: geometry from the config, the shared pipeline, channels-last models.
 
     A subclass reads its format in `sample_index` and defines ``load_targets(index, position)``:
@@ -124,10 +125,8 @@ class DenseTask:
         return (self.root / "images" / split).is_dir()
 
     def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
-                checkpoint: bytes | str | None = None, with_clean: bool = False) -> DenseBatches:
+                checkpoint: bytes | str | None = None) -> DenseBatches:
         """Epochs of `index` through the codec stage and the shared crop / flip / resize, on the device."""
-        if with_clean:
-            raise ValueError(f"the {self.name} task has no clean-view pairing")
         samples = [DenseSample(path, annotation.get("region"), index.sizes.get(path))
                    for path, annotation in zip(index.files, index.annotations or [{}] * len(index))]
         return DenseBatches(samples, layout=self.layout, load_targets=functools.partial(self.load_targets, index),

@@ -27,7 +27,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from codecloop.tasks.pretrained import read_state_dict, load_pretrained, load_state_dict_by_order
+from codecloop.tasks.weights import read_state_dict, load_pretrained, load_state_dict_by_order
 
 DETECTION_MODELS = (
     "fasterrcnn_resnet50_fpn_v2",

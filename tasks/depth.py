@@ -164,8 +164,11 @@ class DepthTask(DenseTask):
     higher_is_better = False
     layout = DenseLayout(rasters=("depth",))
     model_help = model_names("depth")
+    default_model = "unet_resnet18"
+    config_keys = ("data", "model", "pretrained", "input_size", "crop_size", "min_scale", "min_depth", "max_depth",
+                   "eigen_crop", "strict", "keep_damaged", "max_image_pixels", "format", "depth_scale", "raw", "splits")
 
-    def __init__(self, data: str | Path, model: str = "unet_resnet18", pretrained: str | None = None,
+    def __init__(self, data: str | Path, model: str = default_model, pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35,
                  min_depth: float = 1e-3, max_depth: float | None = None, eigen_crop: bool = False,
                  strict: bool = False, keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,

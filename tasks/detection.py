@@ -27,7 +27,7 @@ from codecloop.tasks.dense_common import DenseTask, to_device
 from codecloop.tasks.dense_metrics import coco_box_metrics
 from codecloop.tasks.dense_models import check_model_name, model_names, create_detection_model
 from codecloop.tasks.layout_errors import choose_format
-from codecloop.tasks.pretrained import load_pretrained
+from codecloop.tasks.weights import load_pretrained
 from codecloop.tasks.registry import register_task
 from codecloop.tasks.sample_index import SampleIndex
 
@@ -65,8 +65,11 @@ class DetectionTask(DenseTask):
     memory_format = None
     layout = DenseLayout(points=True, extras=("labels", "crowd"))
     model_help = model_names("detection")
+    default_model = "fasterrcnn_mobilenet_v3_large_fpn"
+    config_keys = ("data", "model", "pretrained", "input_size", "crop_size", "min_scale", "strict", "keep_damaged",
+                   "max_image_pixels", "format")
 
-    def __init__(self, data: str | Path, model: str = "fasterrcnn_mobilenet_v3_large_fpn",
+    def __init__(self, data: str | Path, model: str = default_model,
                  pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35, strict: bool = False,
                  keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,

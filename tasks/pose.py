@@ -108,8 +108,11 @@ class PoseTask(DenseTask):
     primary_metric = "oks_ap"
     higher_is_better = True
     model_help = model_names("pose")
+    default_model = "simplebaseline_resnet18"
+    config_keys = ("data", "model", "pretrained", "input_size", "crop_size", "min_scale", "strict", "keep_damaged",
+                   "max_image_pixels", "format")
 
-    def __init__(self, data: str | Path, model: str = "simplebaseline_resnet18", pretrained: str | None = None,
+    def __init__(self, data: str | Path, model: str = default_model, pretrained: str | None = None,
                  input_size: str | None = None, crop_size: int = 224, min_scale: float = 0.35, strict: bool = False,
                  keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  format: str | None = None) -> None:

@@ -77,8 +77,12 @@ class SegmentationTask(DenseTask):
     higher_is_better = True
     layout = DenseLayout(rasters=("mask",))
     model_help = model_names("segmentation")
+    default_model = "unet_resnet18"
+    config_keys = ("data", "model", "pretrained", "num_classes", "input_size", "crop_size", "min_scale",
+                   "label_smoothing", "strict", "keep_damaged", "max_image_pixels", "format", "mask_folder",
+                   "reduce_zero_label")
 
-    def __init__(self, data: str | Path, model: str = "unet_resnet18", pretrained: str | None = None,
+    def __init__(self, data: str | Path, model: str = default_model, pretrained: str | None = None,
                  num_classes: int | None = None, input_size: str | None = None, crop_size: int = 224,
                  min_scale: float = 0.35, label_smoothing: float = 0.0, strict: bool = False,
                  keep_damaged: bool = False, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,

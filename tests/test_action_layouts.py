@@ -15,8 +15,8 @@ import torch
 
 from codecloop.tasks.action import ActionTask, read_hmdb_split_file
 from codecloop.tasks.layout_errors import MissingFilesError
-from codecloop.tasks.synthetic import make_synthetic
-from codecloop.tasks.synthetic_action import HMDB_CLASSES, LAYOUTS, UCF_CLASSES
+from codecloop.synthetic.datasets import make_synthetic
+from codecloop.synthetic.action import HMDB_CLASSES, LAYOUTS, UCF_CLASSES
 
 FAST = ["--model", "mc3_18", "--frames", "4", "--frame_stride", "2", "--eval_clips", "2", "--crop_size", "32",
         "--resize_size", "40", "--batch_size", "3", "--wandb", "disabled", "--progress", "false", "--num_threads", "2"]

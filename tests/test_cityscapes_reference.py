@@ -12,7 +12,7 @@ from PIL import Image
 
 from codecloop.tasks.segmentation import SegmentationTask, read_mask
 from codecloop.tasks.segmentation_layouts import CITYSCAPES_CLASSES, CITYSCAPES_LABELS, cityscapes_label_id_table
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 
 labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 json2label = pytest.importorskip("cityscapesscripts.preparation.json2labelImg")

@@ -19,7 +19,7 @@ from codecloop.dali_pipes.codecs import JPEG
 from codecloop.dali_pipes import PipelineRuntime
 from codecloop.tasks.dense_metrics import coco_box_metrics
 from codecloop.tasks.detection import DetectionTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 
 CROWD_BOX = [2.0, 2.0, 30.0, 24.0]  # x, y, w, h on the first val image
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from codecloop.tasks.detection import DetectionTask
 from codecloop.tasks.pose import PoseTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from codecloop.tasks.detection import DetectionTask
 from codecloop.tasks.pose import PoseTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 from tests.datasets import claim_size, damage_jpeg_data, write_photo_jpeg
 from tests.test_dense_tasks import CLI
 

@@ -18,7 +18,7 @@ from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.detection import DetectionTask
 from codecloop.tasks.pose import PoseTask, flip_permutation
 from codecloop.tasks.segmentation import SegmentationTask, read_mask
-from codecloop.tasks.synthetic import COCO_KEYPOINTS, make_synthetic
+from codecloop.synthetic.datasets import COCO_KEYPOINTS, make_synthetic
 
 TASKS = {"detection": DetectionTask, "segmentation": SegmentationTask, "pose": PoseTask, "depth": DepthTask}
 CLI = {
@@ -364,10 +364,9 @@ def test_keypoint_rcnn_trains_and_decodes(synthetic):
 
 @pytest.mark.parametrize("config", sorted(Path(__file__).parents[1].joinpath("launch", "configs").glob("*.yaml")))
 def test_shipped_configs_validate(config):
-    from codecloop.trainers.config import Config, load_yaml
-    from codecloop.trainers.protocol import get_task_class
+    from codecloop.trainers.config import Config, check_task_keys, load_yaml
 
     values = load_yaml(config)
     Config(**values).validate()
     assert "codecloop experiment --config launch/configs/" in config.read_text()
-    get_task_class(values["task"])
+    check_task_keys(values["task"], values, f"{config}: ")

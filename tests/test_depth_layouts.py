@@ -13,7 +13,7 @@ from PIL import Image
 
 from codecloop.tasks.depth import DepthTask, sample_positions
 from codecloop.tasks.layout_errors import MissingFilesError
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 
 SIZE = "48x64"
 GROUNDTRUTH = Path("proj_depth") / "groundtruth"

@@ -24,7 +24,7 @@ from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.detection import DetectionTask
 from codecloop.tasks.pose import PoseTask
 from codecloop.tasks.segmentation import SegmentationTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 
 EXIF_ORIENTATION = 0x0112
 TASKS = {

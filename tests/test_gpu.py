@@ -59,7 +59,7 @@ def test_gpu_train_bf16(image_folder, tmp_path, run_cli):
 def test_gpu_dense_batches_match_the_cpu_path(tmp_path):
     """nvJPEG decode + the dense view on the GPU: masks and points equal the CPU pipeline's."""
     from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
-    from codecloop.tasks.synthetic import make_synthetic
+    from codecloop.synthetic.datasets import make_synthetic
     from codecloop.tasks.segmentation import SegmentationTask
 
     data = make_synthetic("segmentation", tmp_path / "data", train=2, val=4)
@@ -92,7 +92,7 @@ def test_gpu_training_step_never_waits_for_the_gpu(name, image_folder, tmp_path)
     and Keypoint R-CNN are left out: torchvision's detectors sync inside the model."""
     from codecloop.dali_pipes import PipelineRuntime
     from codecloop.tasks import get_task_class
-    from codecloop.tasks.synthetic import make_synthetic
+    from codecloop.synthetic.datasets import make_synthetic
 
     if name == "classification":
         task = get_task_class(name)(image_folder, model="resnet18", crop_size=64, resize_size=72)

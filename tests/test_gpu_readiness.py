@@ -264,7 +264,7 @@ def _png_with_broken_pixel_data(source: Path, target: Path) -> None:
 def test_a_file_the_pipeline_cannot_decode_stops_a_run_once_not_at_every_resume(tmp_path, run_cli):
     """A PNG that passes the scan but that DALI cannot decode: the run stops naming it and records it as
     a bad file; --resume then skips and counts it and finishes."""
-    from codecloop.tasks.synthetic import make_synthetic
+    from codecloop.synthetic.datasets import make_synthetic
 
     data = make_synthetic("segmentation", tmp_path / "data", train=6, val=2)
     broken = data / "images" / "train" / "000003.png"

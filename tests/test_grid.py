@@ -69,6 +69,15 @@ def test_load_grid_layers_config_base_cells_and_flags(tmp_path):
     assert config.out == str(tmp_path / "out" / "model=unet_resnet18,codec=h264") and config.resume
 
 
+def test_a_cell_setting_another_task_s_key_is_refused_naming_both(tmp_path):
+    path = _write_grid(tmp_path / "g.yaml", base={"task": "segmentation"},
+                       cells=[{"model": "unet_resnet18"}, {"model": "unet_resnet18", "normalize": "imagenet"}])
+    grid = load_grid(path)
+    assert cell_config(grid.cells[0], tmp_path).task == "segmentation"
+    with pytest.raises(ValueError, match="config key 'normalize' is not taken by task 'segmentation'"):
+        cell_config(grid.cells[1], tmp_path)
+
+
 @pytest.mark.parametrize("parts, flags, message", [
     ({"grid": {"lr": [0.1]}, "modle": "x"}, None, "unknown key 'modle'"),
     ({"base": {"epoch": 1}, "grid": {"lr": [0.1]}}, None, "base: unknown config key 'epoch'"),

@@ -19,7 +19,7 @@ from codecloop.dali_pipes.reference import psnr
 from tests.conftest import TINY
 from tests.datasets import write_sequence_folder
 
-GEOMETRY = ImageGeometry(crop_size=48, resize_size=56, min_area=0.25)
+GEOMETRY = ImageGeometry(crop_size=48, resize_size=56, min_scale=0.25)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from PIL import Image
 from codecloop.dali_pipes.codecs import H264
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, snap
 from codecloop.dali_pipes.ladder import MANIFEST_COLUMNS, SWSCALE_THREADS, find_clips, load_ladder, transcode
-from codecloop.tasks.packaged_data import packaged_clip
+from codecloop.demo.packaged_data import packaged_clip
 from tests.videos import moving_frames, write_empty_video, write_video
 
 CRFS = (0, 18, 28, 40, 51)

@@ -124,7 +124,7 @@ def test_resume_with_another_world_size_is_refused(trained, uneven_folder, tmp_p
 
 @pytest.fixture(scope="module")
 def segmentation_data(tmp_path_factory) -> Path:
-    from codecloop.tasks.synthetic import make_synthetic
+    from codecloop.synthetic.datasets import make_synthetic
 
     return make_synthetic("segmentation", tmp_path_factory.mktemp("seg") / "data", train=2, val=2, height=48,
                           width=64)
@@ -166,7 +166,7 @@ def test_weights_of_another_model_name_the_file_and_keys(trained, uneven_folder,
 @pytest.mark.multiprocess
 def test_two_process_dense_sweep_counts_every_image_once(tmp_path, run_cli):
     """A confusion matrix gathered from 2 ranks over 5 images equals the one-process sweep."""
-    from codecloop.tasks.synthetic import make_synthetic
+    from codecloop.synthetic.datasets import make_synthetic
 
     data = make_synthetic("segmentation", tmp_path / "data", train=4, val=5, height=48, width=64)
     options = ["--task", "segmentation", "--model", "unet_test_efficientnet", "--data", data, "--input_size",

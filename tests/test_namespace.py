@@ -51,6 +51,8 @@ def test_wheel_holds_only_the_codecloop_package(tmp_path):
     assert {name.split("/")[0] for name in names} == {"codecloop", "codecloop-0.1.0.dist-info"}
     for module in ("codecloop/__main__.py", "codecloop/launch/cli.py", "codecloop/tasks/segmentation.py",
                    "codecloop/dali_pipes/pipelines.py", "codecloop/trainers/loop.py",
+                   "codecloop/demo/teacher.py", "codecloop/demo/packaged_data.py", "codecloop/synthetic/datasets.py",
+                   "codecloop/synthetic/action.py",
                    "codecloop/launch/configs/classification.yaml", "codecloop/launch/torchrun.sh"):
         assert module in names, module
     entry_points = wheel.read("codecloop-0.1.0.dist-info/entry_points.txt").decode()

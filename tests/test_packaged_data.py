@@ -11,18 +11,17 @@ import timm
 import torch
 from PIL import Image
 
-from codecloop.tasks.packaged_data import packaged_sources, read_photo, write_demo_dataset
-from codecloop.tasks.pretrained import (
+from codecloop.demo.packaged_data import packaged_sources, read_photo, write_demo_dataset
+from codecloop.demo.teacher import (
     DEMO_TEACHER_ARCH,
     DEMO_TEACHER_CROP,
     DEMO_TEACHER_MEAN,
     DEMO_TEACHER_RESIZE,
     DEMO_TEACHER_STD,
     demo_teacher,
-    load_pretrained,
-    load_state_dict_by_order,
     packaged_efficientnet_lite0_path,
 )
+from codecloop.tasks.weights import load_pretrained, load_state_dict_by_order
 
 CATS = {281, 282, 285}
 

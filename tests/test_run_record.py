@@ -81,7 +81,7 @@ def test_a_new_run_refused_over_an_old_one_leaves_its_record(trained, image_fold
 @pytest.mark.parametrize(("flag", "value", "range_text"), [
     ("log_every", "0", ">= 1"), ("lr", "-1.0", "> 0"), ("num_threads", "0", ">= 1"),
     ("checkpoint_every", "-3", ">= 0"), ("keep_checkpoints", "-1", ">= 1"), ("momentum", "1.5", "0..1"),
-    ("batch_size", "0", ">= 1"), ("min_area", "0.0", "> 0, <= 1"), ("max_image_pixels", "0", ">= 1"),
+    ("batch_size", "0", ">= 1"), ("min_scale", "0.0", "> 0, <= 1"), ("max_image_pixels", "0", ">= 1"),
 ])
 def test_numeric_keys_have_ranges(flag, value, range_text, image_folder, tmp_path, run_cli):
     out = tmp_path / "run"

@@ -11,7 +11,7 @@ from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes import PipelineRuntime
 from codecloop.dali_pipes.sample_plan import CROP, CROP_TRIES, SamplePlan, crop_boxes, uniforms
 from codecloop.tasks.segmentation import SegmentationTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 
 
 def _epoch(plan: SamplePlan, epoch: int) -> dict[int, np.ndarray]:

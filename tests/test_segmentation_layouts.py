@@ -16,7 +16,7 @@ from codecloop.dali_pipes.codecs import JPEG
 from codecloop.dali_pipes import PipelineRuntime
 from codecloop.tasks.layout_errors import MissingFilesError
 from codecloop.tasks.segmentation import SegmentationTask, read_mask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic.datasets import make_synthetic
 
 HEIGHT, WIDTH = 48, 64
 FORMATS = ("cityscapes", "voc", "ade20k")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codecloop.tasks import synthetic
-from codecloop.tasks.synthetic import COCO_KEYPOINTS, COCO_SKELETON, SYNTHETIC_TASKS, make_synthetic
+from codecloop.synthetic import datasets as synthetic
+from codecloop.synthetic.datasets import COCO_KEYPOINTS, COCO_SKELETON, SYNTHETIC_TASKS, make_synthetic
 
 HEIGHT, WIDTH = 64, 80
 COUNTS = {"train": 6, "val": 2}

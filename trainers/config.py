@@ -3,11 +3,16 @@
 Hyper-parameters (what is trained) and runtime settings (how and where it runs) live in
 separate groups; a key belongs to exactly one. Unknown keys and bad values stop the run
 before any work, with a message naming the key.
+
+Each task declares its own config section (`Task.config_keys`); a key in some task's section is
+a task key, the rest (optimization, codec, protocol, runtime) are generic. A task key set for a
+run whose task does not take it stops the run, naming the key and the task (`check_task_keys`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +92,9 @@ class Config:
     crop_size: int = _key(224, "network input size", "hyper", at_least=1)
     input_size: str | None = _key(None, "detection / segmentation / pose / depth: network input as S or HxW "
                                   "(default: crop_size square)", "hyper")
-    min_scale: float = _key(0.35, "dense tasks: train crop's smallest area, as a fraction of the image (pose: of "
-                            "the person box)", "hyper", above=0, at_most=1)
+    min_scale: float | None = _key(None, "train: random-resized crop's smallest area, as a fraction of the image "
+                                   "(pose: of the person box); default: the task's own (classification 0.08; "
+                                   "detection, segmentation, pose, depth 0.35)", "hyper", above=0, at_most=1)
     min_depth: float = _key(1e-3, "depth: smallest valid depth in metres", "hyper", above=0)
     max_depth: float | None = _key(None, "depth: largest valid depth in metres, prediction clamped to it (default from "
                                    "the layout: folder and kitti 80, nyu 10)", "hyper", above=0)
@@ -103,7 +109,6 @@ class Config:
     reduce_zero_label: bool | None = _key(None, "segmentation: label 0 is ignore and the other ids shift down by "
                                           "one (default: true for ade20k, false otherwise)", "hyper")
     resize_size: int = _key(256, "eval: shorter side before the center crop", "hyper", at_least=1)
-    min_area: float = _key(0.08, "train: smallest random-resized-crop area fraction", "hyper", above=0, at_most=1)
     normalize: str = _key("imagenet", "input normalization: imagenet mean/std or inception (0.5/0.5)", "hyper",
                           ("imagenet", "inception"))
     # --- optimization (hyper-parameters) ---
@@ -294,8 +299,49 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_yaml(config: Config, path: str | Path) -> None:
-    """Write the resolved config (every key) atomically."""
+    """Write the resolved config atomically: every generic key and the task's own section, so that the
+    file given back as ``--config`` (say, with ``--resume``) sets no key of another task."""
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    values = config.to_dict()
+    temporary.write_text(yaml.safe_dump({key: values[key] for key in run_keys(config.task)}, sort_keys=False))
     temporary.replace(path)
+
+
+def task_sections() -> dict[str, tuple[str, ...]]:
+    """Each registered task's config section (`Task.config_keys`), by task name."""
+    from codecloop.tasks import get_task_class, task_names
+
+    return {name: get_task_class(name).config_keys for name in task_names()}
+
+
+def task_section(task: str) -> tuple[str, ...]:
+    """The config keys `task` takes; an unknown task is an error naming it and the known ones."""
+    from codecloop.tasks import get_task_class
+
+    return get_task_class(task).config_keys
+
+
+def run_keys(task: str) -> list[str]:
+    """The keys a run of `task` has, in config order: the generic ones and the task's own section."""
+    sections = task_sections()
+    foreign = set().union(*sections.values()) - set(task_section(task))
+    return [key for key in config_keys() if key not in foreign]
+
+
+def check_task_keys(task: str, keys: Iterable[str], source: str = "") -> None:
+    """Stop on a key among `keys` (those set for a run) that belongs to another task's section and not to
+    `task`'s, naming the key, the task and what it takes; `source` says where the key was set."""
+    sections = task_sections()
+    own = task_section(task)
+    for key in keys:
+        if key not in own and any(key in section for section in sections.values()):
+            takers = ", ".join(name for name, section in sections.items() if key in section)
+            raise ValueError(f"{source}config key {key!r} is not taken by task {task!r} (it takes: "
+                             f"{', '.join(own)}; {key!r} is taken by: {takers})")
+
+
+def given_keys(config: Config) -> list[str]:
+    """The keys of `config` whose value differs from the default (set by someone)."""
+    values, defaults = config.to_dict(), Config().to_dict()
+    return [key for key in values if values[key] != defaults[key]]

@@ -22,14 +22,14 @@ import torch
 
 from codecloop.dali_pipes.codecs import codec_title, get_codec
 from codecloop.dali_pipes.ladder import transcode
+from codecloop.demo.packaged_data import write_demo_dataset
+from codecloop.demo.teacher import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
 from codecloop.tasks.classification import ClassificationTask
-from codecloop.tasks.packaged_data import write_demo_dataset
-from codecloop.tasks.pretrained import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
-from codecloop.tasks.sample_index import SampleIndex
+from codecloop.tasks.distillation import DistillationTask, TeacherOutputs
 from codecloop.trainers.commands import opened_run
 from codecloop.trainers.config import Config, level_spec, sweep_levels
 from codecloop.trainers.loop import build_batches, channels_last
-from codecloop.trainers.protocol import run_experiment, task_options
+from codecloop.trainers.protocol import make_task, run_experiment
 from codecloop.trainers.report import markdown_table
 
 HOLDOUT_CLIP = "bigbuckbunny"
@@ -40,7 +40,7 @@ DEMO_CONFIG = dict(
     normalize="inception",
     crop_size=224,
     resize_size=256,
-    min_area=0.25,
+    min_scale=0.25,
     epochs=0,
     batch_size=16,
     eval_batch_size=25,
@@ -64,37 +64,8 @@ DEMO_CODECS = {"jpeg": dict(retrain_level="5-95"), "h264": dict(retrain_level="1
 DEMO_KEYINT = 5
 
 
-class DistilledTask(ClassificationTask):
-    """Classification against a teacher: ``label`` is its clean top-1, ``soft_label`` its probabilities.
-
-    Evaluation uses the cached outputs on the clean eval view. Training asks the pipeline for
-    the clean copy of every (randomly cropped, flipped, compressed) view and runs the teacher
-    on it, so targets always match the view the student sees.
-    """
-
-    needs_clean_view = True
-
-    def __init__(self, teacher_outputs: dict[str, tuple[list[str], torch.Tensor]], **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.teacher_outputs = teacher_outputs
-        self.teacher = self.create_model().eval().requires_grad_(False).to(memory_format=torch.channels_last)
-
-    def sample_index(self, split: str) -> SampleIndex:
-        files, probs = self.teacher_outputs[split]
-        return SampleIndex(split, files, {"label": probs.argmax(dim=1), "soft_label": probs})
-
-    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if "clean_image" in batch:
-            clean = batch["clean_image"]
-            self.teacher.to(clean.device)
-            with torch.no_grad(), torch.autocast(clean.device.type, torch.bfloat16, enabled=clean.is_cuda):
-                probs = self.teacher(clean).float().softmax(dim=1)
-            batch = {**batch, "soft_label": probs, "label": probs.argmax(dim=1)}
-        return super().forward(model, batch)
-
-
 @torch.no_grad()
-def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache: Path) -> dict:
+def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache: Path) -> TeacherOutputs:
     """Teacher probabilities on the clean eval view of every train and val image, cached in `cache`."""
     indexes = {split: task.sample_index(split) for split in ("train", "val")}
     files = [config.codec] + [f for index in indexes.values() for f in index.files]
@@ -145,9 +116,9 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     with opened_run("demo", config) as (accelerator, run_dir):
         for stage in ("baseline", "retrain"):
             shutil.rmtree(run_dir / stage, ignore_errors=True)
-        plain = ClassificationTask(**task_options(config, ClassificationTask))
-        targets = teacher_outputs(config, plain, accelerator, out / "data" / "teacher_outputs.pt")
-        task = DistilledTask(targets, **task_options(config, ClassificationTask))
+        student = make_task(config)
+        targets = teacher_outputs(config, student, accelerator, out / "data" / "teacher_outputs.pt")
+        task = DistillationTask(student, student.create_model(), targets)
         recovery = run_experiment(config, task, run_dir, accelerator)
     minutes = (time.perf_counter() - started) / 60
     if accelerator.is_main_process:

@@ -53,7 +53,8 @@ from typing import Any
 import torch
 
 from codecloop.trainers.commands import run_command
-from codecloop.trainers.config import Config, coerce, config_keys, load_yaml, read_yaml_mapping, save_yaml
+from codecloop.trainers.config import (Config, check_task_keys, coerce, config_keys, load_yaml, read_yaml_mapping,
+                                       save_yaml)
 from codecloop.trainers.grid_report import FAMILY, CellFailure, FinishedCell, write_grid_report
 from codecloop.trainers.protocol import make_task
 
@@ -159,7 +160,9 @@ def cell_config(cell: Cell, out: Path) -> Config:
         if key not in config_keys():
             raise ValueError(f"unknown config key {key!r}")
     values = {key: coerce(key, value) for key, value in cell.values.items()}
-    return Config(**values, out=str(out / cell.name), resume=True).validate()
+    config = Config(**values, out=str(out / cell.name), resume=True).validate()
+    check_task_keys(config.task, values)
+    return config
 
 
 def check_runnable(config: Config) -> None:

@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from codecloop.dali_pipes import LevelScale, LevelSpec, PipelineRuntime, default_num_threads
-from codecloop.tasks.sample_index import SampleIndex
+from codecloop.tasks import SampleIndex, Task
 from codecloop.trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint,
                                  save_final_weights)
 from codecloop.trainers.config import Config, config_codec
@@ -38,22 +38,20 @@ def make_accelerator(config: Config) -> Accelerator:
 
 def build_batches(
     config: Config,
-    task,
+    task: Task,
     index: SampleIndex,
     accelerator: Accelerator,
     training: bool,
     spec: LevelSpec,
     checkpoint: bytes | str | None = None,
-    with_clean: bool = False,
 ):
     """This rank's shard of `index`, through the task's pipeline, on this rank's device."""
     runtime = pipeline_runtime(config, task, accelerator, training)
     return task.batches(index, training=training, spec=spec, codec=config_codec(config), runtime=runtime,
-                        checkpoint=checkpoint,
-                        with_clean=with_clean)
+                        checkpoint=checkpoint)
 
 
-def pipeline_runtime(config: Config, task, accelerator: Accelerator, training: bool) -> PipelineRuntime:
+def pipeline_runtime(config: Config, task: Task, accelerator: Accelerator, training: bool) -> PipelineRuntime:
     """This rank's shard, device, threads, seed, batch size and image layout for a pipeline.
 
     The GPU is the one `accelerator.device` names: with one visible GPU per process (a
@@ -116,9 +114,9 @@ def channels_last(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if value.ndim == 4 and value.is_floating_point() else value for key, value in batch.items()}
 
 
-def uses_channels_last(config: Config, task) -> bool:
+def uses_channels_last(config: Config, task: Task) -> bool:
     """Whether this run keeps model and images channels-last: asked for, and an image (4-D) task."""
-    return config.channels_last and getattr(task, "memory_format", None) == torch.channels_last
+    return config.channels_last and task.memory_format == torch.channels_last
 
 
 def batch_size_of(batch: dict[str, torch.Tensor]) -> int:
@@ -144,12 +142,12 @@ class Evaluation:
     NaN (say, an image without valid depth) is left out of that metric's mean.
     """
 
-    def __init__(self, task) -> None:
+    def __init__(self, task: Task) -> None:
         self.task = task
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}
         self.samples = 0
-        self.accumulator = task.metric_accumulator() if hasattr(task, "metric_accumulator") else None
+        self.accumulator = task.metric_accumulator()
 
     def add(self, outputs, batch: dict[str, torch.Tensor]) -> None:
         """Count one batch's predictions."""
@@ -178,7 +176,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, task, batches, accelerator: Accelerator,
+def evaluate(model: torch.nn.Module, task: Task, batches, accelerator: Accelerator,
              use_channels_last: bool = False) -> dict[str, float]:
     """The task's metrics over `batches` (see `Evaluation`), every sample counted once; adds ``n``."""
     model.eval()
@@ -197,7 +195,7 @@ class Trainer:
     """Trains `task`'s model on its ``train`` split into `run_dir`, resumable from checkpoints."""
 
     def __init__(
-        self, config: Config, task, run_dir: Path, accelerator: Accelerator,
+        self, config: Config, task: Task, run_dir: Path, accelerator: Accelerator,
         spec: LevelSpec, eval_spec: LevelSpec, model: torch.nn.Module | None = None,
     ) -> None:
         self.config, self.task, self.accelerator = config, task, accelerator
@@ -208,11 +206,14 @@ class Trainer:
         self.train_index = task.sample_index("train")
         self.val_index = task.sample_index("val") if task.has_split("val") else None
         self.channels_last = uses_channels_last(config, task)
-        for index in (self.train_index, self.val_index):
-            fixed = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in getattr(index, "counts", {}).items()
-                              if count)
+        for index in self.indexes():
+            fixed = ", ".join(f"{count} {name.replace('_', ' ')}" for name, count in index.counts.items() if count)
             if fixed:
                 accelerator.print(f"{index.split} split: {fixed}")
+
+    def indexes(self) -> list[SampleIndex]:
+        """The sample indexes of the run: train, and val when the dataset has it."""
+        return [self.train_index] + ([self.val_index] if self.val_index is not None else [])
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch: shards are padded to equal size, the last batch is partial."""
@@ -237,8 +238,7 @@ class Trainer:
         if resume_from:
             state, dali_state = load_checkpoint(accelerator, resume_from[0])
             accelerator.print(f"resuming from {resume_from[0]} (step {state.step}, epoch {state.epoch})")
-        train_batches = build_batches(config, self.task, self.train_index, accelerator, True, self.spec, dali_state,
-                                      with_clean=getattr(self.task, "needs_clean_view", False))
+        train_batches = build_batches(config, self.task, self.train_index, accelerator, True, self.spec, dali_state)
         logger = MetricsLogger(self.run_dir, config.to_dict(), accelerator.is_main_process,
                                config.wandb, config.wandb_project, state.wandb_run_id)
         state.wandb_run_id = logger.wandb_run_id
@@ -337,8 +337,8 @@ class Trainer:
         metrics: dict = {"epoch": state.epoch}
         skipped = self.train_index.skipped + (self.val_index.skipped if self.val_index else [])
         metrics["data/skipped_files"] = len(skipped)
-        for index in (self.train_index, self.val_index):
-            for name, count in getattr(index, "counts", {}).items():
+        for index in self.indexes():
+            for name, count in index.counts.items():
                 metrics[f"data/{index.split}_{name}"] = count
         if skipped:
             metrics["data/skipped_paths"] = [f"{path}: {reason}" for path, reason in skipped]

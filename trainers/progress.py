@@ -17,18 +17,18 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from codecloop.trainers.config import Config, config_keys
+from codecloop.trainers.config import Config, config_keys, run_keys
 from codecloop.trainers.report import CLEAN, write_text
 
 PROGRESS_FILE = "progress.json"
 
 
 def result_settings(config: Config) -> dict[str, Any]:
-    """The keys a sweep's numbers depend on: every hyper-parameter but ``levels`` (a resumed sweep may
-    add levels), and the checkpoint evaluated."""
-    values = config.to_dict()
-    return {name: values[name] for name, item in config_keys().items()
-            if (item.metadata["group"] == "hyper" and name != "levels") or name == "checkpoint"}
+    """The keys a sweep's numbers depend on: every hyper-parameter of the run's task (generic or its own)
+    but ``levels`` (a resumed sweep may add levels), and the checkpoint evaluated."""
+    values, keys = config.to_dict(), config_keys()
+    return {name: values[name] for name in run_keys(config.task)
+            if (keys[name].metadata["group"] == "hyper" and name != "levels") or name == "checkpoint"}
 
 
 def level_key(level: int | None) -> str:

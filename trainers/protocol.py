@@ -22,7 +22,6 @@ stages' final weights as artifacts.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,10 @@ from tqdm.auto import tqdm
 
 from codecloop.dali_pipes.codecs import codec_axis, codec_names, codec_title, get_codec
 from codecloop.dali_pipes.levels import CLEAN_LEVEL
-from codecloop.tasks import get_task_class
+from codecloop.tasks import Task, get_task_class
 from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
-from codecloop.trainers.config import (Config, config_codec, eval_spec, level_spec, load_yaml, retrain_changes,
-                                      sweep_levels, training_spec)
+from codecloop.trainers.config import (Config, check_task_keys, config_codec, eval_spec, given_keys, level_spec,
+                                      load_yaml, retrain_changes, sweep_levels, training_spec)
 from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
@@ -48,19 +47,20 @@ RETRAIN_STAGE = "retrain"
 REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "sweep.png", "experiment.png", "config.yaml")
 
 
-def task_options(config: Config, task_class: type) -> dict[str, Any]:
-    """The config keys `task_class`'s constructor takes, with their values; unset (None) keys and the
-    rest are dropped, so the task's own defaults apply."""
-    accepted = inspect.signature(task_class.__init__).parameters
+def task_options(config: Config, task_class: type[Task]) -> dict[str, Any]:
+    """The values of `task_class`'s config section; unset (None) keys are dropped, so the task's own
+    defaults apply."""
     values = config.to_dict()
-    return {key: values[key] for key in accepted if values.get(key) is not None}
+    return {key: values[key] for key in task_class.config_keys if values[key] is not None}
 
 
-def make_task(config: Config):
-    """The task named by ``config.task``, built from the config keys it takes."""
+def make_task(config: Config) -> Task:
+    """The task named by ``config.task``, built from its own config section. A key of another task's
+    section set to other than its default is an error naming the key and the task."""
     if not config.data:
         raise ValueError("config key 'data': a dataset root is required (--data DIR)")
     task_class = get_task_class(config.task)
+    check_task_keys(config.task, given_keys(config))
     codec, ladder = config_codec(config), bool(config.ladder)
     if not codec.serves(task_class.media, ladder):
         where = "clips from a ladder" if task_class.media == "clips" or ladder else "single images"
@@ -70,7 +70,7 @@ def make_task(config: Config):
     return task_class(**task_options(config, task_class))
 
 
-def load_model(config: Config, task) -> torch.nn.Module:
+def load_model(config: Config, task: Task) -> torch.nn.Module:
     """The task's model, with ``config.checkpoint`` loaded when given (errors name the file)."""
     model = task.create_model()
     if config.checkpoint:
@@ -78,13 +78,13 @@ def load_model(config: Config, task) -> torch.nn.Module:
     return model
 
 
-def train(config: Config, task, run_dir: Path, accelerator: Accelerator, model=None) -> torch.nn.Module:
+def train(config: Config, task: Task, run_dir: Path, accelerator: Accelerator, model=None) -> torch.nn.Module:
     """Train with the config's codec spec into `run_dir`; returns the trained model."""
     trainer = Trainer(config, task, run_dir, accelerator, training_spec(config), eval_spec(config), model=model)
     return trainer.run()
 
 
-def train_stage(config: Config, task, stage_dir: Path, accelerator: Accelerator, progress: RunProgress,
+def train_stage(config: Config, task: Task, stage_dir: Path, accelerator: Accelerator, progress: RunProgress,
                 model: torch.nn.Module | None = None) -> torch.nn.Module:
     """Train one experiment stage into `stage_dir`; a stage that `progress` records as finished is not
     trained again (a resumed experiment): its final weights are loaded instead."""
@@ -99,7 +99,7 @@ def train_stage(config: Config, task, stage_dir: Path, accelerator: Accelerator,
 
 
 def sweep(
-    config: Config, task, model: torch.nn.Module, accelerator: Accelerator, label: str = BASELINE,
+    config: Config, task: Task, model: torch.nn.Module, accelerator: Accelerator, label: str = BASELINE,
     progress: RunProgress | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate `model` on the val split clean and at every level of the codec's sweep.
@@ -121,7 +121,7 @@ def sweep(
         compressed = [level for level in missing if level is not None]
         one_pass = None
         codec = config_codec(config)
-        if compressed and config.one_pass_sweep and codec.graph_stage is not None and hasattr(task, "sweep_batches"):
+        if compressed and config.one_pass_sweep and codec.graph_stage is not None:
             one_pass = task.sweep_batches(index, compressed, codec, pipeline_runtime(config, task, accelerator, False))
         if one_pass is not None:
             passed = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
@@ -141,7 +141,7 @@ def sweep(
 
 
 @torch.no_grad()
-def sweep_one_pass(model: torch.nn.Module, task, batches, accelerator: Accelerator, memory_last: bool,
+def sweep_one_pass(model: torch.nn.Module, task: Task, batches, accelerator: Accelerator, memory_last: bool,
                    progress: bool, label: str) -> dict[int | None, dict[str, float]]:
     """Metrics per level of an in-graph codec from batches holding every level's view (`SweepBatches`)."""
     model.eval()
@@ -168,7 +168,7 @@ def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
     write_text(run_dir / "report.md", f"# {codec_title(codec)} sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
 
 
-def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator,
+def run_sweep(config: Config, task: Task, run_dir: Path, accelerator: Accelerator,
               model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
     """`codecloop sweep`: one model (`model`, else the config's) over the levels; files written by the main
     process."""
@@ -184,7 +184,7 @@ def run_sweep(config: Config, task, run_dir: Path, accelerator: Accelerator,
     return rows
 
 
-def run_experiment(config: Config, task, run_dir: Path, accelerator: Accelerator,
+def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accelerator,
                    model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
     """`codecloop experiment`: baseline -> sweep -> retrain on compressed -> sweep -> recovery; the
     baseline is `model` (else the config's checkpoint) when given.

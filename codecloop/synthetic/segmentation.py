@@ -2,7 +2,7 @@
 
 Why: the segmentation readers must be checked on the exact files those datasets ship (names, folder
 depth, PNG modes, label values), without a download. Each image is the textured shape scene of
-`tasks.synthetic` (1-3 shapes, a 1-px ignore band inside each outline); its labels are rewritten in
+`codecloop.synthetic.datasets` (1-3 shapes, a 1-px ignore band inside each outline); its labels are rewritten in
 the dataset's own ids and the background split into dataset classes by height (tinted to match), so
 the label files hold what the real ones hold. Output is deterministic in (seed, split, index).
 
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from codecloop.tasks.segmentation_layouts import ADE20K_CLASSES, CITYSCAPES_LABELS, IGNORE_INDEX
-from codecloop.tasks.synthetic import _rng, _save_png, _segmentation_scene
+from codecloop.synthetic.datasets import _rng, _save_png, _segmentation_scene
 
 CITYSCAPES_CITIES = {"train": ("aachen", "bremen"), "val": ("frankfurt", "lindau")}
 CITYSCAPES_FRAME = 19  # the annotated frame of each Cityscapes snippet

@@ -361,7 +361,8 @@ _WRITERS: dict[str, SplitWriter] = {
 def layout_writers() -> dict[tuple[str, str], SplitWriter]:
     """Every ``(task, format)`` make-synthetic writes: the folder / COCO layouts here, the native layouts
     of other datasets from their own modules."""
-    from codecloop.tasks import synthetic_action, synthetic_depth, synthetic_segmentation
+    from codecloop.synthetic import action as synthetic_action, depth as synthetic_depth
+    from codecloop.synthetic import segmentation as synthetic_segmentation
 
     writers = {(task, "coco" if task in ("detection", "pose") else "folder"): writer
                for task, writer in _WRITERS.items()}

@@ -1,6 +1,6 @@
 """Synthetic depth datasets in the native layouts of KITTI (2017 depth prediction benchmark) and NYU Depth v2.
 
-Each frame is `tasks.synthetic._depth_scene` (a ground plane, boxes and sky, textured so JPEG hurts it),
+Each frame is `codecloop.synthetic.datasets._depth_scene` (a ground plane, boxes and sky, textured so JPEG hurts it),
 drawn from its own random stream (seed, split, drive, frame, camera): deterministic in the seed.
 
 kitti (``make-synthetic --task depth --format kitti``), as the archives unpack, plus the raw data inside:
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from codecloop.tasks.synthetic import DEPTH_SCALE, MAX_DEPTH_M, _SPLIT_STREAM, _depth_scene, _save_png
+from codecloop.synthetic.datasets import DEPTH_SCALE, MAX_DEPTH_M, _SPLIT_STREAM, _depth_scene, _save_png
 
 KITTI_DRIVES = {"train": ("2011_09_26_drive_0001_sync", "2011_09_29_drive_0004_sync"),
                 "val": ("2011_09_26_drive_0002_sync",)}
