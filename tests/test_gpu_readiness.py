@@ -99,7 +99,7 @@ def test_jpeg_commands_need_neither_pyav_nor_pycocotools_nor_simplejpeg(image_fo
                   "--iterations", "1", "--warmup", "1", "--repeats", "1", "--threads", "1", "--contenders",
                   "codecloop", "--out", str(tmp_path / "bench")], env)
     assert bench.returncode == 0, bench.stderr[-3000:]
-    loaded = _run([sys.executable, "-c", "import sys, codecloop.tasks, codecloop.trainers.protocol, codecloop.trainers.bench, codecloop.launch.cli; "
+    loaded = _run([sys.executable, "-c", "import sys, codecloop.tasks, codecloop.trainers.protocol, codecloop.bench.throughput, codecloop.launch.cli; "
                    "print(sorted(name for name in ('av', 'pycocotools', 'simplejpeg') if name in sys.modules))"], env)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
 

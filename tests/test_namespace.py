@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("codecloop", "dali_pipes", "tasks", "trainers", "launch")
+FOLDERS = ("codecloop", "dali_pipes", "tasks", "trainers", "launch", "bench")
 
 
 def _user_folder(tmp_path: Path) -> Path:
@@ -50,7 +50,7 @@ def test_wheel_holds_only_the_codecloop_package(tmp_path):
     names = wheel.namelist()
     assert {name.split("/")[0] for name in names} == {"codecloop", "codecloop-0.1.0.dist-info"}
     for module in ("codecloop/__main__.py", "codecloop/launch/cli.py", "codecloop/tasks/segmentation.py",
-                   "codecloop/dali_pipes/pipelines.py", "codecloop/trainers/loop.py",
+                   "codecloop/dali_pipes/pipelines.py", "codecloop/trainers/loop.py", "codecloop/bench/throughput.py",
                    "codecloop/demo/teacher.py", "codecloop/demo/packaged_data.py", "codecloop/synthetic/datasets.py",
                    "codecloop/synthetic/action.py",
                    "codecloop/launch/configs/classification.yaml", "codecloop/launch/torchrun.sh"):

@@ -16,7 +16,7 @@
 
 Every contender does the same work per image: decode, JPEG at a per-sample quality, random-resized
 crop, flip, normalize. With ``--codec h264`` the data, model and train modes time clips instead
-(`trainers.bench_video`: a CRF rung drawn per clip, a torchvision video model). Each contender is
+(`bench.video`: a CRF rung drawn per clip, a torchvision video model). Each contender is
 warmed up, then timed `repeats` times over `iterations` batches with device synchronisation; the
 median and spread are reported. An epoch holds at least 20 batches (the images repeated if need be),
 and a device out-of-memory (torch's or DALI's) halves the batch and starts again. Rows are appended to
@@ -324,7 +324,7 @@ def _measure_mode(settings: BenchSettings, codec: str, data: Path | None, images
     epoch = max(images, MIN_EPOCH_BATCHES * settings.batch_size)
     with tempfile.TemporaryDirectory() as scratch:
         if codec == "h264":
-            from codecloop.trainers.bench_video import clip_list, load_bench_ladder, measure_video
+            from codecloop.bench.video import clip_list, load_bench_ladder, measure_video
 
             ladder = load_bench_ladder(data, Path(scratch))
             samples = clip_list(ladder, epoch)

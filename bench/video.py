@@ -29,7 +29,7 @@ from codecloop.dali_pipes.codecs import H264
 from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
 from codecloop.dali_pipes.ladder import Ladder, load_ladder, transcode
 from codecloop.dali_pipes.video import KINETICS_MEAN, KINETICS_STD, ClipSampling, VideoBatches, VideoGeometry, decode_frames
-from codecloop.trainers.bench import BenchSettings, forever, skip, train_step
+from codecloop.bench.throughput import BenchSettings, forever, skip, train_step
 
 VIDEO_CONTENDERS = ("codecloop", "dali-bare", "torch-dataloader")
 PACKAGED_CLIPS = ("bikes", "carphone")
