@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from codecloop.dali_pipes import PipelineRuntime
 from codecloop.dali_pipes.codecs import JPEG
 from codecloop.tasks.segmentation import SegmentationTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic import make_synthetic
 
 
 def feeder_rate(batches, rounds: int) -> float:

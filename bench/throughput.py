@@ -309,7 +309,8 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
     rows = []
     for name, rates in measured.items():
         median = statistics.median(rates)
-        rows.append({**base, "contender": name, "unit": "clips" if codec == "h264" else "samples" if mode == "feeder" else "images",
+        unit = "clips" if codec == "h264" else "samples" if mode == "feeder" else "images"
+        rows.append({**base, "contender": name, "unit": unit,
                      "samples_per_sec": round(median, 2), "min": round(min(rates), 2), "max": round(max(rates), 2),
                      "ratio": round(median / statistics.median(reference), 3) if reference else ""})
     _append(rows, out, results_stem(base["precision"]))
@@ -403,7 +404,8 @@ def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[st
         one_pass = SweepBatches(files, levels=SWEEP_LEVELS, codec=JPEG, batch_size=batch_size, geometry=geometry,
                                 device_id=device_id, num_threads=threads)
         per_level = [ImageBatches(files, batch_size=batch_size, training=False, geometry=geometry, device_id=device_id,
-                                  num_threads=threads, spec=JPEG.parse_spec(str(level) if level else "none"), codec=JPEG)
+                                  num_threads=threads, spec=JPEG.parse_spec(str(level) if level else "none"),
+                                  codec=JPEG)
                      for level in (None, *SWEEP_LEVELS)]
         levels = len(SWEEP_LEVELS) + 1
         measured["one-pass"] = settings.time(len(batch["index"]) * levels for batch in forever(one_pass))

@@ -28,7 +28,8 @@ from torchvision.transforms import v2
 from codecloop.dali_pipes.codecs import H264
 from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
 from codecloop.dali_pipes.ladder import Ladder, load_ladder, transcode
-from codecloop.dali_pipes.video import KINETICS_MEAN, KINETICS_STD, ClipSampling, VideoBatches, VideoGeometry, decode_frames
+from codecloop.dali_pipes.video import (KINETICS_MEAN, KINETICS_STD, ClipSampling, VideoBatches, VideoGeometry,
+                                        decode_frames)
 from codecloop.bench.throughput import BenchSettings, forever, skip, train_step
 
 VIDEO_CONTENDERS = ("codecloop", "dali-bare", "torch-dataloader")
@@ -147,8 +148,8 @@ def measure_video(settings: BenchSettings, *, ladder: Ladder, clips: list[str],
         return measured
     for name, spec in (("codecloop", settings.levels), ("codecloop-clean", "none")):
         batches = VideoBatches(ladder, clips, batch_size=settings.batch_size, training=True,
-                               spec=H264.parse_spec(spec), codec=H264, sampling=sampling, geometry=geometry, device_id=settings.device_id,
-                               num_threads=settings.threads)
+                               spec=H264.parse_spec(spec), codec=H264, sampling=sampling, geometry=geometry,
+                               device_id=settings.device_id, num_threads=settings.threads)
         measured[name] = settings.time(step(batch["video"], labels[:len(batch["video"])]) or len(batch["video"])
                                        for batch in forever(batches))
     return measured

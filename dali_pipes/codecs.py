@@ -10,9 +10,10 @@ its default sweep levels and retraining spec, and how it runs:
 | ladder     | clips encoded ahead at each level (`codecloop transcode`), a rung drawn  | frames | yes   |
 
 `graph_tile` says the graph stage works on tiles fixed to the image's origin (JPEG: 16x16 for 4:2:0), so
-that CPU training may compress only a tile-aligned window around the crop. A codec may have several (H.264 runs on the host for images and as a ladder for clips). Every
-codec reports a clean sample as `CLEAN_LEVEL`. Adding a codec is one module that builds a `Codec`
-and passes it to `register_codec`; nothing else in codecloop names codecs.
+that CPU training may compress only a tile-aligned window around the crop. A codec may run in several
+ways (H.264 runs on the host for images and as a ladder for clips). Every codec reports a clean sample
+as `CLEAN_LEVEL`. Adding a codec is one module that builds a `Codec` and passes it to `register_codec`;
+nothing on the train and sweep path names codecs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class PipelineRuntime:
     """This rank's shard, its device (None: CPU), CPU threads, seed, batch size, prefetch depth, and
-    whether images leave the pipeline NHWC for a channels-last model."""
+    whether images leave the pipeline NHWC for a channels-last model.
+
+    `seed` is the run's, the same on every rank: the sample plan shuffles all samples with it and deals them
+    to the ranks, and each sample's draws are its own, so ranks never read the same sample in one epoch."""
 
     batch_size: int
     shard_id: int = 0

@@ -9,6 +9,7 @@ import csv
 import json
 import ctypes
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,8 @@ def test_jpeg_commands_need_neither_pyav_nor_pycocotools_nor_simplejpeg(image_fo
     env = {"PYTHONPATH": _hiding(hidden_packages), "WANDB_MODE": "disabled"}
     imports = _run([sys.executable, "-c", "import av"], env)
     assert imports.returncode != 0 and "av is hidden" in imports.stderr
-    train = _run([sys.executable, "-m", "codecloop", "train", "--data", str(image_folder), *TINY, "--epochs", "1",
+    data = shutil.copytree(image_folder, tmp_path / "data", ignore=shutil.ignore_patterns(".codecloop"))  # unscanned
+    train = _run([sys.executable, "-m", "codecloop", "train", "--data", str(data), *TINY, "--epochs", "1",
                   "--out", str(tmp_path / "run")], env)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "damaged JPEG data is not looked for: simplejpeg is not installed" in train.stderr
@@ -99,7 +101,8 @@ def test_jpeg_commands_need_neither_pyav_nor_pycocotools_nor_simplejpeg(image_fo
                   "--iterations", "1", "--warmup", "1", "--repeats", "1", "--threads", "1", "--contenders",
                   "codecloop", "--out", str(tmp_path / "bench")], env)
     assert bench.returncode == 0, bench.stderr[-3000:]
-    loaded = _run([sys.executable, "-c", "import sys, codecloop.tasks, codecloop.trainers.protocol, codecloop.bench.throughput, codecloop.launch.cli; "
+    loaded = _run([sys.executable, "-c", "import sys, codecloop.tasks, codecloop.trainers.protocol, "
+                   "codecloop.bench.throughput, codecloop.launch.cli; "
                    "print(sorted(name for name in ('av', 'pycocotools', 'simplejpeg') if name in sys.modules))"], env)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
 

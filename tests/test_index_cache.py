@@ -18,7 +18,7 @@ from PIL import Image
 from codecloop.dali_pipes import validate
 from codecloop.tasks.depth import DepthTask
 from codecloop.tasks.segmentation import SegmentationTask
-from codecloop.tasks.synthetic import make_synthetic
+from codecloop.synthetic import make_synthetic
 
 SIZE = {"input_size": "48x64"}
 

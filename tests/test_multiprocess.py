@@ -202,7 +202,7 @@ def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards
     for shard_id in range(num_shards):
         batches = ImageBatches(files, batch_size=BATCH, training=True, spec=JPEG.parse_spec("10-90"), codec=JPEG,
                                geometry=ImageGeometry(crop_size=32, resize_size=40), shard_id=shard_id,
-                               num_shards=num_shards, num_threads=1, seed=shard_id)
+                               num_shards=num_shards, num_threads=1, seed=7)
         indices = [batch["index"].tolist() for batch in batches]
         assert [len(batch) for batch in indices] == [BATCH] * len(batches)
         lengths.append(len(batches))
@@ -211,25 +211,28 @@ def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards
     assert seen == set(range(len(files)))
 
 
-def test_ranks_draw_their_own_qualities(uneven_folder):
-    """Each rank's pipeline seed differs, so ranks do not draw the same JPEG qualities in lockstep."""
+def test_ranks_share_the_plan_and_read_disjoint_shards(uneven_folder):
+    """Every rank's pipeline gets the run's seed: one permutation per epoch dealt to all ranks, so in an epoch
+    no two ranks read the same file (a per-rank seed would shuffle each shard from its own permutation)."""
     from codecloop.dali_pipes import ImageBatches, ImageGeometry
     from codecloop.trainers.config import Config
     from codecloop.trainers.loop import pipeline_runtime
 
-    config = Config(data=str(uneven_folder), batch_size=BATCH)
+    config = Config(data=str(uneven_folder), batch_size=BATCH, seed=5)
     task = SimpleNamespace(memory_format=None)
     ranks = [SimpleNamespace(process_index=rank, num_processes=3, local_process_index=rank, device=torch.device("cpu"))
              for rank in range(3)]
-    seeds = [pipeline_runtime(config, task, accelerator, True).seed for accelerator in ranks]
-    assert len(set(seeds)) == 3
+    runtimes = [pipeline_runtime(config, task, accelerator, True) for accelerator in ranks]
+    assert {runtime.seed for runtime in runtimes} == {5}
     files = _image_files(uneven_folder)
-    draws = []
-    for seed in seeds[:2]:  # the same files under each rank's seed
+    shards = []
+    for runtime in runtimes:
         batches = ImageBatches(files, batch_size=BATCH, training=True, spec=JPEG.parse_spec("1-100"), codec=JPEG,
-                               geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=1, seed=seed)
-        draws.append(torch.cat([batch["codec_level"] for batch in batches]).tolist())
-    assert draws[0] != draws[1]
+                               geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=1,
+                               seed=runtime.seed, shard_id=runtime.shard_id, num_shards=runtime.num_shards)
+        shards.append([index for batch in batches for index in batch["index"].tolist()])
+    owned = [set(shard[:len(range(rank, len(files), 3))]) for rank, shard in enumerate(shards)]  # then padding
+    assert sum(map(len, owned)) == len(files) and set().union(*owned) == set(range(len(files)))
 
 
 def test_pipeline_gpu_is_the_accelerator_device():

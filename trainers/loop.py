@@ -66,7 +66,7 @@ def pipeline_runtime(config: Config, task: Task, accelerator: Accelerator, train
         device_id=(device.index if device.index is not None else torch.cuda.current_device())
         if device.type == "cuda" else None,
         num_threads=config.num_threads or default_num_threads(),
-        seed=(config.seed * 100_003 + accelerator.process_index) % 2**31,
+        seed=config.seed,  # the same on every rank: the plan deals one permutation per epoch to all ranks
         prefetch_queue_depth=config.prefetch,
         channels_last=uses_channels_last(config, task),
     )

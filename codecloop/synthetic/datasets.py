@@ -353,7 +353,8 @@ _WRITERS: dict[str, SplitWriter] = {
     "segmentation": _write_segmentation,
     "pose": partial(_write_coco, json_prefix="person_keypoints", scene=_pose_scene,
                     categories=[{"id": 1, "name": "person", "supercategory": "person",
-                                 "keypoints": list(COCO_KEYPOINTS), "skeleton": [list(pair) for pair in COCO_SKELETON]}]),
+                                 "keypoints": list(COCO_KEYPOINTS),
+                                 "skeleton": [list(pair) for pair in COCO_SKELETON]}]),
     "depth": partial(_write_paired, target_folder="depth", scene=_depth_scene),
 }
 
