@@ -32,7 +32,7 @@ from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
 from codecloop.dali_pipes.codecs import Codec
-from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw
+from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw, path_bytes
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec
 from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
@@ -57,11 +57,6 @@ class RasterFiles:
     def row_offset(self, index: int) -> np.uint16:
         """Where sample `index`'s row starts in the flattened lookup table."""
         return np.uint16(LOOKUP_SIZE * (self.rows[index] if self.rows is not None else 0))
-
-
-def path_bytes(path: str) -> np.ndarray:
-    """A file name as the uint8 array `fn.io.file.read` takes."""
-    return np.frombuffer(path.encode(), np.uint8)
 
 
 @dataclass(frozen=True)

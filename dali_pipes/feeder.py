@@ -43,6 +43,11 @@ def default_num_threads() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
+def path_bytes(path: str) -> np.ndarray:
+    """A file name as the uint8 array `fn.io.file.read` takes (DALI reads the file, not Python)."""
+    return np.frombuffer(path.encode(), np.uint8)
+
+
 def start_position(checkpoint: bytes | str | None) -> tuple[int, int]:
     """``(epoch, batch)`` to start from, given a `Batches.checkpoint()` value (or None: the start)."""
     position = json.loads(checkpoint) if checkpoint else {"epoch": 0, "batch": 0}

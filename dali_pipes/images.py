@@ -32,8 +32,8 @@ from nvidia.dali import fn, pipeline_def, types
 from PIL import Image
 
 from codecloop.dali_pipes.codecs import Codec
-from codecloop.dali_pipes.dense import image_size, path_bytes
-from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw
+from codecloop.dali_pipes.dense import image_size
+from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw, path_bytes
 from codecloop.dali_pipes.ladder import Ladder
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec, ladder_rung
 from codecloop.dali_pipes.pipelines import (ADJUST_ORIENTATION, CODEC_PLACEMENTS, ImageGeometry, decode, normalize,
@@ -98,6 +98,8 @@ class ImageFeeder(ShardedFeeder):
         return f"frame {sample[1]} of clip {sample[0]!r}" if self.mode == "ladder" else str(sample)
 
     def outputs(self) -> tuple[str, ...]:
+        if self.levels:  # a one-pass sweep: no flip, every level in the graph
+            return ("path", "index", "valid")
         if self.mode == "graph":
             names = ["path", "window_start", "window_shape"] if self.windowed else ["path"]
         elif self.decode_on_gpu:

@@ -22,7 +22,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 
 from codecloop.dali_pipes.codecs import Codec
-from codecloop.dali_pipes.feeder import Batches, ShardedFeeder
+from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, path_bytes
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CROP_X, CROP_Y, FLIP, START
@@ -104,8 +104,8 @@ class VideoGeometry:
 
 
 class LadderFeeder(ShardedFeeder):
-    """This rank's clips drawn from a ladder: outputs ``data`` (the rung's bytes for NVDEC, or frames
-    decoded here as FHWC), ``frame_indices`` (NVDEC only), ``crop_x``, ``crop_y``, ``mirror``,
+    """This rank's clips drawn from a ladder: outputs ``rung_path`` (the rung file, read by DALI for NVDEC) and
+    ``frame_indices``, or, without a GPU, ``data`` (frames decoded here with PyAV, FHWC), ``crop_x``, ``crop_y``, ``mirror``,
     ``level``, ``index``, ``valid``."""
 
     def __init__(self, ladder: Ladder, clips: Sequence[str], spec: LevelSpec, codec: Codec, sampling: ClipSampling,
@@ -126,7 +126,7 @@ class LadderFeeder(ShardedFeeder):
         return f"clip {self.clips[index]!r} of {self.ladder.root}"
 
     def outputs(self) -> tuple[str, ...]:
-        head = ("data",) if self.decode_on_cpu else ("data", "frame_indices")
+        head = ("data",) if self.decode_on_cpu else ("rung_path", "frame_indices")
         return head + ("crop_x", "crop_y", "mirror", "level", "index", "valid")
 
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
@@ -137,8 +137,10 @@ class LadderFeeder(ShardedFeeder):
         frames = self.sampling.frame_indices(rung.frames, draws[START] if self.training else None)
         path = self.ladder.path(clip, rung_level)
         crop_x, crop_y, mirror = (draws[CROP_X], draws[CROP_Y], draws[FLIP] < 0.5) if self.training else (0.5, 0.5, 0)
+        clip_data = ("data", decode_frames(path, frames, rung.fps)) if self.decode_on_cpu else (
+            "rung_path", path_bytes(str(path)))
         return {
-            "data": decode_frames(path, frames, rung.fps) if self.decode_on_cpu else np.fromfile(path, np.uint8),
+            clip_data[0]: clip_data[1],
             "frame_indices": frames,
             "crop_x": np.float32(crop_x),
             "crop_y": np.float32(crop_y),
@@ -177,7 +179,7 @@ def video_pipeline(feeder: LadderFeeder, geometry: VideoGeometry, on_gpu: bool):
     names = feeder.outputs()
     nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
                                                layout=["FHWC" if not on_gpu else ""] + [""] * (len(names) - 1))))
-    frames = decode_clips(nodes["data"], nodes["frame_indices"]) if on_gpu else nodes["data"]
+    frames = decode_clips(fn.io.file.read(nodes["rung_path"]), nodes["frame_indices"]) if on_gpu else nodes["data"]
     video = clip_geometry(frames, nodes["crop_x"], nodes["crop_y"], nodes["mirror"], geometry)
     return video, on_device(nodes["index"], on_gpu), on_device(nodes["level"], on_gpu), nodes["valid"]
 
