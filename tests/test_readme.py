@@ -110,7 +110,7 @@ def test_the_checker_catches_a_made_up_flag_and_subcommand():
 
 def test_readme_is_at_most_20_kb():
     size = len(README.read_bytes())
-    assert size <= MAX_README_BYTES, f"README.md is {size} bytes; move long material to docs/ (limit {MAX_README_BYTES})"
+    assert size <= MAX_README_BYTES, f"README.md is {size} bytes (limit {MAX_README_BYTES}): move material to docs/"
 
 
 def test_readme_opens_with_the_install_and_demo_command_and_the_ci_test_command():
