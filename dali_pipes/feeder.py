@@ -86,6 +86,12 @@ class ShardedFeeder(abc.ABC):
         """Every output but ``index`` and ``valid`` for sample `index`, its random choices taken from `draws`
         (its row of the plan's uniforms; `dali_pipes.sample_plan` names the columns)."""
 
+    def load_batch(self, indices: list[int], draws: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """`load` for every sample of a batch, on `threads` threads (subclasses may vectorise it instead)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads))
+        return list(self._pool.map(self.load, indices, draws))
+
     def sample_path(self, index: int) -> str | None:
         """The image file sample `index` is decoded from by DALI, where it has one (subclasses)."""
         return None
@@ -115,9 +121,7 @@ class ShardedFeeder(abc.ABC):
         planned = self.plan.batch(epoch, batch)
         indices = planned.samples.tolist()
         self._in_flight.append(indices)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads))
-        samples = list(self._pool.map(self.load, indices, planned.draws))
+        samples = self.load_batch(indices, planned.draws)
         for sample, index, valid in zip(samples, planned.samples, planned.valid):
             sample["index"], sample["valid"] = np.int64(index), np.int32(valid)
         return tuple([sample[name] for sample in samples] for name in self.outputs())

@@ -22,7 +22,6 @@ each image once and returns its view at every level of an in-graph codec.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -45,14 +44,15 @@ LadderFrame = tuple[str, int]
 Box = tuple[float, float, float, float]
 
 
-def tile_window(box: Box, width: int, height: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """The region ``(start, shape)`` (y, x pixels) on a `tile`-pixel grid fixed to the image's origin that holds
-    `box` (x0, y0, x1, y1) with one tile to spare on each side, clipped to the image: a codec working on tiles
-    compresses it exactly as it does inside the whole image (JPEG 4:2:0: 16x16)."""
-    x0, y0, x1, y1 = box
-    start = [max(math.floor(y0 / tile) * tile - tile, 0), max(math.floor(x0 / tile) * tile - tile, 0)]
-    end = [min(math.ceil(y1 / tile) * tile + tile, height), min(math.ceil(x1 / tile) * tile + tile, width)]
-    return np.array(start, np.int32), np.array([end[0] - start[0], end[1] - start[1]], np.int32)
+def tile_window(boxes: np.ndarray, sizes: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `boxes` (x0, y0, x1, y1) in an image of `sizes` (width, height): the region ``(start, shape)``
+    (y, x pixels, int32) on a `tile`-pixel grid fixed to the image's origin that holds the box with one tile to
+    spare on each side, clipped to the image: a codec working on tiles compresses it exactly as it does inside
+    the whole image (JPEG 4:2:0: 16x16)."""
+    low, high = boxes[:, [1, 0]], boxes[:, [3, 2]]
+    start = np.maximum(np.floor(low / tile) * tile - tile, 0)
+    end = np.minimum(np.ceil(high / tile) * tile + tile, np.asarray(sizes, np.float64)[:, ::-1])
+    return np.ascontiguousarray(start, np.int32), np.ascontiguousarray(end - start, np.int32)
 
 
 class ImageFeeder(ShardedFeeder):
@@ -124,14 +124,33 @@ class ImageFeeder(ShardedFeeder):
             return path_bytes(str(path))
         return decode_frames(path, [frame], self.ladder.rungs[clip][rung].fps)[0]
 
+    def load_batch(self, indices: list[int], draws: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """An in-graph codec's batch, vectorised: Python only hands DALI names, levels, boxes and flips."""
+        if self.mode != "graph":
+            return super().load_batch(indices, draws)
+        levels, mirrors = self.spec.picks(draws[:, CLEAN], draws[:, CHOICE]), (draws[:, FLIP] < 0.5) & self.training
+        out = [{"path": path_bytes(self.samples[index]), "level": level, "mirror": np.int32(mirror)}
+               for index, level, mirror in zip(indices, levels, mirrors)]
+        if self.training:
+            sizes = np.array([self._size(index) for index in indices], np.float64)
+            boxes = crop_boxes(draws, np.column_stack([np.zeros((len(indices), 2)), sizes]), self.min_scale)
+            offsets = np.zeros((len(indices), 2))
+            if self.windowed:
+                starts, shapes = tile_window(boxes, sizes, self.codec.graph_tile)
+                offsets = starts.astype(np.float64)
+                for sample, start, shape in zip(out, starts, shapes):
+                    sample["window_start"], sample["window_shape"] = start, shape
+            roi_start = np.ascontiguousarray(boxes[:, [1, 0]] - offsets, np.float32)  # rows DALI reads, packed
+            roi_end = np.ascontiguousarray(boxes[:, [3, 2]] - offsets, np.float32)
+            for sample, start, end in zip(out, roi_start, roi_end):
+                sample["roi_start"], sample["roi_end"] = start, end
+        return out
+
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         sample = self.samples[index]
         level = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
         out: dict[str, np.ndarray] = {"level": np.int32(level), "mirror": np.int32(self.training and draws[FLIP] < 0.5)}
-        if self.mode == "graph":
-            out["path"] = path_bytes(str(sample))
-            width, height = self._size(index) if self.training else (0, 0)
-        elif self.mode == "ladder":
+        if self.mode == "ladder":
             clip, frame = sample
             rung = self.ladder.rungs[clip][ladder_rung(level, self.codec.ladder_clean_rung)]
             width, height = rung.width, rung.height
@@ -147,12 +166,8 @@ class ImageFeeder(ShardedFeeder):
             out["clean"] = clean
         if self.training:
             box = crop_boxes(draws[None], np.array([[0.0, 0.0, width, height]]), self.min_scale)[0]
-            offset = np.zeros(2)
-            if self.windowed:
-                out["window_start"], out["window_shape"] = tile_window(tuple(box), width, height, self.codec.graph_tile)
-                offset = out["window_start"].astype(np.float64)
-            out["roi_start"] = (np.array([box[1], box[0]]) - offset).astype(np.float32)
-            out["roi_end"] = (np.array([box[3], box[2]]) - offset).astype(np.float32)
+            out["roi_start"] = np.array([box[1], box[0]], np.float32)
+            out["roi_end"] = np.array([box[3], box[2]], np.float32)
         return out
 
 

@@ -92,7 +92,7 @@ def test_codec_on_the_crop_window_equals_the_whole_image(png_files):
 
     sizes = [Image.open(path).size for path in png_files]
     boxes = crop_boxes(uniforms(3, 0, np.arange(len(png_files))), np.array([(0, 0, w, h) for w, h in sizes]), 0.08)
-    windows = [tile_window(tuple(box), w, h, 16) for box, (w, h) in zip(boxes, sizes)]
+    windows = list(zip(*tile_window(boxes, np.array(sizes), 16)))
     qualities = [np.int32(5 + 7 * i) for i in range(len(png_files))]
 
     @pipeline_def
