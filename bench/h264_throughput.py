@@ -30,6 +30,7 @@ import nvidia.dali
 import torch
 from PIL import Image
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes import ImageBatches, ImageGeometry
 from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
@@ -108,14 +109,13 @@ def bench_images(work: Path, threads: int) -> list[str]:
             h264_intra_roundtrip(image, crf)
         timings.append((time.perf_counter() - started) / 20 * 1000)
     geometry = ImageGeometry(224, 256)
-    rows = []
+    rows, runtime = [], PipelineRuntime(batch_size=32, num_threads=threads)
     for name, batches in (
-        ("JPEG stage 5-95 (DALI)", ImageBatches(files, batch_size=32, training=True, spec=JPEG.parse_spec("5-95"),
-                                                 codec=JPEG, geometry=geometry, num_threads=threads)),
-        ("H.264 stage 18-51 (online x264)", ImageBatches(files, batch_size=32, training=True,
-                                                              spec=H264.parse_spec("18-51"), codec=H264,
-                                                              geometry=geometry, num_threads=threads)),
-    ):
+        ("JPEG stage 5-95 (DALI)", ImageBatches(files, runtime=runtime, training=True, spec=JPEG.parse_spec("5-95"),
+                                                 codec=JPEG, geometry=geometry)),
+        ("H.264 stage 18-51 (online x264)", ImageBatches(files, runtime=runtime, training=True,
+                                                          spec=H264.parse_spec("18-51"), codec=H264,
+                                                          geometry=geometry))):
         rates = epochs_per_second(batches, 3, lambda batch: batch["image"].shape[0])
         rows.append(f"| {name} | {statistics.median(rates):.1f} | {min(rates):.1f} | {max(rates):.1f} |")
     return [

@@ -23,6 +23,7 @@ import numpy as np
 import nvidia.dali
 from nvidia.dali import fn, pipeline_def
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes import ImageGeometry
 from codecloop.dali_pipes.codecs import H264
 from codecloop.dali_pipes.fidelity import cpu_model
@@ -138,9 +139,9 @@ def view_differences(ladder: Ladder, crf: int, pipe) -> dict[str, float]:
     """(b) at `crf`: mean |view(PyAV) - view(stand-in)| per stand-in; under "PyAV rgb24", this script's view
     of PyAV's frames against ImageBatches' (0 when the two view pipelines agree)."""
     samples = [(clip, frame) for clip in sorted(ladder.rungs) for frame in VIEW_FRAMES]
-    batches = ImageBatches(samples, ladder=ladder, batch_size=len(samples), training=False,
-                               spec=H264.parse_spec(str(crf)), codec=H264, geometry=VIEW_GEOMETRY, device_id=None,
-                               num_threads=2)
+    batches = ImageBatches(samples, runtime=PipelineRuntime(batch_size=len(samples), device_id=None, num_threads=2),
+                           ladder=ladder, training=False, spec=H264.parse_spec(str(crf)), codec=H264,
+                           geometry=VIEW_GEOMETRY,)
     project = {i: image.numpy() for batch in batches for i, image in zip(batch["index"].tolist(), batch["image"])}
     pyav, sides = np.stack([project[i] for i in range(len(samples))]), {}
     for clip in sorted(ladder.rungs):

@@ -48,6 +48,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, ImageBatches, ImageGeometry, SweepBatches,
                                   default_num_threads)
 from codecloop.dali_pipes.codecs import JPEG, get_codec
@@ -202,9 +203,10 @@ def data_contender(name: str, files: list[str], spec: str, crop: int, batch_size
     quality = (min(parsed.levels), max(parsed.levels)) if parsed.levels else None
     device_id = (device.index or 0) if device.type == "cuda" else None
     if name in ("codecloop", "dali-bare"):
-        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=JPEG.parse_spec(
-            spec if name == "codecloop" else "none"), codec=JPEG, geometry=ImageGeometry(crop_size=crop),
-            device_id=device_id, num_threads=threads)
+        batches = ImageBatches(files, runtime=PipelineRuntime(batch_size=batch_size, device_id=device_id,
+                               num_threads=threads), training=True,
+                               spec=JPEG.parse_spec(spec if name == "codecloop" else "none"), codec=JPEG,
+                               geometry=ImageGeometry(crop_size=crop),)
         return (len(batch["image"]) for batch in forever(batches))
     if name == "torch-dataloader":
         loader = torch.utils.data.DataLoader(PilJpegDataset(files, quality, crop), batch_size=batch_size,
@@ -401,12 +403,12 @@ def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[st
     batch_size, crop, threads, device_id = settings.batch_size, settings.crop, settings.threads, settings.device_id
     if settings.mode == "sweep":
         geometry = ImageGeometry(crop_size=crop, resize_size=crop * 8 // 7)
-        one_pass = SweepBatches(files, levels=SWEEP_LEVELS, codec=JPEG, batch_size=batch_size, geometry=geometry,
-                                device_id=device_id, num_threads=threads)
-        per_level = [ImageBatches(files, batch_size=batch_size, training=False, geometry=geometry, device_id=device_id,
-                                  num_threads=threads, spec=JPEG.parse_spec(str(level) if level else "none"),
-                                  codec=JPEG)
-                     for level in (None, *SWEEP_LEVELS)]
+        one_pass = SweepBatches(files, runtime=PipelineRuntime(batch_size=batch_size, device_id=device_id,
+                                num_threads=threads), levels=SWEEP_LEVELS, codec=JPEG, geometry=geometry,)
+        per_level = [ImageBatches(files, runtime=PipelineRuntime(batch_size=batch_size, device_id=device_id,
+                                  num_threads=threads), training=False, geometry=geometry,
+                                  spec=JPEG.parse_spec(str(level) if level else "none"), codec=JPEG) for level in (None,
+                                  *SWEEP_LEVELS)]
         levels = len(SWEEP_LEVELS) + 1
         measured["one-pass"] = settings.time(len(batch["index"]) * levels for batch in forever(one_pass))
         measured["pass-per-level"] = settings.time((len(batch["image"]) for batch in forever(*per_level)),
@@ -420,8 +422,9 @@ def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[st
         measured[settings.model] = settings.time(step(images, labels) or batch_size for _ in itertools.count())
         return measured
     for name, spec in (("codecloop", settings.levels), ("codecloop-clean", "none")):
-        batches = ImageBatches(files, batch_size=batch_size, training=True, spec=JPEG.parse_spec(spec), codec=JPEG,
-                               geometry=ImageGeometry(crop_size=crop), num_threads=threads, device_id=device_id)
+        batches = ImageBatches(files, runtime=PipelineRuntime(batch_size=batch_size, device_id=device_id,
+                               num_threads=threads), training=True, spec=JPEG.parse_spec(spec), codec=JPEG,
+                               geometry=ImageGeometry(crop_size=crop),)
         measured[name] = settings.time(step(batch["image"], labels[:len(batch["image"])]) or len(batch["image"])
                                        for batch in forever(batches))
     return measured

@@ -25,6 +25,7 @@ import torch
 from torchvision.models import get_model
 from torchvision.transforms import v2
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.codecs import H264
 from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
 from codecloop.dali_pipes.ladder import Ladder, load_ladder, transcode
@@ -93,10 +94,10 @@ def video_contender(name: str, ladder: Ladder, clips: list[str], spec: str, samp
     """Clip counts of one contender's batches on `device`, forever."""
     device_id = (device.index or 0) if device.type == "cuda" else None
     if name in ("codecloop", "dali-bare"):
-        batches = VideoBatches(ladder, clips, batch_size=batch_size, training=True,
+        batches = VideoBatches(ladder, clips, runtime=PipelineRuntime(batch_size=batch_size, device_id=device_id,
+                               num_threads=threads), training=True,
                                spec=H264.parse_spec(spec if name == "codecloop" else "none"), codec=H264,
-                               sampling=sampling,
-                               geometry=geometry, device_id=device_id, num_threads=threads)
+                               sampling=sampling, geometry=geometry,)
         return (len(batch["video"]) for batch in forever(batches))
     if name == "torch-dataloader":
         dataset = PyAVClipDataset(ladder, clips, H264.parse_spec(spec), sampling, geometry)
@@ -147,9 +148,9 @@ def measure_video(settings: BenchSettings, *, ladder: Ladder, clips: list[str],
         measured[settings.model] = settings.time(step(clip, labels) or settings.batch_size for _ in itertools.count())
         return measured
     for name, spec in (("codecloop", settings.levels), ("codecloop-clean", "none")):
-        batches = VideoBatches(ladder, clips, batch_size=settings.batch_size, training=True,
-                               spec=H264.parse_spec(spec), codec=H264, sampling=sampling, geometry=geometry,
-                               device_id=settings.device_id, num_threads=settings.threads)
+        batches = VideoBatches(ladder, clips, runtime=PipelineRuntime(batch_size=settings.batch_size,
+                               device_id=settings.device_id, num_threads=settings.threads), training=True,
+                               spec=H264.parse_spec(spec), codec=H264, sampling=sampling, geometry=geometry,)
         measured[name] = settings.time(step(batch["video"], labels[:len(batch["video"])]) or len(batch["video"])
                                        for batch in forever(batches))
     return measured

@@ -35,6 +35,7 @@ from codecloop.dali_pipes.codecs import Codec
 from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw, path_bytes
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec
 from codecloop.dali_pipes.pipelines import IMAGENET_MEAN, IMAGENET_STD, ImageGeometry, decode, normalize, on_device
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
 
 Box = tuple[float, float, float, float]
@@ -279,31 +280,21 @@ class DenseBatches(Batches):
         *,
         layout: DenseLayout,
         load_targets: TargetLoader,
-        batch_size: int,
+        runtime: PipelineRuntime,
         training: bool,
         spec: LevelSpec,
         codec: Codec,
         geometry: DenseGeometry = DenseGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
-        shard_id: int = 0,
-        num_shards: int = 1,
-        device_id: int | None = None,
-        num_threads: int = 1,
-        seed: int = 0,
-        prefetch_queue_depth: int = 2,
         checkpoint: bytes | str | None = None,
-        channels_last: bool = False,
-        raster_files: Mapping[str, RasterFiles] | None = None,
-    ) -> None:
-        feeder = DenseFeeder(samples, layout, load_targets, spec, codec, geometry, raster_files, training=training,
-                             batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
-                             checkpoint=checkpoint, threads=num_threads)
-        pipe = dense_pipeline(feeder=feeder, on_gpu=device_id is not None, channels_last=channels_last,
-                              batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                              prefetch_queue_depth=prefetch_queue_depth)
+        raster_files: Mapping[str, RasterFiles] | None = None) -> None:
+        feeder = DenseFeeder(samples, layout, load_targets, spec, codec, geometry, raster_files,
+                             **runtime.feeder_options(training, checkpoint))
+        pipe = dense_pipeline(feeder=feeder, on_gpu=runtime.device_id is not None, channels_last=runtime.channels_last,
+                              **runtime.pipeline_options())
         names = ["image", "index", "codec_level", "valid", "points_mt", "mirror", *layout.rasters]
         names += ["points", "num_points"] if layout.points else []
-        super().__init__(pipe, feeder, names + list(layout.extras), targets, channels_last)
+        super().__init__(pipe, feeder, names + list(layout.extras), targets, runtime.channels_last)
         self.layout = layout
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -37,6 +37,7 @@ from codecloop.dali_pipes.ladder import Ladder
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec, ladder_rung
 from codecloop.dali_pipes.pipelines import (ADJUST_ORIENTATION, CODEC_PLACEMENTS, ImageGeometry, decode, normalize,
                                             on_device, split_channels)
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
 from codecloop.dali_pipes.video import decode_frames, require_nvdec
 
@@ -59,8 +60,8 @@ class ImageFeeder(ShardedFeeder):
     """This rank's images with the plan's level, crop box and flip; see the module docstring for what it
     hands DALI per codec. Outputs (by mode): ``path`` / ``window_start``, ``window_shape`` (in-graph codec),
     ``data``, ``clean`` (host codec, ladder on the CPU), ``rung_path``, ``frame_indices``, ``clean_rung_path``
-    (ladder on a GPU: the rung files DALI reads), then ``roi_start``, ``roi_end`` (train; y, x pixels of the decoded image or window), ``mirror``,
-    ``level``, ``index``, ``valid``."""
+    (ladder on a GPU: the rung files DALI reads), then ``roi_start``, ``roi_end`` (train; y, x pixels of the
+    decoded image or window), ``mirror``, ``level``, ``index``, ``valid``."""
 
     def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec, min_scale: float, *,
                  ladder: Ladder | None = None, on_gpu: bool = False, with_clean: bool = False,
@@ -256,37 +257,27 @@ class ImageBatches(Batches):
         self,
         samples: Sequence[str | Path | LadderFrame],
         *,
-        batch_size: int,
+        runtime: PipelineRuntime,
         training: bool,
         spec: LevelSpec,
         codec: Codec,
         geometry: ImageGeometry = ImageGeometry(),
         ladder: Ladder | None = None,
         targets: Mapping[str, torch.Tensor] | None = None,
-        shard_id: int = 0,
-        num_shards: int = 1,
-        device_id: int | None = None,
-        num_threads: int = 1,
-        seed: int = 0,
-        prefetch_queue_depth: int = 2,
         codec_placement: str = "native",
         checkpoint: bytes | str | None = None,
         with_clean: bool = False,
-        channels_last: bool = False,
-        sizes: Mapping[str, tuple[int, int]] | None = None,
-    ) -> None:
+        sizes: Mapping[str, tuple[int, int]] | None = None) -> None:
         feeder = ImageFeeder([str(s) if isinstance(s, Path) else s for s in samples], spec, codec, geometry.min_scale,
-                             ladder=ladder, on_gpu=device_id is not None, with_clean=with_clean,
-                             codec_placement=codec_placement, sizes=sizes, training=training, batch_size=batch_size,
-                             shard_id=shard_id, num_shards=num_shards, seed=seed, threads=num_threads,
-                             checkpoint=checkpoint)
+                             ladder=ladder, on_gpu=runtime.device_id is not None, with_clean=with_clean,
+                             codec_placement=codec_placement, sizes=sizes,
+                             **runtime.feeder_options(training, checkpoint))
         if feeder.decode_on_gpu:
             require_nvdec()
         names = ["image", "index", "codec_level", "valid"] + (["clean_image"] if with_clean else [])
-        super().__init__(image_pipeline(feeder=feeder, geometry=geometry, channels_last=channels_last,
-                                        batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                                        prefetch_queue_depth=prefetch_queue_depth),
-                         feeder, names, targets, channels_last)
+        super().__init__(image_pipeline(feeder=feeder, geometry=geometry, channels_last=runtime.channels_last,
+                                        **runtime.pipeline_options()),
+                         feeder, names, targets, runtime.channels_last)
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Images as (B, C, H, W) (views of NHWC data with `channels_last`)."""
@@ -307,28 +298,18 @@ class SweepBatches(Batches):
         *,
         levels: Sequence[int],
         codec: Codec,
-        batch_size: int,
+        runtime: PipelineRuntime,
         geometry: ImageGeometry = ImageGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
-        shard_id: int = 0,
-        num_shards: int = 1,
-        device_id: int | None = None,
-        num_threads: int = 1,
-        seed: int = 0,
-        prefetch_queue_depth: int = 2,
-        codec_placement: str = "native",
-        channels_last: bool = False,
-    ) -> None:
+        codec_placement: str = "native") -> None:
         self.levels: list[int | None] = [None, *levels]
         feeder = ImageFeeder([str(path) for path in files], codec.parse_spec("none"), codec, geometry.min_scale,
-                             on_gpu=device_id is not None, codec_placement=codec_placement, levels=list(levels),
-                             training=False, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards,
-                             seed=seed, threads=num_threads)
+                             on_gpu=runtime.device_id is not None, codec_placement=codec_placement,
+                             levels=list(levels), **runtime.feeder_options(training=False))
         self._names = [f"view{position}" for position in range(len(self.levels))]
-        super().__init__(image_pipeline(feeder=feeder, geometry=geometry, channels_last=channels_last,
-                                        batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                                        prefetch_queue_depth=prefetch_queue_depth),
-                         feeder, ["index", "valid", *self._names], targets, channels_last)
+        super().__init__(image_pipeline(feeder=feeder, geometry=geometry, channels_last=runtime.channels_last,
+                                        **runtime.pipeline_options()),
+                         feeder, ["index", "valid", *self._names], targets, runtime.channels_last)
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The views gathered under ``views``, each (B, C, H, W)."""

@@ -21,3 +21,14 @@ class PipelineRuntime:
     seed: int = 0
     prefetch_queue_depth: int = 2
     channels_last: bool = False
+
+    def pipeline_options(self) -> dict:
+        """The `@pipeline_def` keywords: batch size, CPU threads, device, prefetch depth."""
+        return {"batch_size": self.batch_size, "num_threads": self.num_threads, "device_id": self.device_id,
+                "prefetch_queue_depth": self.prefetch_queue_depth}
+
+    def feeder_options(self, training: bool, checkpoint: bytes | str | None = None) -> dict:
+        """The `ShardedFeeder` keywords: this rank's shard of the plan, its seed, threads, where to start."""
+        return {"training": training, "batch_size": self.batch_size, "shard_id": self.shard_id,
+                "num_shards": self.num_shards, "seed": self.seed, "threads": self.num_threads,
+                "checkpoint": checkpoint}

@@ -1,10 +1,10 @@
 """Video pipelines on a codec's ladder (H.264 CRFs): rung drawn per clip -> decode -> resize -> crop -> normalize.
 
-`LadderFeeder` draws per clip and epoch a rung (clean: the codec's clean rung), the frames of a clip (T frames at a stride;
-several evenly spaced clips per video for evaluation), a crop position and a flip. On a GPU it
-hands DALI the rung's H.264 bytes and the frame indices, decoded by NVDEC (``fn.decoders.video``,
-device "mixed"); without one it decodes those frames with PyAV itself, since DALI's CPU decoder
-does not read H.264, and the rest of the graph is the same, so both yield identical layouts.
+`LadderFeeder` draws per clip and epoch a rung (clean: the codec's clean rung), the frames of a clip (T frames
+at a stride; several evenly spaced clips per video for evaluation), a crop position and a flip. On a GPU it
+hands DALI the rung file's name, read in the graph, and the frame indices, decoded by NVDEC
+(``fn.decoders.video``, device "mixed"); without one it decodes those frames with PyAV itself, since DALI's
+CPU decoder does not read H.264, and the rest of the graph is the same, so both yield identical layouts.
 A clip shorter than its span loops: frame ``i`` of the span reads frame ``i mod n``.
 `VideoBatches` yields ``{video, index, codec_level, **targets}`` with ``video`` float
 ``(B, C, T, H, W)``, or ``(B, K, C, T, H, W)`` when evaluating K clips per video.
@@ -25,6 +25,7 @@ from codecloop.dali_pipes.codecs import Codec
 from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, path_bytes
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
 from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CROP_X, CROP_Y, FLIP, START
 from codecloop.dali_pipes.pipelines import on_device
 
@@ -105,8 +106,8 @@ class VideoGeometry:
 
 class LadderFeeder(ShardedFeeder):
     """This rank's clips drawn from a ladder: outputs ``rung_path`` (the rung file, read by DALI for NVDEC) and
-    ``frame_indices``, or, without a GPU, ``data`` (frames decoded here with PyAV, FHWC), ``crop_x``, ``crop_y``, ``mirror``,
-    ``level``, ``index``, ``valid``."""
+    ``frame_indices``, or, without a GPU, ``data`` (frames decoded here with PyAV, FHWC); then ``crop_x``,
+    ``crop_y``, ``mirror``, ``level``, ``index``, ``valid``."""
 
     def __init__(self, ladder: Ladder, clips: Sequence[str], spec: LevelSpec, codec: Codec, sampling: ClipSampling,
                  *, decode_on_cpu: bool = True, **sharding) -> None:
@@ -169,8 +170,7 @@ def clip_geometry(frames, crop_x, crop_y, mirror, geometry: VideoGeometry):
         crop_pos_y=crop_y,
         mirror=mirror,
         mean=[255.0 * value for value in geometry.mean],
-        std=[255.0 * value for value in geometry.std],
-    )
+        std=[255.0 * value for value in geometry.std])
 
 
 @pipeline_def
@@ -196,33 +196,23 @@ class VideoBatches(Batches):
         ladder: Ladder,
         clips: Sequence[str],
         *,
-        batch_size: int,
+        runtime: PipelineRuntime,
         training: bool,
         spec: LevelSpec,
         codec: Codec,
         sampling: ClipSampling = ClipSampling(),
         geometry: VideoGeometry = VideoGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
-        shard_id: int = 0,
-        num_shards: int = 1,
-        device_id: int | None = None,
-        num_threads: int = 1,
-        seed: int = 0,
-        prefetch_queue_depth: int = 2,
-        checkpoint: bytes | str | None = None,
-        channels_last: bool = False,
-    ) -> None:
-        if channels_last:
+        checkpoint: bytes | str | None = None) -> None:
+        if runtime.channels_last:
             raise ValueError("video clips are 5-D (B, C, T, H, W): there is no channels-last layout for them")
         self.sampling = sampling
-        feeder = LadderFeeder(
-            ladder, clips, spec, codec, sampling, decode_on_cpu=device_id is None, training=training,
-            batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed, checkpoint=checkpoint,
-            threads=num_threads)
-        if device_id is not None:
+        on_gpu = runtime.device_id is not None
+        feeder = LadderFeeder(ladder, clips, spec, codec, sampling, decode_on_cpu=not on_gpu,
+                              **runtime.feeder_options(training, checkpoint))
+        if on_gpu:
             require_nvdec()
-        pipe = video_pipeline(feeder=feeder, geometry=geometry, on_gpu=device_id is not None, batch_size=batch_size,
-                              num_threads=num_threads, device_id=device_id, prefetch_queue_depth=prefetch_queue_depth)
+        pipe = video_pipeline(feeder=feeder, geometry=geometry, on_gpu=on_gpu, **runtime.pipeline_options())
         super().__init__(pipe, feeder, ["video", "index", "codec_level", "valid"], targets)
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

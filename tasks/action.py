@@ -264,7 +264,7 @@ class ActionTask(Task):
         sampling = dataclasses.replace(self.sampling, clips_per_video=1 if training else self.eval_clips)
         return VideoBatches(self.ladder, index.files, training=training, spec=spec, codec=codec, sampling=sampling,
                             geometry=self.geometry, targets=index.targets, checkpoint=checkpoint,
-                            **dataclasses.asdict(runtime))
+                            runtime=runtime)
 
     def create_model(self) -> torch.nn.Module:
         """The torchvision video model by name, with local weights from `pretrained` when given."""

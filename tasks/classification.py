@@ -8,7 +8,6 @@ transcoded with ``codecloop transcode --src ROOT``, each image's frame is read f
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import timm
@@ -80,8 +79,7 @@ class ClassificationTask(Task):
         normalize: str = "imagenet",
         codec_placement: str = "native",
         ladder: str | Path | None = None,
-        format: str | None = None,
-    ) -> None:
+        format: str | None = None) -> None:
         self.root = Path(data)
         if not self.root.is_dir():
             raise FileNotFoundError(f"dataset path {self.root} does not exist")
@@ -133,7 +131,7 @@ class ClassificationTask(Task):
         return ImageBatches(samples, training=training, spec=spec, codec=codec, geometry=self.geometry,
                             ladder=self.ladder, targets=index.targets, codec_placement=self.codec_placement,
                             checkpoint=checkpoint, with_clean=with_clean, sizes=index.sizes,
-                            **dataclasses.asdict(runtime))
+                            runtime=runtime)
 
     def sweep_batches(self, index: SampleIndex, levels: list[int], codec: Codec,
                       runtime: PipelineRuntime) -> SweepBatches | None:
@@ -142,7 +140,7 @@ class ClassificationTask(Task):
         if self.ladder is not None:
             return None
         return SweepBatches(index.files, levels=levels, codec=codec, geometry=self.geometry, targets=index.targets,
-                            codec_placement=self.codec_placement, **dataclasses.asdict(runtime))
+                            codec_placement=self.codec_placement, runtime=runtime)
 
     def ladder_frames(self, files: list[str]) -> list[tuple[str, int]]:
         """The ladder frame of each image file (the ladder is built from the dataset root's sequences)."""

@@ -131,7 +131,7 @@ class DenseTask(Task):
                    for path, annotation in zip(index.files, index.annotations or [{}] * len(index))]
         return DenseBatches(samples, layout=self.layout, load_targets=functools.partial(self.load_targets, index),
                             training=training, spec=spec, codec=codec, geometry=self.geometry, targets=index.targets,
-                            checkpoint=checkpoint, raster_files=self.raster_files(index), **dataclasses.asdict(runtime))
+                            checkpoint=checkpoint, raster_files=self.raster_files(index), runtime=runtime)
 
     def raster_files(self, index: SampleIndex) -> dict[str, RasterFiles]:
         """The raster targets of `index` that DALI reads and decodes itself (the rest come from

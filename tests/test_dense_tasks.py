@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes.dense import DenseBatches, DenseGeometry, DenseLayout, DenseSample
 from codecloop.tasks.depth import DepthTask
@@ -114,9 +115,10 @@ def test_targets_follow_crop_flip_resize(tmp_path):
     Image.fromarray(np.dstack([mask] * 3)).save(tmp_path / "image.png")
     geometry = DenseGeometry(24, 32, min_scale=0.3)
     layout = DenseLayout(rasters=("mask", "depth"), points=True)
-    batches = DenseBatches([DenseSample(str(tmp_path / "image.png"))] * 8, layout=layout,
-                           load_targets=lambda _: {"mask": mask, "depth": depth, "points": points}, batch_size=8,
-                           training=True, spec=JPEG.parse_spec("none"), codec=JPEG, geometry=geometry, seed=3)
+    batches = DenseBatches([DenseSample(str(tmp_path / "image.png"))] * 8, runtime=PipelineRuntime(batch_size=8,
+                           seed=3), layout=layout, load_targets=lambda _: {"mask": mask, "depth": depth,
+                           "points": points}, training=True, spec=JPEG.parse_spec("none"), codec=JPEG,
+                           geometry=geometry,)
     batch = next(iter(batches))
     assert batch["mirror"].min() == 0 and batch["mirror"].max() == 1
     out_rows, out_cols = np.mgrid[:geometry.height, :geometry.width]

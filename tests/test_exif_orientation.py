@@ -114,9 +114,9 @@ def test_classification_reads_the_stored_orientation(orientation, tmp_path):
     files = {tag: str(write_jpeg(pixels, tmp_path / f"{tag}.jpg", orientation if tag == "tagged" else None))
              for tag in ("plain", "tagged")}
     for training in (False, True):
-        out = {tag: next(iter(ImageBatches([path] * 4, batch_size=4, training=training, geometry=_geometry(),
-                                           spec=JPEG.parse_spec("20"), codec=JPEG, seed=3)))["image"]
-               for tag, path in files.items()}
+        out = {tag: next(iter(ImageBatches([path] * 4, runtime=PipelineRuntime(batch_size=4, seed=3), training=training,
+                         geometry=_geometry(), spec=JPEG.parse_spec("20"), codec=JPEG,)))["image"] for tag,
+                         path in files.items()}
         assert torch.equal(out["plain"], out["tagged"])
 
 

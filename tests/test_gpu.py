@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.codecs import JPEG
 from codecloop.dali_pipes import ImageBatches, jpeg_roundtrip
 from codecloop.dali_pipes.fidelity import packaged_photos
@@ -39,8 +40,8 @@ def test_gpu_stage_close_to_reference(quality):
 
 def test_gpu_batches_live_on_the_device(image_folder):
     files = sorted(str(path) for path in (image_folder / "val").rglob("*.jpg"))
-    batches = ImageBatches(files, batch_size=4, training=True, spec=JPEG.parse_spec("5-95", 0.2), codec=JPEG,
-                           targets={"label": torch.arange(len(files))}, device_id=0)
+    batches = ImageBatches(files, runtime=PipelineRuntime(batch_size=4, device_id=0), training=True,
+                           spec=JPEG.parse_spec("5-95", 0.2), codec=JPEG, targets={"label": torch.arange(len(files))},)
     seen = []
     for batch in batches:
         assert batch["image"].is_cuda and batch["label"].is_cuda and batch["codec_level"].is_cuda
@@ -73,10 +74,10 @@ def test_gpu_dense_batches_match_the_cpu_path(tmp_path):
 
     batches = {}
     for device_id in (None, 0):
-        batches[device_id] = next(iter(DenseBatches(
-            [DenseSample(path) for path in index.files], layout=layout, load_targets=load, batch_size=4,
-            training=True, spec=JPEG.parse_spec("none"), codec=JPEG, geometry=DenseGeometry(64, 96), device_id=device_id,
-            seed=5)))
+        batches[device_id] = next(iter(DenseBatches([DenseSample(path) for path in index.files],
+                                  runtime=PipelineRuntime(batch_size=4, device_id=device_id, seed=5), layout=layout,
+                                  load_targets=load, training=True, spec=JPEG.parse_spec("none"), codec=JPEG,
+                                  geometry=DenseGeometry(64, 96),)))
     gpu, cpu = batches[0], batches[None]
     assert gpu["image"].is_cuda and gpu["mask"].is_cuda and gpu["points"].is_cuda
     assert torch.equal(gpu["mirror"].cpu(), cpu["mirror"])
@@ -123,6 +124,7 @@ def test_gpu_decode_ignores_exif_orientation(orientation, tmp_path):
     pixels = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8))
     plain = write_jpeg(pixels, tmp_path / "plain.jpg", None)
     tagged = write_jpeg(pixels, tmp_path / "tagged.jpg", orientation)
-    batches = {path: next(iter(ImageBatches([str(path)], batch_size=1, training=False, spec=JPEG.parse_spec("none"), codec=JPEG,
-                                            device_id=0)))["image"] for path in (plain, tagged)}
+    batches = {path: next(iter(ImageBatches([str(path)], runtime=PipelineRuntime(batch_size=1, device_id=0),
+                          training=False, spec=JPEG.parse_spec("none"), codec=JPEG,)))["image"] for path in (plain,
+                          tagged)}
     assert torch.equal(batches[plain], batches[tagged])

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes import ImageBatches, ImageGeometry, SweepBatches
 from codecloop.dali_pipes.feeder import valid_count
@@ -117,16 +118,18 @@ def test_channels_last_batches_equal_the_nchw_ones(image_folder, training, with_
     files = _image_files(image_folder)
     batches = {}
     for channels_last in (False, True):
-        batches[channels_last] = list(ImageBatches(
-            files, batch_size=5, training=training, spec=JPEG.parse_spec("5-95", 0.2), codec=JPEG, with_clean=with_clean,
-            geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=2, seed=3, channels_last=channels_last))
+        batches[channels_last] = list(ImageBatches(files, runtime=PipelineRuntime(batch_size=5, num_threads=2, seed=3,
+                                      channels_last=channels_last), training=training, spec=JPEG.parse_spec("5-95",
+                                      0.2), codec=JPEG, with_clean=with_clean, geometry=ImageGeometry(crop_size=32,
+                                      resize_size=40),))
     for nchw, nhwc in zip(batches[False], batches[True]):
         for name in ("image", "clean_image") if with_clean else ("image",):
             assert nhwc[name].shape == nchw[name].shape and nhwc[name].shape[1] == 3
             assert nhwc[name].is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(nhwc[name], nchw[name])
-    sweeps = [list(SweepBatches(files, levels=[10, 50], codec=JPEG, batch_size=6, geometry=ImageGeometry(32, 40), num_threads=2,
-                                channels_last=channels_last)) for channels_last in (False, True)]
+    sweeps = [list(SweepBatches(files, runtime=PipelineRuntime(batch_size=6, num_threads=2,
+                   channels_last=channels_last), levels=[10, 50], codec=JPEG, geometry=ImageGeometry(32,
+                   40))) for channels_last in (False, True)]
     for nchw, nhwc in zip(*sweeps):
         for level in (None, 10, 50):
             assert nhwc["views"][level].is_contiguous(memory_format=torch.channels_last)
@@ -138,13 +141,15 @@ def test_dense_and_h264_batches_channels_last(tmp_path, image_folder):
 
     files = _image_files(image_folder)[:6]
     for make in (
-        lambda last: DenseBatches([DenseSample(path) for path in files], layout=DenseLayout(points=True),
-                                  load_targets=lambda index: {"points": np.zeros((1, 2), np.float32)}, batch_size=3,
-                                  training=True, spec=JPEG.parse_spec("30"), codec=JPEG, geometry=DenseGeometry(32, 48),
-                                  seed=2, channels_last=last),
-        lambda last: ImageBatches(files, batch_size=3, training=True, spec=H264.parse_spec("30"), codec=H264,
-                                      geometry=ImageGeometry(32, 40), seed=2, with_clean=True, channels_last=last),
-    ):
+        lambda last: DenseBatches([DenseSample(path) for path in files],
+                                  runtime=PipelineRuntime(batch_size=3, seed=2, channels_last=last),
+                                  layout=DenseLayout(points=True),
+                                  load_targets=lambda index: {"points": np.zeros((1, 2), np.float32)},
+                                  training=True, spec=JPEG.parse_spec("30"), codec=JPEG,
+                                  geometry=DenseGeometry(32, 48)),
+        lambda last: ImageBatches(files, runtime=PipelineRuntime(batch_size=3, seed=2, channels_last=last),
+                                  training=True, spec=H264.parse_spec("30"), codec=H264, geometry=ImageGeometry(32, 40),
+                                  with_clean=True)):
         nchw, nhwc = next(iter(make(False))), next(iter(make(True)))
         for name in ("image", "clean_image"):
             if name in nchw:
@@ -176,8 +181,8 @@ def test_nvdec_missing_library_is_named_before_any_pipeline(tmp_path):
     write_video(tmp_path / "src" / "clip.mp4", moving_frames(6, 64, 48))
     transcode(tmp_path / "src", tmp_path / "ladder", crfs=(0, 40), workers=1, progress=False)
     with pytest.raises(RuntimeError, match="NVDEC needs the NVIDIA driver's libnvcuvid.so.1.*video"):
-        VideoBatches(load_ladder(tmp_path / "ladder"), ["clip"], batch_size=1, training=False,
-                     spec=H264.parse_spec("40"), codec=H264, device_id=0)
+        VideoBatches(load_ladder(tmp_path / "ladder"), ["clip"], runtime=PipelineRuntime(batch_size=1, device_id=0),
+                     training=False, spec=H264.parse_spec("40"), codec=H264,)
 
 
 def test_a_dali_error_names_the_files_in_flight(tmp_path, image_folder):
@@ -189,9 +194,9 @@ def test_a_dali_error_names_the_files_in_flight(tmp_path, image_folder):
     data = Path(files[0]).read_bytes()
     broken.write_bytes(data[:data.index(b"\xff\xda") + 14])  # cut after its headers: PIL still reads the size
     with pytest.raises(RuntimeError, match=f"(?s)Failed to decode.*while reading one of 5 samples: .*{broken.name}"):
-        list(DenseBatches([DenseSample(path) for path in [*files, str(broken)]], layout=DenseLayout(),
-                          load_targets=lambda index: {}, batch_size=5, training=False,
-                          spec=JPEG.parse_spec("none"), codec=JPEG, geometry=DenseGeometry(32, 32)))
+        list(DenseBatches([DenseSample(path) for path in [*files, str(broken)]], runtime=PipelineRuntime(batch_size=5),
+             layout=DenseLayout(), load_targets=lambda index: {}, training=False, spec=JPEG.parse_spec("none"),
+             codec=JPEG, geometry=DenseGeometry(32, 32)))
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.codecs import H264
 from tests.conftest import no_host_sync
 
@@ -76,8 +77,9 @@ def test_gpu_video_batches_live_on_the_device(real_ladder):
 
     clips = sorted(real_ladder.rungs) * 3
     for training, clips_per_video in ((True, 1), (False, 3)):
-        batches = VideoBatches(real_ladder, clips, batch_size=4, training=training, spec=H264.parse_spec("18-51", 0.2), codec=H264,
-                               sampling=ClipSampling(16, 2, clips_per_video), device_id=0, num_threads=2)
+        batches = VideoBatches(real_ladder, clips, runtime=PipelineRuntime(batch_size=4, device_id=0, num_threads=2),
+                               training=training, spec=H264.parse_spec("18-51", 0.2), codec=H264,
+                               sampling=ClipSampling(16, 2, clips_per_video),)
         seen = []
         for batch in batches:
             expected = (3, 16, 112, 112) if clips_per_video == 1 else (3, 3, 16, 112, 112)
@@ -94,9 +96,9 @@ def test_gpu_h264_image_batches_match_the_cpu_path(real_ladder):
     samples = [(clip, frame) for clip in sorted(real_ladder.rungs) for frame in (0, 9, 30)]
     views = {}
     for device_id in (None, 0):
-        batches = ImageBatches(samples, ladder=real_ladder, batch_size=4, training=False,
-                                   spec=H264.parse_spec("40"), codec=H264, geometry=ImageGeometry(112, 128), device_id=device_id,
-                                   num_threads=2, with_clean=True)
+        batches = ImageBatches(samples, runtime=PipelineRuntime(batch_size=4, device_id=device_id, num_threads=2),
+                               ladder=real_ladder, training=False, spec=H264.parse_spec("40"), codec=H264,
+                               geometry=ImageGeometry(112, 128), with_clean=True)
         views[device_id] = torch.cat([batch["image"].cpu() for batch in batches])
     assert (views[None] - views[0]).abs().mean() < VIEWS_MAX_MEAN_DIFFERENCE
 
@@ -112,9 +114,9 @@ def test_nvdec_frame_past_the_end_fails_naming_the_clip(real_ladder):
     rungs = {clip: {crf: dataclasses.replace(rung, frames=rung.frames + 200) if clip == "carphone" else rung
                     for crf, rung in by_crf.items()} for clip, by_crf in real_ladder.rungs.items()}
     overstated = Ladder(real_ladder.root, real_ladder.settings, rungs)
-    batches = VideoBatches(overstated, ["carphone"], batch_size=1, training=False, spec=H264.parse_spec("28"), codec=H264,
-                           sampling=ClipSampling(2, real_ladder.rungs["carphone"][28].frames + 100, 1), device_id=0,
-                           num_threads=1)  # frames 0 and n + 100 of an n-frame clip
+    batches = VideoBatches(overstated, ["carphone"], runtime=PipelineRuntime(batch_size=1, device_id=0, num_threads=1),
+                           training=False, spec=H264.parse_spec("28"), codec=H264,
+                           sampling=ClipSampling(2, real_ladder.rungs["carphone"][28].frames + 100, 1))  # 0 and n+100
     with pytest.raises(RuntimeError, match="(?s)out-of-bounds frame.*clip 'carphone'"):
         next(iter(batches))
 
@@ -127,9 +129,9 @@ def test_gpu_video_training_step_never_waits_for_the_gpu(real_ladder):
     from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
     clips = sorted(real_ladder.rungs) * 2
-    batches = iter(VideoBatches(real_ladder, clips, batch_size=2, training=True, spec=H264.parse_spec("18-51"), codec=H264,
-                                sampling=ClipSampling(8, 2, 1), targets={"label": torch.arange(len(clips)) % 3},
-                                device_id=0, num_threads=2))
+    batches = iter(VideoBatches(real_ladder, clips, runtime=PipelineRuntime(batch_size=2, device_id=0, num_threads=2),
+                   training=True, spec=H264.parse_spec("18-51"), codec=H264, sampling=ClipSampling(8, 2, 1),
+                   targets={"label": torch.arange(len(clips)) % 3},))
     model = r3d_18(num_classes=3).cuda()
     next(batches)
     with no_host_sync():

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes import ImageBatches, ImageGeometry
 from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes.h264_intra import h264_roundtrip
@@ -34,14 +35,14 @@ def png_files(tmp_path_factory) -> list[str]:
 
 
 def _images(files, spec, training=False, **kwargs) -> torch.Tensor:
-    batches = ImageBatches(files, batch_size=2, training=training, spec=H264.parse_spec(spec), codec=H264, geometry=GEOMETRY,
-                               num_threads=2, **kwargs)
+    batches = ImageBatches(files, runtime=PipelineRuntime(batch_size=2, num_threads=2), training=training,
+                           spec=H264.parse_spec(spec), codec=H264, geometry=GEOMETRY, **kwargs)
     return torch.cat([batch["image"] for batch in batches])
 
 
 def test_online_clean_matches_the_jpeg_pipelines_clean_view(png_files):
-    reference = ImageBatches(png_files, batch_size=2, training=False, spec=JPEG.parse_spec("none"), codec=JPEG,
-                             geometry=GEOMETRY, num_threads=2)
+    reference = ImageBatches(png_files, runtime=PipelineRuntime(batch_size=2, num_threads=2), training=False,
+                             spec=JPEG.parse_spec("none"), codec=JPEG, geometry=GEOMETRY,)
     torch.testing.assert_close(_images(png_files, "none"), torch.cat([b["image"] for b in reference]),
                                atol=0.02, rtol=0)
 
@@ -53,9 +54,9 @@ def test_online_compression_grows_with_crf(png_files):
 
 
 def test_online_batches_carry_the_drawn_crf_and_a_matched_clean_view(png_files):
-    batches = ImageBatches(png_files, batch_size=2, training=True, spec=H264.parse_spec("30-40", 0.4), codec=H264,
-                               geometry=GEOMETRY, num_threads=2, with_clean=True,
-                               targets={"label": torch.arange(5) * 3})
+    batches = ImageBatches(png_files, runtime=PipelineRuntime(batch_size=2, num_threads=2), training=True,
+                           spec=H264.parse_spec("30-40", 0.4), codec=H264, geometry=GEOMETRY, with_clean=True,
+                           targets={"label": torch.arange(5) * 3})
     crfs = []
     for batch in batches:
         assert batch["image"].shape[1:] == (3, 48, 48) and batch["clean_image"].shape == batch["image"].shape
@@ -91,8 +92,8 @@ def test_ladder_frames_map_back_to_their_images(sequences):
     assert ladder.frame_files("val/coffee") == [f"frame{i}.png" for i in range(4)]
     files = [str(root / "val" / "coffee" / f"frame{i}.png") for i in (3, 0)]
     frames = [("val/coffee", 3), ("val/coffee", 0)]
-    from_ladder = torch.cat([b["image"] for b in ImageBatches(frames, ladder=ladder, batch_size=2, training=False,
-                                                                  spec=H264.parse_spec("0"), codec=H264, geometry=GEOMETRY)])
+    from_ladder = torch.cat([b["image"] for b in ImageBatches(frames, runtime=PipelineRuntime(batch_size=2),
+                            ladder=ladder, training=False, spec=H264.parse_spec("0"), codec=H264, geometry=GEOMETRY)])
     online_clean = _images(files, "none")
     assert float((from_ladder - online_clean).abs().mean()) < 0.05  # rung 0: the same images, near-lossless
 

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.codecs import JPEG
 from tests.conftest import TINY
 from tests.datasets import write_image_folder
@@ -200,9 +201,10 @@ def test_training_shards_step_together_on_full_batches(uneven_folder, num_shards
     files = _image_files(uneven_folder)
     seen, lengths = set(), []
     for shard_id in range(num_shards):
-        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=JPEG.parse_spec("10-90"), codec=JPEG,
-                               geometry=ImageGeometry(crop_size=32, resize_size=40), shard_id=shard_id,
-                               num_shards=num_shards, num_threads=1, seed=7)
+        batches = ImageBatches(files, runtime=PipelineRuntime(batch_size=BATCH, shard_id=shard_id,
+                               num_shards=num_shards, num_threads=1, seed=7), training=True,
+                               spec=JPEG.parse_spec("10-90"), codec=JPEG, geometry=ImageGeometry(crop_size=32,
+                               resize_size=40),)
         indices = [batch["index"].tolist() for batch in batches]
         assert [len(batch) for batch in indices] == [BATCH] * len(batches)
         lengths.append(len(batches))
@@ -227,9 +229,10 @@ def test_ranks_share_the_plan_and_read_disjoint_shards(uneven_folder):
     files = _image_files(uneven_folder)
     shards = []
     for runtime in runtimes:
-        batches = ImageBatches(files, batch_size=BATCH, training=True, spec=JPEG.parse_spec("1-100"), codec=JPEG,
-                               geometry=ImageGeometry(crop_size=32, resize_size=40), num_threads=1,
-                               seed=runtime.seed, shard_id=runtime.shard_id, num_shards=runtime.num_shards)
+        batches = ImageBatches(files, runtime=PipelineRuntime(batch_size=BATCH, shard_id=runtime.shard_id,
+                               num_shards=runtime.num_shards, num_threads=1, seed=runtime.seed), training=True,
+                               spec=JPEG.parse_spec("1-100"), codec=JPEG, geometry=ImageGeometry(crop_size=32,
+                               resize_size=40),)
         shards.append([index for batch in batches for index in batch["index"].tolist()])
     owned = [set(shard[:len(range(rank, len(files), 3))]) for rank, shard in enumerate(shards)]  # then padding
     assert sum(map(len, owned)) == len(files) and set().union(*owned) == set(range(len(files)))

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes import ImageBatches, ImageGeometry, jpeg_roundtrip
 from codecloop.dali_pipes.codecs import H264, JPEG
 
@@ -29,9 +30,10 @@ def png_files(tmp_path_factory) -> list[str]:
     return paths
 
 
-def _batches(files, training=False, spec="none", **kwargs) -> ImageBatches:
-    return ImageBatches(files, batch_size=5, training=training, spec=JPEG.parse_spec(spec), codec=JPEG,
-                        geometry=GEOMETRY, num_threads=2, **kwargs)
+def _batches(files, training=False, spec="none", shard_id=0, num_shards=1, **kwargs) -> ImageBatches:
+    runtime = PipelineRuntime(batch_size=5, num_threads=2, shard_id=shard_id, num_shards=num_shards)
+    return ImageBatches(files, runtime=runtime, training=training,
+                        spec=JPEG.parse_spec(spec), codec=JPEG, geometry=GEOMETRY, **kwargs)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -75,7 +77,8 @@ def test_codec_runs_at_native_resolution_before_resize(png_files, tmp_path):
         Image.fromarray(compressed).save(manual_files[-1])
     manual = torch.cat([b["image"] for b in _batches(manual_files)])
     torch.testing.assert_close(in_loop, manual)
-    after_resize = torch.cat([b["image"] for b in _batches(png_files, spec=str(quality), codec_placement="after_resize")])
+    after_resize = torch.cat([b["image"] for b in _batches(png_files, spec=str(quality),
+                             codec_placement="after_resize")])
     clean = torch.cat([b["image"] for b in _batches(png_files)])
     assert not torch.allclose(after_resize, in_loop)
     assert (in_loop - clean).abs().mean() > 0.01
@@ -131,8 +134,8 @@ def test_jpeg_and_h264_runs_of_one_seed_see_the_same_crops_and_flips(png_files):
     out bit-identical, crops and flips included, though one codec runs in the graph and one on the host."""
     runs = {}
     for codec, spec in ((JPEG, "5-95"), (H264, "18-51")):
-        batches = ImageBatches(png_files, batch_size=4, training=True, spec=codec.parse_spec(spec, clean_prob=0.5),
-                               codec=codec, geometry=GEOMETRY, num_threads=2, seed=11)
+        batches = ImageBatches(png_files, runtime=PipelineRuntime(batch_size=4, num_threads=2, seed=11), training=True,
+                               spec=codec.parse_spec(spec, clean_prob=0.5), codec=codec, geometry=GEOMETRY,)
         runs[codec.name] = {index: (image, level) for batch in batches
                             for index, image, level in zip(batch["index"].tolist(), batch["image"],
                                                            batch["codec_level"].tolist())}

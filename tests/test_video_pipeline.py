@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.codecs import H264
 from codecloop.dali_pipes.levels import CLEAN_LEVEL
 from codecloop.dali_pipes.ladder import SWSCALE_THREADS, load_ladder, transcode
@@ -28,11 +29,13 @@ def ladder(tmp_path_factory):
     return load_ladder(dst)
 
 
-def _batches(ladder, spec="none", training=False, sampling=SAMPLING, **kwargs) -> VideoBatches:
+def _batches(ladder, spec="none", training=False, sampling=SAMPLING, shard_id=0, num_shards=1,
+             **kwargs) -> VideoBatches:
     clips = sorted(ladder.rungs)
-    return VideoBatches(ladder, clips, batch_size=3, training=training, spec=H264.parse_spec(spec, kwargs.pop(
-        "clean_prob", 0.0)), codec=H264, sampling=sampling, geometry=GEOMETRY, targets={"label": torch.arange(len(clips)) * 10},
-        num_threads=2, **kwargs)
+    runtime = PipelineRuntime(batch_size=3, num_threads=2, shard_id=shard_id, num_shards=num_shards)
+    return VideoBatches(ladder, clips, runtime=runtime, training=training,
+                        spec=H264.parse_spec(spec, kwargs.pop("clean_prob", 0.0)), codec=H264, sampling=sampling,
+                        geometry=GEOMETRY, targets={"label": torch.arange(len(clips)) * 10}, **kwargs)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -114,6 +117,8 @@ def test_decode_frames_matches_sequential_decode(ladder):
 
 def test_clip_missing_from_the_ladder_is_named(ladder):
     with pytest.raises(ValueError, match="clip 'elsewhere' is not in the ladder"):
-        VideoBatches(ladder, ["clip0", "elsewhere"], batch_size=2, training=False, spec=H264.parse_spec("none"), codec=H264)
+        VideoBatches(ladder, ["clip0", "elsewhere"], runtime=PipelineRuntime(batch_size=2), training=False,
+                     spec=H264.parse_spec("none"), codec=H264)
     with pytest.raises(ValueError, match="CRF 28 is not a rung"):
-        VideoBatches(ladder, ["clip0"], batch_size=2, training=False, spec=H264.parse_spec("28"), codec=H264)
+        VideoBatches(ladder, ["clip0"], runtime=PipelineRuntime(batch_size=2), training=False,
+                     spec=H264.parse_spec("28"), codec=H264)
