@@ -6,13 +6,15 @@ its default sweep levels and retraining spec, and how it runs:
 | runs       | how                                                                      | images | clips |
 | ---------- | ------------------------------------------------------------------------ | ------ | ----- |
 | graph      | `graph_stage(images, level)`: DALI nodes, inside the pipeline (JPEG)     | yes    | no    |
-| host       | `roundtrip(image, level)`: HxWx3 uint8 in and out, on CPU threads        | yes    | no    |
+| host       | `roundtrip(image, level)`: HxWx3 uint8 in and out, on CPU threads (H.264  | yes    | no    |
+|            | intra, WebP, AVIF through Pillow)                                        |        |       |
 | ladder     | clips encoded ahead at each level (`codecloop transcode`), a rung drawn  | frames | yes   |
 
-`graph_tile` says the graph stage works on tiles fixed to the image's origin (JPEG: 16x16 for 4:2:0), so
-that CPU training may compress only a tile-aligned window around the crop. A codec may run in several
-ways (H.264 runs on the host for images and as a ladder for clips). Every codec reports a clean sample
-as `CLEAN_LEVEL`. Adding a codec is one module that builds a `Codec` and passes it to `register_codec`;
+`missing` says why this machine cannot run the codec (an encoder its libraries lack, with the install hint),
+checked before any work. `graph_tile` says the graph stage works on tiles fixed to the image's origin (JPEG:
+16x16 for 4:2:0), so that CPU training may compress only a tile-aligned window around the crop. A codec may
+run in several ways (H.264 runs on the host for images and as a ladder for clips). Every codec reports a
+clean sample as `CLEAN_LEVEL`. Adding a codec is one module that builds a `Codec` and passes it to `register_codec`;
 nothing on the train and sweep path names codecs.
 """
 
@@ -27,6 +29,7 @@ from codecloop.dali_pipes.codec import JPEG_QUALITY, jpeg_stage
 from codecloop.dali_pipes.crf import CRF_SCALE, DEFAULT_CRF_LEVELS, LOSSLESS_CRF
 from codecloop.dali_pipes.h264_intra import h264_intra_roundtrip
 from codecloop.dali_pipes.levels import LevelScale, LevelSpec
+from codecloop.dali_pipes.pillow_codecs import avif_roundtrip, missing as pillow_missing, webp_roundtrip
 
 Roundtrip = Callable[[np.ndarray, int], np.ndarray]
 
@@ -45,6 +48,7 @@ class Codec:
     graph_tile: int | None = None
     roundtrip: Roundtrip | None = None
     ladder_clean_rung: int | None = None
+    missing: Callable[[], str | None] | None = None
 
     def __post_init__(self) -> None:
         if not (self.graph_stage or self.roundtrip or self.ladder_clean_rung is not None):
@@ -141,4 +145,14 @@ JPEG = register_codec(Codec(
 H264 = register_codec(Codec(
     name="h264", title="H.264", scale=CRF_SCALE, higher_is_better=False, default_levels=DEFAULT_CRF_LEVELS,
     retrain_spec="18-51", roundtrip=h264_intra_roundtrip, ladder_clean_rung=LOSSLESS_CRF,
+))
+WEBP = register_codec(Codec(
+    name="webp", title="WebP", scale=LevelScale("WebP", "quality", 0, 100), higher_is_better=True,
+    default_levels=(5, 10, 20, 30, 50, 75, 95), retrain_spec="5-95", roundtrip=webp_roundtrip,
+    missing=lambda: pillow_missing("webp"),
+))
+AVIF = register_codec(Codec(
+    name="avif", title="AVIF", scale=LevelScale("AVIF", "quality", 0, 100), higher_is_better=True,
+    default_levels=(5, 10, 20, 30, 50, 75, 95), retrain_spec="5-95", roundtrip=avif_roundtrip,
+    missing=lambda: pillow_missing("avif"),
 ))

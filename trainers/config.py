@@ -175,6 +175,9 @@ class Config:
             codec = get_codec(self.codec)
         except ValueError as error:
             raise ValueError(f"config key 'codec': {error}") from error
+        problem = codec.missing() if codec.missing else None
+        if problem:
+            raise ValueError(f"config key 'codec': codec {codec.name!r} cannot run: {problem}")
         for spec_key in ("level", "eval_level", "retrain_level"):
             try:
                 codec.parse_spec(getattr(self, spec_key))
