@@ -83,8 +83,7 @@ class ImageFeeder(ShardedFeeder):
         self.windowed = (self.mode == "graph" and self.training and not on_gpu and codec_placement == "native"
                          and codec.graph_tile is not None and not spec.is_none)
         self.rungs = ladder.crfs() if ladder is not None else None
-        self.sizes = dict(sizes or {})  # stored (width, height) by path, where the index knows them
-        self._sizes: dict[int, tuple[int, int]] = {}  # header sizes, read once per sample, not per epoch
+        self.sizes = dict(sizes or {})  # stored (width, height) by path: the index's, else read once from the header
         if ladder is not None:
             spec.check_ladder(self.rungs, codec.ladder_clean_rung, f"ladder {ladder.root}")
             unknown = [clip for clip, _ in self.samples if clip not in ladder.rungs]
@@ -112,10 +111,10 @@ class ImageFeeder(ShardedFeeder):
         return (*names, *roi, "mirror", "level", "index", "valid")
 
     def _size(self, index: int) -> tuple[int, int]:
-        if index not in self._sizes:
-            path = self.samples[index]
-            self._sizes[index] = self.sizes.get(path) or image_size(path)
-        return self._sizes[index]
+        path = self.samples[index]
+        if path not in self.sizes:
+            self.sizes[path] = image_size(path)
+        return self.sizes[path]
 
     def _ladder_frame(self, clip: str, frame: int, level: int) -> np.ndarray:
         """The rung file's name (GPU: read by DALI, decoded by NVDEC) or the frame decoded by PyAV (CPU)."""

@@ -3,13 +3,13 @@ trains and sweeps with it, touching no project file."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 
 from codecloop.dali_pipes import Codec, LevelScale, register_codec, unregister_codec
+from codecloop.trainers.report import read_csv
 from tests.conftest import TINY
 
 
@@ -53,8 +53,7 @@ def test_a_registered_codec_trains_and_sweeps(posterize_codec, run_cli, image_fo
     status, _, err = run_cli("sweep", "--data", image_folder, *TINY, "--codec", "posterize", "--levels", "1,8",
                              "--checkpoint", tmp_path / "train", "--out", tmp_path / "sweep")
     assert status == 0, err
-    with (tmp_path / "sweep" / "sweep.csv").open() as handle:
-        rows = {row["level"]: row for row in csv.DictReader(handle)}
+    rows = {row["level"]: row for row in read_csv(tmp_path / "sweep" / "sweep.csv")}
     assert set(rows) == {"clean", "1", "8"} and rows["1"]["codec"] == "posterize"
     assert float(rows["8"]["loss"]) == float(rows["clean"]["loss"])  # 8 bits is the identity
     assert float(rows["1"]["loss"]) != float(rows["clean"]["loss"])  # 1 bit is not: the codec ran

@@ -3,7 +3,6 @@ stops a run before any work with the install hint, and a run trains and sweeps w
 
 from __future__ import annotations
 
-import csv
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from skimage import data as skdata
 
 from codecloop.dali_pipes import get_codec
 from codecloop.dali_pipes.reference import psnr
+from codecloop.trainers.report import read_csv
 from tests.conftest import TINY
 
 
@@ -40,7 +40,6 @@ def test_webp_trains_and_sweeps(run_cli, tmp_path, image_folder):
     status, _, err = run_cli("sweep", "--data", image_folder, *TINY, "--codec", "webp", "--levels", "5,95",
                              "--checkpoint", tmp_path / "train", "--out", tmp_path / "sweep")
     assert status == 0, err
-    with (tmp_path / "sweep" / "sweep.csv").open() as handle:
-        rows = {row["level"]: row for row in csv.DictReader(handle)}
+    rows = {row["level"]: row for row in read_csv(tmp_path / "sweep" / "sweep.csv")}
     assert set(rows) == {"clean", "5", "95"} and rows["5"]["codec"] == "webp"
     assert np.isfinite(float(rows["5"]["loss"])) and float(rows["5"]["loss"]) != float(rows["clean"]["loss"])
