@@ -471,6 +471,12 @@ class Ladder:
         """The rung file of `clip` at `crf`."""
         return self.root / self.rungs[clip][crf].path
 
+    def rung(self, clip: str, crf: int, codec: str = "h264") -> Rung:
+        """The manifest row of `clip` encoded by `codec` at `crf`; a KeyError names what the ladder lacks."""
+        if codec != "h264" or crf not in self.rungs.get(clip, {}):
+            raise KeyError(f"ladder {self.root} has no {codec} rung at CRF {crf} for clip {clip!r}")
+        return self.rungs[clip][crf]
+
     def check_source(self, root: Path | str) -> None:
         """Raise ValueError unless this ladder was transcoded from the folder `root`."""
         source = self.settings.get("src")
