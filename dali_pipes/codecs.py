@@ -10,7 +10,8 @@ its default sweep levels and retraining spec, and how it runs:
 |            | intra, WebP, AVIF through Pillow)                                        |        |       |
 | ladder     | clips encoded ahead at each level (`codecloop transcode`), a rung drawn  | frames | yes   |
 
-`missing` says why this machine cannot run the codec (an encoder its libraries lack, with the install hint),
+`encode(image, level)` returns the bitstream of one image, for its bits per pixel (`codecloop.dali_pipes.rates`);
+a ladder's rungs are their own bitstreams. `missing` says why this machine cannot run the codec (an encoder its libraries lack, with the install hint),
 checked before any work. `graph_tile` says the graph stage works on tiles fixed to the image's origin (JPEG:
 16x16 for 4:2:0), so that CPU training may compress only a tile-aligned window around the crop. A codec may
 run in several ways (H.264 runs on the host for images and as a ladder for clips). Every codec reports a
@@ -29,7 +30,8 @@ from codecloop.dali_pipes.codec import JPEG_QUALITY, jpeg_stage
 from codecloop.dali_pipes.crf import CRF_SCALE, DEFAULT_CRF_LEVELS, LOSSLESS_CRF
 from codecloop.dali_pipes.h264_intra import h264_intra_roundtrip
 from codecloop.dali_pipes.levels import LevelScale, LevelSpec
-from codecloop.dali_pipes.pillow_codecs import avif_roundtrip, missing as pillow_missing, webp_roundtrip
+from codecloop.dali_pipes.pillow_codecs import (avif_encode, avif_roundtrip, jpeg_encode, missing as pillow_missing,
+                                                webp_encode, webp_roundtrip)
 
 Roundtrip = Callable[[np.ndarray, int], np.ndarray]
 
@@ -49,6 +51,7 @@ class Codec:
     roundtrip: Roundtrip | None = None
     ladder_clean_rung: int | None = None
     missing: Callable[[], str | None] | None = None
+    encode: Callable[[np.ndarray, int], bytes] | None = None
 
     def __post_init__(self) -> None:
         if not (self.graph_stage or self.roundtrip or self.ladder_clean_rung is not None):
@@ -141,6 +144,7 @@ def codec_axis(name: str) -> str:
 JPEG = register_codec(Codec(
     name="jpeg", title="JPEG", scale=JPEG_QUALITY, higher_is_better=True,
     default_levels=(5, 10, 15, 20, 30, 50, 75, 95), retrain_spec="5-95", graph_stage=jpeg_stage, graph_tile=16,
+    encode=jpeg_encode,
 ))
 H264 = register_codec(Codec(
     name="h264", title="H.264", scale=CRF_SCALE, higher_is_better=False, default_levels=DEFAULT_CRF_LEVELS,
@@ -149,10 +153,10 @@ H264 = register_codec(Codec(
 WEBP = register_codec(Codec(
     name="webp", title="WebP", scale=LevelScale("WebP", "quality", 0, 100), higher_is_better=True,
     default_levels=(5, 10, 20, 30, 50, 75, 95), retrain_spec="5-95", roundtrip=webp_roundtrip,
-    missing=lambda: pillow_missing("webp"),
+    encode=webp_encode, missing=lambda: pillow_missing("webp"),
 ))
 AVIF = register_codec(Codec(
     name="avif", title="AVIF", scale=LevelScale("AVIF", "quality", 0, 100), higher_is_better=True,
     default_levels=(5, 10, 20, 30, 50, 75, 95), retrain_spec="5-95", roundtrip=avif_roundtrip,
-    missing=lambda: pillow_missing("avif"),
+    encode=avif_encode, missing=lambda: pillow_missing("avif"),
 ))

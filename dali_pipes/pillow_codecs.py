@@ -1,7 +1,8 @@
-"""WebP and AVIF for single images: an encode and decode through the encoders inside Pillow's wheels.
+"""Image codecs through the encoders inside Pillow's wheels: WebP and AVIF in the loop, and JPEG's bitstream.
 
-They run on the host (the feeder's CPU threads), as H.264 intra does: there is no DALI operator for them.
-Pillow's quality scale is 0..100 for both, higher better. A Pillow built without one of them is reported
+WebP and AVIF run on the host (the feeder's CPU threads), as H.264 intra does: there is no DALI operator
+for them. Pillow's quality scale is 0..100 for both, higher better. JPEG runs in the DALI graph, which
+keeps no bitstream, so its bits per pixel come from libjpeg here (`jpeg_encode`). A Pillow built without one of them is reported
 with the install hint before any work (`missing`).
 """
 
@@ -13,23 +14,43 @@ import numpy as np
 from PIL import Image, features
 
 
-def pillow_roundtrip(image: np.ndarray, quality: int, format: str) -> np.ndarray:
-    """Encode an RGB uint8 HxWx3 image with Pillow's `format` encoder at `quality` and decode it back."""
+def pillow_encode(image: np.ndarray, quality: int, format: str, **options) -> bytes:
+    """The bitstream of an RGB uint8 HxWx3 image encoded by Pillow's `format` encoder at `quality`."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, np.uint8)).save(buffer, format, quality=int(quality))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    Image.fromarray(np.ascontiguousarray(image, np.uint8)).save(buffer, format, quality=int(quality), **options)
+    return buffer.getvalue()
+
+
+def pillow_decode(data: bytes) -> np.ndarray:
+    """An encoded image back to RGB uint8 HxWx3."""
+    with Image.open(io.BytesIO(data)) as decoded:
         return np.asarray(decoded.convert("RGB"))
 
 
+def jpeg_encode(image: np.ndarray, quality: int) -> bytes:
+    """A baseline JPEG through libjpeg (Pillow) at `quality`, 4:2:0 as the in-graph stage: the file size the
+    graph stage (which has no entropy coder) stands for."""
+    return pillow_encode(image, quality, "JPEG", subsampling="4:2:0")
+
+
+def webp_encode(image: np.ndarray, quality: int) -> bytes:
+    """Lossy WebP (libwebp, 4:2:0) at `quality`."""
+    return pillow_encode(image, quality, "WEBP")
+
+
+def avif_encode(image: np.ndarray, quality: int) -> bytes:
+    """AVIF (libavif) at `quality`."""
+    return pillow_encode(image, quality, "AVIF")
+
+
 def webp_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
-    """`pillow_roundtrip` through libwebp (lossy, 4:2:0)."""
-    return pillow_roundtrip(image, quality, "WEBP")
+    """`webp_encode`, decoded back."""
+    return pillow_decode(webp_encode(image, quality))
 
 
 def avif_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
-    """`pillow_roundtrip` through Pillow's AVIF encoder (libavif)."""
-    return pillow_roundtrip(image, quality, "AVIF")
+    """`avif_encode`, decoded back."""
+    return pillow_decode(avif_encode(image, quality))
 
 
 def missing(feature: str) -> str | None:

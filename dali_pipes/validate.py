@@ -257,34 +257,42 @@ def cache_folder(data_root: str | Path | None) -> Path:
     return folder
 
 
-class ScanCache:
-    """The cached `FileFacts` of the files below one folder (``root``), keyed by relative path and
-    valid while the file's stamp is unchanged. `locked` holds an exclusive lock for a whole scan and
-    writes what it learned atomically at the end; any failure there only costs the cache."""
+class StampedCache:
+    """Per-file entries below one folder (``root``) in one JSON file, keyed by relative path and valid while
+    the file's stamp (size, mtime_ns) is unchanged: what a scan or a rate measurement learned about it.
+    `locked` holds an exclusive lock for a whole pass and writes what it learned atomically at the end;
+    any failure there only costs the cache. A file written by another `version` or with another `header`
+    (say, other encoder versions) is ignored and rebuilt."""
 
-    def __init__(self, root: str, folder: Path | None = None) -> None:
+    kind = "scan"
+    title = "image scan"
+    version = CACHE_VERSION
+
+    def __init__(self, root: str, folder: Path | None = None, header: dict | None = None) -> None:
         self.root = root
         name = hashlib.sha256(root.encode()).hexdigest()[:24]
         self.folder = folder or scan_cache_dir()
-        self.path = self.folder / (f"scan-{name}.json" if self.folder.name == DATA_CACHE_FOLDER else f"{name}.json")
+        plain = self.kind == "scan" and self.folder.name != DATA_CACHE_FOLDER
+        self.path = self.folder / (f"{name}.json" if plain else f"{self.kind}-{name}.json")
+        self.header = header or {}
         self.entries: dict[str, list] = {}
         self.dirty = False
 
-    def get(self, path: str, stamp: Stamp) -> FileFacts | None:
-        """The facts cached for `path` at this stamp, or None."""
+    def entry(self, path: str, stamp: Stamp) -> list | None:
+        """The cached entry of `path` past its stamp, or None when absent or the file changed since."""
         entry = self.entries.get(os.path.relpath(path, self.root))
-        if not isinstance(entry, list) or len(entry) != 9 or tuple(entry[:2]) != stamp:
-            return None  # not cached, changed since, or an entry this version did not write
-        return FileFacts(*entry[2:])
+        if not isinstance(entry, list) or len(entry) < 2 or tuple(entry[:2]) != stamp:
+            return None
+        return entry[2:]
 
-    def put(self, path: str, stamp: Stamp, facts: FileFacts) -> None:
-        """Remember `facts` for `path` at this stamp."""
-        self.entries[os.path.relpath(path, self.root)] = [*stamp, *astuple(facts)]
+    def set_entry(self, path: str, stamp: Stamp, values: list) -> None:
+        """Remember `values` for `path` at this stamp."""
+        self.entries[os.path.relpath(path, self.root)] = [*stamp, *values]
         self.dirty = True
 
     @contextmanager
-    def locked(self) -> Iterator["ScanCache"]:
-        """Load under the folder's lock (waiting while another process scans it), save on exit."""
+    def locked(self) -> Iterator["StampedCache"]:
+        """Load under the folder's lock (waiting while another process works on it), save on exit."""
         lock = self._lock()
         try:
             self._load()
@@ -299,7 +307,7 @@ class ScanCache:
 
     def _lock(self):
         """The exclusive lock of this cache file (held while open), or None where locks do not work:
-        the scan then runs unlocked (at worst two processes check the same files)."""
+        the pass then runs unlocked (at worst two processes do the same work)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             lock = open(self.path.with_suffix(".lock"), "a")
@@ -315,8 +323,8 @@ class ScanCache:
     def _load(self) -> None:
         try:
             payload = json.loads(self.path.read_text())
-            if payload.get("version") == CACHE_VERSION and payload.get("root") == self.root \
-                    and isinstance(payload.get("files"), dict):
+            if payload.get("version") == self.version and payload.get("root") == self.root \
+                    and payload.get("header", {}) == self.header and isinstance(payload.get("files"), dict):
                 self.entries = payload["files"]
         except (FileNotFoundError, NotADirectoryError):  # nothing cached yet, or no cache folder
             pass
@@ -325,8 +333,11 @@ class ScanCache:
 
     def _save(self) -> None:
         temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        payload = {"version": self.version, "root": self.root, "files": self.entries}
+        if self.header:
+            payload["header"] = self.header
         try:
-            temporary.write_text(json.dumps({"version": CACHE_VERSION, "root": self.root, "files": self.entries}))
+            temporary.write_text(json.dumps(payload))
             os.replace(temporary, self.path)
         except OSError as error:
             self._warn(f"not written ({error})")
@@ -334,7 +345,23 @@ class ScanCache:
                 temporary.unlink(missing_ok=True)
 
     def _warn(self, what: str) -> None:
-        warnings.warn(f"image scan cache {self.path}: {what}; the next run checks these files again", stacklevel=2)
+        warnings.warn(f"{self.title} cache {self.path}: {what}; the next run works these files out again",
+                      stacklevel=2)
+
+
+class ScanCache(StampedCache):
+    """The cached `FileFacts` of the files below one folder."""
+
+    def get(self, path: str, stamp: Stamp) -> FileFacts | None:
+        """The facts cached for `path` at this stamp, or None."""
+        entry = self.entry(path, stamp)
+        if entry is None or len(entry) != 7:
+            return None  # not cached, changed since, or an entry this version did not write
+        return FileFacts(*entry)
+
+    def put(self, path: str, stamp: Stamp, facts: FileFacts) -> None:
+        """Remember `facts` for `path` at this stamp."""
+        self.set_entry(path, stamp, list(astuple(facts)))
 
 
 FAILURES_FILE = "pipeline_failures.json"

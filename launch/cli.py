@@ -238,6 +238,11 @@ def build_parser(task: str | None = None,
     report.add_argument("run_dir", type=Path, help="run directory holding sweep.csv")
     report.add_argument("--metric", default=None,
                         help="metric to plot and recover (default: the primary metric of the run's task)")
+    report.add_argument("--at_bpp", default=None,
+                        help="bits per pixel at which each codec's metric is interpolated (e.g. 0.1,0.25,0.5,1): "
+                             "the table 'metric at equal bitrate' with the codec that wins at each rate, also "
+                             "written to equal_rate.csv (default: the run's at_bpp, else 0.1,0.25,0.5,1,2 when "
+                             "the run swept several codecs)")
     return parser
 
 
@@ -315,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from codecloop.trainers.protocol import rebuild_report
 
-            rebuild_report(args.run_dir, args.metric)
+            rebuild_report(args.run_dir, args.metric, args.at_bpp)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, NotImplementedError,
             BadImageError, FloatingPointError, DiskFullError) as error:
         print(f"codecloop {args.command}: error: {error}", file=sys.stderr)

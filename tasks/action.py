@@ -36,6 +36,7 @@ from torchvision.models import get_model
 
 from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime
 from codecloop.dali_pipes.ladder import VIDEO_SUFFIXES, load_ladder
+from codecloop.dali_pipes.rates import RateSource
 from codecloop.dali_pipes.video import ClipSampling, VideoBatches, VideoGeometry
 from codecloop.tasks.base import Task
 from codecloop.tasks.layout_errors import MissingFilesError, choose_format
@@ -265,6 +266,10 @@ class ActionTask(Task):
         return VideoBatches(self.ladder, index.files, training=training, spec=spec, codec=codec, sampling=sampling,
                             geometry=self.geometry, targets=index.targets, checkpoint=checkpoint,
                             runtime=runtime)
+
+    def rate_source(self, index: SampleIndex) -> RateSource:
+        """The ladder's rungs of the split's clips."""
+        return RateSource(ladder=self.ladder, clips=tuple(index.files))
 
     def create_model(self) -> torch.nn.Module:
         """The torchvision video model by name, with local weights from `pretrained` when given."""

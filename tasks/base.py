@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 
 from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime, SweepBatches
+from codecloop.dali_pipes.rates import RateSource
 from codecloop.tasks.sample_index import SampleIndex
 
 CLASS_ATTRIBUTES = ("config_keys", "default_model", "model_help", "primary_metric", "higher_is_better", "media")
@@ -50,6 +52,9 @@ class Task(abc.ABC):
     | `media`            | what the codec compresses: ``images``, or ``clips`` from a ladder      |
     | `memory_format`    | ``torch.channels_last`` for image models that want it, else None       |
     | `name`             | the registered name (set by `register_task`)                           |
+    | `lower_is_better`  | metrics (besides a lower-is-better primary) where lower is better      |
+
+    Every task instance keeps its dataset folder as `root`.
     """
 
     name: ClassVar[str]
@@ -60,6 +65,16 @@ class Task(abc.ABC):
     higher_is_better: ClassVar[bool]
     media: ClassVar[Literal["images", "clips"]]
     memory_format: ClassVar[torch.memory_format | None] = None
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
+    root: Path
+
+    @classmethod
+    def metric_higher_is_better(cls, metric: str) -> bool:
+        """Which way `metric` is better: the primary metric's declared direction, else lower for the
+        `lower_is_better` metrics and the loss, higher for the rest."""
+        if metric == cls.primary_metric:
+            return cls.higher_is_better
+        return metric not in (*cls.lower_is_better, "loss")
 
     @abc.abstractmethod
     def has_split(self, split: str) -> bool:
@@ -81,6 +96,11 @@ class Task(abc.ABC):
         """Every level of `levels` of an in-graph `codec` in one pass over `index`, or None where the task
         has no such pipeline (the sweep then runs one pass per level)."""
         return None
+
+    def rate_source(self, index: SampleIndex) -> RateSource:
+        """What the bits per pixel of a sweep of `index` are measured on: its image files, whole (tasks that
+        read clips or frames from a ladder give the ladder's clips)."""
+        return RateSource(images=tuple(index.files), data_root=str(self.root))
 
     @abc.abstractmethod
     def create_model(self) -> torch.nn.Module:

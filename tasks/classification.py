@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from codecloop.dali_pipes import (IMAGENET_MEAN, IMAGENET_STD, Codec, ImageBatches, ImageGeometry, LevelSpec,
                                   PipelineRuntime, SweepBatches)
 from codecloop.dali_pipes.ladder import load_ladder
+from codecloop.dali_pipes.rates import RateSource
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy, scan_images
 from codecloop.tasks.base import Task
 from codecloop.tasks.layout_errors import choose_format
@@ -141,6 +142,13 @@ class ClassificationTask(Task):
             return None
         return SweepBatches(index.files, levels=levels, codec=codec, geometry=self.geometry, targets=index.targets,
                             codec_placement=self.codec_placement, runtime=runtime)
+
+    def rate_source(self, index: SampleIndex) -> RateSource:
+        """The images whole, or on a ladder the clips their frames belong to (the rungs are the bitstreams)."""
+        if self.ladder is None:
+            return super().rate_source(index)
+        clips = tuple(dict.fromkeys(clip for clip, _ in self.ladder_frames(index.files)))
+        return RateSource(ladder=self.ladder, clips=clips)
 
     def ladder_frames(self, files: list[str]) -> list[tuple[str, int]]:
         """The ladder frame of each image file (the ladder is built from the dataset root's sequences)."""

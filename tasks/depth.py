@@ -162,6 +162,7 @@ class DepthTask(DenseTask):
 
     primary_metric = "abs_rel"
     higher_is_better = False
+    lower_is_better = ("abs_rel", "sq_rel", "rmse", "rmse_log")
     layout = DenseLayout(rasters=("depth",))
     model_help = model_names("depth")
     default_model = "unet_resnet18"

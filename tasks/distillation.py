@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from codecloop.dali_pipes import Codec, ImageBatches, LevelSpec, PipelineRuntime, SweepBatches
+from codecloop.dali_pipes.rates import RateSource
 from codecloop.tasks.base import Task
 from codecloop.tasks.classification import ClassificationTask
 from codecloop.tasks.sample_index import SampleIndex
@@ -42,7 +43,7 @@ class DistillationTask(Task):
     memory_format = ClassificationTask.memory_format
 
     def __init__(self, student: ClassificationTask, teacher: torch.nn.Module, outputs: TeacherOutputs) -> None:
-        self.student, self.outputs = student, outputs
+        self.student, self.outputs, self.root = student, outputs, student.root
         self.teacher = teacher.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
     def has_split(self, split: str) -> bool:
@@ -64,6 +65,10 @@ class DistillationTask(Task):
                       runtime: PipelineRuntime) -> SweepBatches | None:
         """The student's one-pass sweep batches."""
         return self.student.sweep_batches(index, levels, codec, runtime)
+
+    def rate_source(self, index: SampleIndex) -> RateSource:
+        """The student's images (or ladder clips)."""
+        return self.student.rate_source(index)
 
     def create_model(self) -> torch.nn.Module:
         """A fresh student model."""

@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import TINY
 
-SWEEP_COLUMNS = ["codec", "level", "model", "top1", "top5", "loss", "n"]
+SWEEP_COLUMNS = ["codec", "level", "bpp", "bpp_std", "bpp_n", "model", "top1", "top5", "loss", "n"]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -74,6 +74,9 @@ def test_sweep_three_levels(trained_run, dirty_folder, tmp_path, run_cli):
     assert list(rows[0]) == SWEEP_COLUMNS
     assert [row["level"] for row in rows] == ["clean", "10", "50", "90"]
     assert all(row["n"] == "15" for row in rows)
+    assert [row["bpp_n"] for row in rows] == ["", "15", "15", "15"]
+    rates = [float(row["bpp"]) for row in rows[1:]]
+    assert 0 < rates[0] < rates[1] < rates[2]
     assert (out / "sweep.png").stat().st_size > 1000
     assert "| clean |" in (out / "report.md").read_text()
 
@@ -87,7 +90,8 @@ def test_experiment_and_report(dirty_folder, tmp_path, run_cli):
                  "retrain/model.safetensors", "retrain/metrics.jsonl"):
         assert (out / name).exists(), name
     recovery = _rows(out / "recovery.csv")
-    assert list(recovery[0]) == ["codec", "level", "clean_top1", "baseline_top1", "retrained_top1", "recovery_pct"]
+    assert list(recovery[0]) == ["codec", "level", "bpp", "clean_top1", "baseline_top1", "retrained_top1",
+                                 "recovery_pct"]
     assert [row["level"] for row in recovery] == ["10", "50"]
     assert {row["model"] for row in _rows(out / "sweep.csv")} == {"baseline", "retrained"}
     (out / "report.md").unlink()

@@ -46,7 +46,7 @@ def test_interrupted_sweep_resumes_at_the_next_level(image_folder, weights, tmp_
     with pytest.raises(KeyboardInterrupt):
         run_cli(*command, "--out", tmp_path / "cut")
     finished = json.loads((tmp_path / "cut" / "progress.json").read_text())["sweeps"]["baseline"]
-    assert list(finished) == ["clean", "10"]
+    assert list(finished) == ["clean", "jpeg 10"]
     calls.clear()
     status, _, err = run_cli(*command, "--out", tmp_path / "cut", "--resume", "true")
     assert status == 0, err

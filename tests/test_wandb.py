@@ -107,8 +107,11 @@ def test_offline_experiment_is_one_syncable_run_with_tables_and_artifacts(image_
     sweep_rows = _rows(out / "sweep.csv")
     table = json.loads((runs[0] / "files" / json.loads(history["sweep/path"])).read_text())
     assert table["columns"] == list(sweep_rows[0])
-    assert [[str(cell) for cell in line[:3]] for line in table["data"]] == \
+    columns = [table["columns"].index(name) for name in ("codec", "level", "model")]
+    assert [[str(line[column]) for column in columns] for line in table["data"]] == \
         [[row["codec"], row["level"], row["model"]] for row in sweep_rows]
+    assert [line[table["columns"].index("bpp")] for line in table["data"]] == \
+        pytest.approx([float(row["bpp"]) if row["bpp"] else None for row in sweep_rows])
     assert [line[table["columns"].index("loss")] for line in table["data"]] == \
         pytest.approx([float(row["loss"]) for row in sweep_rows])
 

@@ -132,6 +132,15 @@ class Config:
                               f"{_defaults('default_levels')})", "hyper")
     retrain_level: str | None = _key(None, "experiment: level spec for fine-tuning on compressed data (default: the "
                                      f"codec's, {_defaults('retrain_spec')})", "hyper")
+    retrain_bpp: str | None = _key(None, "experiment: fine-tune at the levels whose mean bits per pixel on the val "
+                                   "set lie in LOW-HIGH (e.g. 0.1-1.0), found through the codec's rate table; "
+                                   "instead of retrain_level", "hyper")
+    codecs: str | None = _key(None, "sweep / experiment: codecs to sweep, comma-separated (e.g. jpeg,webp,avif); "
+                              "each at --levels, else at its own default levels (default: the codec)", "hyper")
+    rate_images: int = _key(256, "sweep: val images whose encoded size gives each level's bits per pixel, evenly "
+                            "spaced (0: all; clips: every clip's rung)", "hyper", at_least=0)
+    at_bpp: str | None = _key(None, "report: bits per pixel at which each codec's metric is interpolated, "
+                              "comma-separated (default with several codecs: 0.1,0.25,0.5,1,2)", "runtime")
     retrain_clean_prob: float = _key(0.1, "experiment: clean share while fine-tuning", "hyper", at_least=0, at_most=1)
     retrain_epochs: int | None = _key(None, "experiment: fine-tuning epochs; default: epochs", "hyper", at_least=0)
     retrain_max_steps: int | None = _key(None, "experiment: fine-tuning step cap; default: max_steps", "hyper",
@@ -183,10 +192,25 @@ class Config:
                 codec.parse_spec(getattr(self, spec_key))
             except ValueError as error:
                 raise ValueError(f"config key {spec_key!r}: {error}") from error
-        try:
-            sweep_levels(self)
-        except ValueError as error:
-            raise ValueError(f"config key 'levels': {error}") from error
+        for name in sweep_codec_names(self):
+            try:
+                swept = get_codec(name)
+            except ValueError as error:
+                raise ValueError(f"config key 'codecs': {error}") from error
+            problem = swept.missing() if swept.missing else None
+            if problem:
+                raise ValueError(f"config key 'codecs': codec {name!r} cannot run: {problem}")
+            try:
+                sweep_levels(self.replace(codec=name))
+            except ValueError as error:
+                raise ValueError(f"config key 'levels': {error}") from error
+        if self.at_bpp is not None:
+            bpp_list(self.at_bpp, "at_bpp")
+        if self.retrain_bpp is not None:
+            bpp_range(self.retrain_bpp)
+            if self.retrain_level is not None:
+                raise ValueError("config keys 'retrain_bpp' and 'retrain_level' both say what fine-tuning draws: "
+                                 "give one")
         for item in dataclasses.fields(self):
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:
@@ -232,14 +256,52 @@ def sweep_levels(config: Config) -> list[int]:
     return codec.parse_levels(config.levels or list(codec.default_levels))
 
 
+def sweep_codec_names(config: Config) -> list[str]:
+    """The codecs a sweep evaluates: ``codecs``, else ``codec``."""
+    names = [name.strip() for name in (config.codecs or config.codec).split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"config key 'codecs': {config.codecs!r} names no codec")
+    return list(dict.fromkeys(names))
+
+
+def _positive(text: str, key: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"config key {key!r}: {text.strip()!r} is not a number of bits per pixel") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"config key {key!r}: bits per pixel must be positive and finite, not {text.strip()!r}")
+    return value
+
+
+def bpp_list(text: str, key: str = "at_bpp") -> list[float]:
+    """A comma-separated list of bits-per-pixel values (``0.1,0.25,1``), sorted; errors name `key`."""
+    values = [_positive(part, key) for part in str(text).split(",") if part.strip()]
+    if not values:
+        raise ValueError(f"config key {key!r}: {text!r} lists no bits per pixel")
+    return sorted(set(values))
+
+
+def bpp_range(text: str) -> tuple[float, float]:
+    """``retrain_bpp`` as ``(low, high)``: ``LOW-HIGH`` with 0 < LOW <= HIGH."""
+    parts = str(text).split("-")
+    if len(parts) != 2:
+        raise ValueError(f"config key 'retrain_bpp': {text!r} is not a range LOW-HIGH of bits per pixel (0.1-1.0)")
+    low, high = (_positive(part, "retrain_bpp") for part in parts)
+    if low > high:
+        raise ValueError(f"config key 'retrain_bpp': {text!r} runs backwards ({low:g} > {high:g})")
+    return low, high
+
+
 def retrain_spec_text(config: Config) -> str:
     """The experiment's fine-tuning spec: ``retrain_level``, or the codec's default."""
     return config.retrain_level or config_codec(config).retrain_spec
 
 
-def retrain_changes(config: Config) -> dict[str, Any]:
-    """The keys the experiment's fine-tuning stage changes: the compressed spec and its clean share."""
-    return {"level": retrain_spec_text(config), "clean_prob": config.retrain_clean_prob}
+def retrain_changes(config: Config, level: str | None = None) -> dict[str, Any]:
+    """The keys the experiment's fine-tuning stage changes: the compressed spec (`level`, else
+    `retrain_spec_text`) and its clean share."""
+    return {"level": level or retrain_spec_text(config), "clean_prob": config.retrain_clean_prob}
 
 
 def config_keys() -> dict[str, dataclasses.Field]:

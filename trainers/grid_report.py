@@ -89,7 +89,7 @@ def read_cell(cell: FinishedCell) -> CellResult:
     recovery = read_csv(cell.run_dir / "recovery.csv")
     metric = next((column.removeprefix("clean_") for column in (recovery[0] if recovery else {})
                    if column.startswith("clean_")), task_class.primary_metric)
-    higher = task_class.higher_is_better if metric == task_class.primary_metric else True
+    higher = task_class.metric_higher_is_better(metric)
     return CellResult(cell, task, codec, metric, higher, read_csv(cell.run_dir / "sweep.csv"), recovery)
 
 

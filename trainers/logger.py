@@ -35,6 +35,7 @@ import numpy as np
 
 from codecloop.dali_pipes.codecs import codec_names, get_codec
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelScale
+from codecloop.trainers.report import finite_number
 
 INIT_TIMEOUT_S = 30  # seconds wandb.init may wait for the server before going offline
 HISTOGRAM_BINS = 10
@@ -173,7 +174,7 @@ class MetricsLogger:
             payload = {name: wandb.Table(columns=columns, data=data)}
             if x and y:
                 keep = [key for key in (x, y, stroke) if key]
-                points = [[_number(row[x]), _number(row[y]), *([str(row[stroke])] if stroke else [])]
+                points = [[finite_number(row[x]), finite_number(row[y]), *([str(row[stroke])] if stroke else [])]
                           for row in rows]
                 points = [point for point in points if point[0] is not None and point[1] is not None]
                 if points:
@@ -272,15 +273,6 @@ def _cell(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         value = value.item()
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _number(value: Any) -> float | None:
-    """`value` as a finite float, or None (text such as ``clean``, empty cells, NaN)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _plain(value: Any) -> Any:

@@ -25,15 +25,15 @@ PROGRESS_FILE = "progress.json"
 
 def result_settings(config: Config) -> dict[str, Any]:
     """The keys a sweep's numbers depend on: every hyper-parameter of the run's task (generic or its own)
-    but ``levels`` (a resumed sweep may add levels), and the checkpoint evaluated."""
+    but ``levels`` and ``codecs`` (a resumed sweep may add levels and codecs), and the checkpoint evaluated."""
     values, keys = config.to_dict(), config_keys()
     return {name: values[name] for name in run_keys(config.task)
-            if (keys[name].metadata["group"] == "hyper" and name != "levels") or name == "checkpoint"}
+            if (keys[name].metadata["group"] == "hyper" and name not in ("levels", "codecs")) or name == "checkpoint"}
 
 
-def level_key(level: int | None) -> str:
-    """The JSON key of a sweep level: ``clean`` or the quality / CRF as text."""
-    return CLEAN if level is None else str(level)
+def level_key(level: int | None, codec: str = "") -> str:
+    """The JSON key of a sweep level: ``clean``, or the codec and the quality / CRF (``webp 30``)."""
+    return CLEAN if level is None else f"{codec} {level}".strip()
 
 
 class RunProgress:
@@ -73,9 +73,9 @@ class RunProgress:
         """Metrics of the levels of sweep `label` already evaluated, by `level_key`."""
         return dict(self.state["sweeps"].get(label, {}))
 
-    def add_level(self, label: str, level: int | None, metrics: dict[str, float]) -> None:
-        """Record one evaluated level of sweep `label`."""
-        self.state["sweeps"].setdefault(label, {})[level_key(level)] = metrics
+    def add_level(self, label: str, level: int | None, metrics: dict[str, float], codec: str = "") -> None:
+        """Record one evaluated level of `codec` in sweep `label`."""
+        self.state["sweeps"].setdefault(label, {})[level_key(level, codec)] = metrics
         self._save()
 
     def stage_finished(self, name: str) -> bool:

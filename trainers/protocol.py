@@ -22,7 +22,8 @@ stages' final weights as artifacts.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +33,25 @@ from tqdm.auto import tqdm
 
 from codecloop.dali_pipes.codecs import codec_axis, codec_names, codec_title, get_codec
 from codecloop.dali_pipes.levels import CLEAN_LEVEL
+from codecloop.dali_pipes.rates import Rate, levels_at_rates, measure_rates
 from codecloop.tasks import Task, get_task_class
+from codecloop.tasks.sample_index import SampleIndex
 from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
-from codecloop.trainers.config import (Config, check_task_keys, config_codec, eval_spec, given_keys, level_spec,
-                                      load_yaml, retrain_changes, sweep_levels, training_spec)
+from codecloop.trainers.config import (Config, bpp_list, bpp_range, check_task_keys, config_codec, eval_spec, given_keys,
+                                      level_spec, load_yaml, retrain_changes, retrain_spec_text, sweep_codec_names,
+                                      sweep_levels, training_spec)
 from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
 from codecloop.trainers.progress import RunProgress, level_key
-from codecloop.trainers.report import CLEAN, markdown_table, plot_levels, read_csv, recovery_rows, write_csv, write_text
+from codecloop.trainers.report import (CLEAN, equal_rate_rows, markdown_table, plot_levels, read_csv, recovery_rows,
+                                      write_csv, write_text)
 
 BASELINE, RETRAINED = "baseline", "retrained"
 RETRAIN_STAGE = "retrain"
-REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "sweep.png", "experiment.png", "config.yaml")
+REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "equal_rate.csv", "sweep.png", "experiment.png",
+                "config.yaml")
+DEFAULT_AT_BPP = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 def task_options(config: Config, task_class: type[Task]) -> dict[str, Any]:
@@ -100,44 +107,91 @@ def train_stage(config: Config, task: Task, stage_dir: Path, accelerator: Accele
 
 def sweep(
     config: Config, task: Task, model: torch.nn.Module, accelerator: Accelerator, label: str = BASELINE,
-    progress: RunProgress | None = None,
+    progress: RunProgress | None = None, index: SampleIndex | None = None,
 ) -> list[dict[str, Any]]:
-    """Evaluate `model` on the val split clean and at every level of the codec's sweep.
+    """Evaluate `model` on the val split (`index`, else read) clean and at every level of each swept codec
+    (``codecs``, else ``codec``).
 
     With `progress`, levels it holds are not evaluated again and each level evaluated is recorded
     in it, so a resumed sweep starts at the first level it had not finished. The one-pass JPEG
     sweep evaluates its levels together: a pass is finished as a whole or redone.
     """
-    levels: list[int | None] = [None, *sweep_levels(config)]
+    plan: list[tuple[str | None, int | None]] = [(None, None)] + [
+        (name, level) for name in sweep_codec_names(config) for level in sweep_levels(config.replace(codec=name))]
     finished = progress.finished_levels(label) if progress is not None else {}
-    results = {level: finished[level_key(level)] for level in levels if level_key(level) in finished}
-    missing = [level for level in levels if level not in results]
-    if missing:
-        index = task.sample_index("val")
+    results = {(name, level): finished[level_key(level, name)] for name, level in plan
+               if level_key(level, name) in finished}
+    groups: dict[str, list[int | None]] = {}
+    for name, level in plan:
+        if (name, level) not in results:
+            groups.setdefault(name or config.codec, []).append(level)
+    if groups:
+        index = index if index is not None else task.sample_index("val")
         model = model.to(accelerator.device)
         memory_last = uses_channels_last(config, task)
         if memory_last:
             model = model.to(memory_format=torch.channels_last)
-        compressed = [level for level in missing if level is not None]
-        one_pass = None
-        codec = config_codec(config)
-        if compressed and config.one_pass_sweep and codec.graph_stage is not None:
-            one_pass = task.sweep_batches(index, compressed, codec, pipeline_runtime(config, task, accelerator, False))
+        for name, levels in groups.items():
+            def record(level: int | None, metrics: dict[str, float], name: str = name) -> None:
+                results[(None if level is None else name, level)] = metrics
+                if progress is not None:
+                    progress.add_level(label, level, metrics, name)
+
+            sweep_codec(config.replace(codec=name), task, model, index, levels, accelerator, memory_last, label, record)
+    return [{"codec": name or "none", "level": CLEAN if level is None else level, "model": label,
+             **results[(name, level)]} for name, level in plan]
+
+
+def sweep_codec(config: Config, task: Task, model: torch.nn.Module, index: SampleIndex, levels: list[int | None],
+                accelerator: Accelerator, memory_last: bool, label: str,
+                record: Callable[[int | None, dict[str, float]], None]) -> None:
+    """`record` the metrics of `model` at each of `levels` (None: clean) of the config's codec as soon as they
+    are known: in one pass for an in-graph codec with ``one_pass_sweep``, else one evaluation per level."""
+    compressed = [level for level in levels if level is not None]
+    codec = config_codec(config)
+    if compressed and config.one_pass_sweep and codec.graph_stage is not None:
+        one_pass = task.sweep_batches(index, compressed, codec, pipeline_runtime(config, task, accelerator, False))
         if one_pass is not None:
             passed = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
-            for level in missing:
-                results[level] = passed[level]
-                if progress is not None:
-                    progress.add_level(label, level, results[level])
-        else:
-            for level in tqdm(missing, desc=f"sweep {label}",
-                              disable=not (accelerator.is_main_process and config.progress)):
-                batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
-                results[level] = evaluate(model, task, batches, accelerator, memory_last)
-                if progress is not None:
-                    progress.add_level(label, level, results[level])
-    return [{"codec": "none" if level is None else config.codec, "level": CLEAN if level is None else level,
-             "model": label, **results[level]} for level in levels]
+            for level in levels:
+                record(level, passed[level])
+            return
+    for level in tqdm(levels, desc=f"sweep {label} {codec.name}",
+                      disable=not (accelerator.is_main_process and config.progress)):
+        batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
+        record(level, evaluate(model, task, batches, accelerator, memory_last))
+
+
+def sweep_rates(config: Config, task: Task, index: SampleIndex, accelerator: Accelerator) -> dict[tuple[str, int], Rate]:
+    """Bits per pixel of every swept codec level on `index` (`codecloop.dali_pipes.rates`; cached beside the
+    data, measured by whichever rank comes first); a codec with no encoder for single images is left out,
+    saying so."""
+    source = task.rate_source(index)
+    rates: dict[tuple[str, int], Rate] = {}
+    for name in sweep_codec_names(config):
+        codec = get_codec(name)
+        if source.ladder is None and codec.encode is None:
+            warnings.warn(f"codec {name!r} has no encoder for single images (Codec.encode): its sweep rows carry no "
+                          f"bits per pixel", stacklevel=2)
+            continue
+        measured = measure_rates(source, codec, sweep_levels(config.replace(codec=name)),
+                                 limit=config.rate_images or None, workers=config.num_threads,
+                                 progress=accelerator.is_main_process and config.progress)
+        rates.update({(name, level): rate for level, rate in measured.items()})
+    return rates
+
+
+def with_rates(rows: list[dict[str, Any]], rates: dict[tuple[str, int], Rate]) -> list[dict[str, Any]]:
+    """`rows` with each level's ``bpp`` (mean bits per pixel), ``bpp_std`` and ``bpp_n`` (images or clips)
+    after ``level``; empty for clean rows and codecs without a rate."""
+    out = []
+    for row in rows:
+        rate = rates.get((str(row["codec"]), int(row["level"]))) if str(row["level"]) != CLEAN else None
+        head = {key: row[key] for key in ("codec", "level")}
+        columns = {"bpp": rate.bpp, "bpp_std": rate.bpp_std, "bpp_n": rate.count} if rate else dict.fromkeys(
+            ("bpp", "bpp_std", "bpp_n"))
+        out.append({**head, **columns, **{key: value for key, value in row.items() if key not in head}})
+    return out
 
 
 @torch.no_grad()
@@ -160,12 +214,38 @@ def sweep_one_pass(model: torch.nn.Module, task: Task, batches, accelerator: Acc
     return {level: evaluation.result(accelerator) for level, evaluation in evaluations.items()}
 
 
-def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str) -> None:
-    """``sweep.csv``, ``sweep.png`` and ``report.md`` for one model's sweep."""
+def report_targets(config_text: str | None, rows: Sequence[dict[str, Any]]) -> list[float]:
+    """The bits per pixel the equal-rate table interpolates at: `config_text` (``at_bpp``), else
+    `DEFAULT_AT_BPP` when the rows hold several codecs with rates, else none."""
+    if config_text:
+        return bpp_list(config_text)
+    rated = {str(row["codec"]) for row in rows if str(row["level"]) != CLEAN and str(row.get("bpp") or "")}
+    return list(DEFAULT_AT_BPP) if len(rated) > 1 else []
+
+
+def equal_rate_section(rows: Sequence[dict[str, Any]], metric: str, higher_is_better: bool,
+                       targets: Sequence[float], run_dir: Path) -> tuple[list[dict[str, Any]], str]:
+    """The equal-rate table (written to ``equal_rate.csv``) and its report section; nothing without targets."""
+    if not targets:
+        return [], ""
+    table = equal_rate_rows(rows, metric, targets, higher_is_better)
+    write_csv(table, run_dir / "equal_rate.csv")
+    better = "higher" if higher_is_better else "lower"
+    return table, (f"## {metric} at equal bitrate\n\nEach codec's {metric} interpolated linearly in log bits per "
+                   f"pixel between its two measured levels around the rate; empty outside the rates it was measured "
+                   f"at. `best`: the codec with the {better} {metric} there.\n\n{markdown_table(table)}")
+
+
+def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str, higher_is_better: bool = True,
+                targets: Sequence[float] = ()) -> list[dict[str, Any]]:
+    """``sweep.csv``, ``sweep.png``, ``equal_rate.csv`` (with `targets`) and ``report.md`` for one model's sweep;
+    returns the equal-rate rows."""
     write_csv(rows, run_dir / "sweep.csv")
-    codec = codec_of(rows)
-    plot_levels({rows[0]["model"]: rows}, metric, run_dir / "sweep.png", codec)
-    write_text(run_dir / "report.md", f"# {codec_title(codec)} sweep\n\n{markdown_table(rows)}\n\n![sweep](sweep.png)\n")
+    plot_levels({rows[0]["model"]: rows}, metric, run_dir / "sweep.png")
+    table, section = equal_rate_section(rows, metric, higher_is_better, targets, run_dir)
+    write_text(run_dir / "report.md", "\n\n".join(part for part in [
+        f"# {codecs_title(rows)} sweep", markdown_table(rows), section, "![sweep](sweep.png)"] if part) + "\n")
+    return table
 
 
 def run_sweep(config: Config, task: Task, run_dir: Path, accelerator: Accelerator,
@@ -176,11 +256,14 @@ def run_sweep(config: Config, task: Task, run_dir: Path, accelerator: Accelerato
     with command_run(run_dir, config.to_dict(), accelerator.is_main_process, config.wandb, config.wandb_project,
                      progress.wandb_run_id) as logger:
         progress.wandb_run_id = logger.wandb_run_id
+        index = task.sample_index("val")
         rows = sweep(config, task, model if model is not None else load_model(config, task), accelerator, BASELINE,
-                     progress)
+                     progress, index)
+        rows = with_rates(rows, sweep_rates(config, task, index, accelerator))
         if accelerator.is_main_process:
-            write_sweep(rows, run_dir, task.primary_metric)
-            log_results(logger, run_dir, rows, [], task.primary_metric)
+            table = write_sweep(rows, run_dir, task.primary_metric, task.higher_is_better,
+                                report_targets(config.at_bpp, rows))
+            log_results(logger, run_dir, rows, [], task.primary_metric, table)
     return rows
 
 
@@ -205,30 +288,51 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
         else:
             baseline = train_stage(config.replace(level="none", clean_prob=0.0), task, baseline_dir,
                                    accelerator, progress)
-        baseline_rows = sweep(config, task, baseline, accelerator, BASELINE, progress)
+        index = task.sample_index("val")
+        rates = sweep_rates(config, task, index, accelerator)
+        baseline_rows = with_rates(sweep(config, task, baseline, accelerator, BASELINE, progress, index), rates)
         retrain_config = config.replace(
-            **retrain_changes(config),
+            **retrain_changes(config, retrain_level_text(config, task, index)),
             epochs=config.retrain_epochs if config.retrain_epochs is not None else max(1, config.epochs),
             max_steps=config.retrain_max_steps if config.retrain_max_steps is not None else config.max_steps,
             lr=config.retrain_lr if config.retrain_lr is not None else config.lr / 10,
         )
         retrained = train_stage(retrain_config, task, retrain_dir, accelerator, progress, model=copy.deepcopy(baseline))
-        retrained_rows = sweep(config, task, retrained, accelerator, RETRAINED, progress)
+        retrained_rows = with_rates(sweep(config, task, retrained, accelerator, RETRAINED, progress, index), rates)
         recovery = recovery_rows(baseline_rows, retrained_rows, task.primary_metric)
         if accelerator.is_main_process:
-            write_experiment(run_dir, baseline_rows, retrained_rows, recovery, task.primary_metric, retrain_config)
-            log_results(logger, run_dir, baseline_rows + retrained_rows, recovery, task.primary_metric)
+            table = write_experiment(run_dir, baseline_rows, retrained_rows, recovery, task.primary_metric,
+                                     retrain_config, task.higher_is_better,
+                                     report_targets(config.at_bpp, baseline_rows))
+            log_results(logger, run_dir, baseline_rows + retrained_rows, recovery, task.primary_metric, table)
     return recovery
 
 
+def retrain_level_text(config: Config, task: Task, index: SampleIndex) -> str:
+    """The fine-tuning level spec: from ``retrain_bpp`` through the codec's rate table on `index` when set,
+    else ``retrain_level`` or the codec's default."""
+    if config.retrain_bpp is None:
+        return retrain_spec_text(config)
+    low, high = bpp_range(config.retrain_bpp)
+    try:
+        return levels_at_rates(task.rate_source(index), config_codec(config), low, high,
+                               limit=config.rate_images or None, workers=config.num_threads)
+    except ValueError as error:
+        raise ValueError(f"config key 'retrain_bpp': {error}") from error
+
+
 def log_results(logger: MetricsLogger, run_dir: Path, rows: list[dict[str, Any]], recovery: list[dict[str, Any]],
-                metric: str) -> None:
-    """The command's W&B record (nothing without W&B): the sweep table and its line plot per model,
-    the recovery table and plot, summary numbers a W&B sweep can rank runs by (``recovery/mean_pct``,
-    ``sweep/<model>/<metric>_clean`` and ``_mean`` over the compressed levels), the report files and
-    the training stages' final weights as artifacts."""
-    axis = codec_axis(codec_of(rows))
-    logger.log_table("sweep", rows, x="level", y=metric, stroke="model", title=f"{metric} against {axis}")
+                metric: str, equal_rate: list[dict[str, Any]] = ()) -> None:
+    """The command's W&B record (nothing without W&B): the sweep table with line plots of the metric against
+    the level and against bits per pixel (one line per model and codec), the recovery and equal-rate tables,
+    summary numbers a W&B sweep can rank runs by (``recovery/mean_pct``, ``sweep/<model>/<metric>_clean`` and
+    ``_mean`` over the compressed levels), the report files and the stages' final weights as artifacts."""
+    single = len({str(row["codec"]) for row in rows} - {"none"}) <= 1
+    axis = codec_axis(codec_of(rows)) if single else "level"
+    curves, stroke = (rows, "model") if single else ([{**row, "curve": f"{row['model']} {row['codec']}"}
+                                                      for row in rows], "curve")
+    logger.log_table("sweep", curves, x="level", y=metric, stroke=stroke, title=f"{metric} against {axis}")
+    logger.log_table("sweep_bpp", curves, x="bpp", y=metric, stroke=stroke, title=f"{metric} against bits per pixel")
     summary: dict[str, Any] = {}
     for label in dict.fromkeys(str(row["model"]) for row in rows):
         mine = [row for row in rows if str(row["model"]) == label]
@@ -240,6 +344,8 @@ def log_results(logger: MetricsLogger, run_dir: Path, rows: list[dict[str, Any]]
         logger.log_table("recovery", recovery, x="level", y="recovery_pct", title=f"recovery (%) against {axis}")
         defined = [float(row["recovery_pct"]) for row in recovery if row["recovery_pct"] is not None]
         summary["recovery/mean_pct"] = sum(defined) / len(defined) if defined else None
+    if equal_rate:
+        logger.log_table("equal_rate", list(equal_rate))
     logger.log_summary(summary)
     logger.log_artifact("report", "report", [run_dir / name for name in REPORT_FILES], run_dir)
     weights = [run_dir / stage / name for stage in (BASELINE, RETRAIN_STAGE) for name in WEIGHTS_NAMES]
@@ -248,34 +354,48 @@ def log_results(logger: MetricsLogger, run_dir: Path, rows: list[dict[str, Any]]
 
 def write_experiment(
     run_dir: Path, baseline_rows: list, retrained_rows: list, recovery: list, metric: str,
-    retrain_config: Config | None,
-) -> None:
-    """``sweep.csv``, ``recovery.csv``, ``experiment.png`` and ``report.md`` of an experiment."""
+    retrain_config: Config | None, higher_is_better: bool = True, targets: Sequence[float] = (),
+) -> list[dict[str, Any]]:
+    """``sweep.csv``, ``recovery.csv``, ``experiment.png``, ``equal_rate.csv`` (with `targets`) and ``report.md``
+    of an experiment; returns the equal-rate rows."""
     write_csv(baseline_rows + retrained_rows, run_dir / "sweep.csv")
     write_csv(recovery, run_dir / "recovery.csv")
-    plot_levels({BASELINE: baseline_rows, RETRAINED: retrained_rows}, metric, run_dir / "experiment.png",
-                codec_of(baseline_rows))
-    write_text(run_dir / "report.md", experiment_markdown(baseline_rows, retrained_rows, recovery, retrain_config))
+    plot_levels({BASELINE: baseline_rows, RETRAINED: retrained_rows}, metric, run_dir / "experiment.png")
+    table, section = equal_rate_section(baseline_rows + retrained_rows, metric, higher_is_better, targets, run_dir)
+    write_text(run_dir / "report.md", experiment_markdown(baseline_rows, retrained_rows, recovery, retrain_config,
+                                                          section))
+    return table
 
 
-def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: list, retrain_config: Config | None) -> str:
-    """The experiment's ``report.md``: how it retrained, recovery table, both sweeps, the plot."""
-    codec = codec_of(baseline_rows)
+def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: list, retrain_config: Config | None,
+                        equal_rate: str = "") -> str:
+    """The experiment's ``report.md``: how it retrained, recovery table, both sweeps, the equal-rate table, the
+    plot."""
     how = ""
     if retrain_config:
-        level_name = config_codec(retrain_config).level_name
-        how = (f"Retrained on {codec_title(codec)} {level_name} `{retrain_config.level}` with clean "
+        codec = config_codec(retrain_config)
+        chosen = f" (the levels whose mean rate is {retrain_config.retrain_bpp} bits per pixel)" \
+            if retrain_config.retrain_bpp else ""
+        how = (f"Retrained on {codec.title} {codec.level_name} `{retrain_config.level}`{chosen} with clean "
                f"share {retrain_config.clean_prob:g}, lr {retrain_config.lr:g}.")
-    return "\n\n".join([
-        f"# {codec_title(codec)} codec experiment",
+    return "\n\n".join(part for part in [
+        f"# {codecs_title(baseline_rows)} codec experiment",
         how,
         "## Recovery\n\nrecovery = (retrained - baseline) / (clean - baseline) x 100, "
         "clean = baseline model on uncompressed input; empty where the baseline lost nothing.",
         markdown_table(recovery),
         "## Sweeps",
         markdown_table(baseline_rows + retrained_rows),
+        equal_rate,
         "![experiment](experiment.png)",
-    ]) + "\n"
+    ] if part) + "\n"
+
+
+def codecs_title(rows: Sequence[dict[str, Any]]) -> str:
+    """The display names of the codecs in `rows` (``JPEG, WebP and AVIF``)."""
+    titles = [codec_title(name) for name in dict.fromkeys(str(row["codec"]) for row in rows) if name != "none"]
+    titles = titles or [codec_title("jpeg")]
+    return titles[0] if len(titles) == 1 else f"{', '.join(titles[:-1])} and {titles[-1]}"
 
 
 def codec_of(rows: Sequence[dict[str, Any]]) -> str:
@@ -283,22 +403,27 @@ def codec_of(rows: Sequence[dict[str, Any]]) -> str:
     return next((str(row["codec"]) for row in rows if str(row["codec"]) != "none"), "jpeg")
 
 
-def rebuild_report(run_dir: Path, metric: str | None = None) -> None:
-    """`codecloop report`: tables and plots again from a run directory's ``sweep.csv``; the metric
-    defaults to the primary metric of the task in its ``config.yaml``."""
-    path = Path(run_dir) / "sweep.csv"
+def rebuild_report(run_dir: Path, metric: str | None = None, at_bpp: str | None = None) -> None:
+    """`codecloop report`: tables and plots again from a run directory's ``sweep.csv``; the metric defaults
+    to the primary metric of the task in its ``config.yaml``, the equal-rate targets to its ``at_bpp``."""
+    run_dir = Path(run_dir)
+    path = run_dir / "sweep.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `codecloop sweep` or `experiment` first")
-    if metric is None:
-        config_file = Path(run_dir) / "config.yaml"
-        task_name = load_yaml(config_file).get("task", "classification") if config_file.is_file() else "classification"
-        metric = get_task_class(task_name).primary_metric
+    config_file = run_dir / "config.yaml"
+    saved = load_yaml(config_file) if config_file.is_file() else {}
+    task_class = get_task_class(saved.get("task", "classification"))
+    metric = metric or task_class.primary_metric
     rows = read_csv(path)
     if rows and metric not in rows[0]:
         raise ValueError(f"metric {metric!r} is not a column of {path} (columns: {', '.join(rows[0])})")
+    targets = report_targets(at_bpp or saved.get("at_bpp"), rows)
+    if targets and rows and "bpp" not in rows[0]:
+        raise ValueError(f"{path} has no bpp column (written by an older codecloop): sweep again to measure rates")
+    higher = task_class.metric_higher_is_better(metric)
     by_model = {model: [row for row in rows if row["model"] == model] for model in dict.fromkeys(r["model"] for r in rows)}
     if set(by_model) >= {BASELINE, RETRAINED}:
         recovery = recovery_rows(by_model[BASELINE], by_model[RETRAINED], metric)
-        write_experiment(Path(run_dir), by_model[BASELINE], by_model[RETRAINED], recovery, metric, None)
+        write_experiment(run_dir, by_model[BASELINE], by_model[RETRAINED], recovery, metric, None, higher, targets)
     else:
-        write_sweep(rows, Path(run_dir), metric)
+        write_sweep(rows, run_dir, metric, higher, targets)
