@@ -134,6 +134,9 @@ def build_parser(task: str | None = None,
     )
     demo.add_argument("--codec", choices=("jpeg", "h264"), default="jpeg",
                       help="jpeg: photos, crops and frames; h264: frame sequences through a CRF ladder")
+    demo.add_argument("--codecs", default=None,
+                      help="codecs to sweep besides --codec, comma-separated (e.g. jpeg,webp,avif): every codec's "
+                           "agreement against bits per pixel on one plot and the table at equal bitrate")
     demo.add_argument("--out", default=None, help="run directory (default: runs/demo, or runs/demo-h264)")
     demo.add_argument("--retrain_steps", type=int, default=None, help="fine-tuning steps (default: the demo's own)")
     demo.add_argument("--wandb", choices=("online", "offline", "disabled"), default="disabled", help="W&B mode")
@@ -280,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             from codecloop.trainers.demo import run_demo
 
             out = args.out or ("runs/demo" if args.codec == "jpeg" else f"runs/demo-{args.codec}")
-            run_demo(Path(out), retrain_steps=args.retrain_steps, wandb=args.wandb, codec=args.codec)
+            run_demo(Path(out), retrain_steps=args.retrain_steps, wandb=args.wandb, codec=args.codec,
+                     codecs=args.codecs)
         elif args.command == "compress":
             from codecloop.dali_pipes.compress import compress_dataset
 

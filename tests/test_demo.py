@@ -18,6 +18,8 @@ def test_demo_runs_offline(tmp_path, run_cli):
     assert all(row["n"] == "100" for row in rows)
     assert float(baseline["95"]["top1"]) > float(baseline["5"]["top1"])  # compression hurts
     assert float(baseline["5"]["kl"]) > float(baseline["95"]["kl"])
+    rates = [float(baseline[level]["bpp"]) for level in ("5", "10", "15", "20", "30", "50", "75", "95")]
+    assert rates == sorted(rates) and baseline["5"]["bpp_n"] == "100"  # the rate axis: JPEG bpp of the frames
     with (out / "recovery.csv").open() as handle:
         recovery = list(csv.DictReader(handle))
     assert [row["level"] for row in recovery] == ["5", "10", "15", "20", "30", "50", "75", "95"]
@@ -40,4 +42,12 @@ def test_h264_demo_runs_offline(tmp_path, run_cli):
     baseline = {row["level"]: float(row["baseline_top1"]) for row in recovery}
     assert float(recovery[0]["clean_top1"]) == 1.0  # the teacher agrees with itself on the clean rung
     assert baseline["51"] < baseline["18"]  # compression hurts
+    rates = [float(row["bpp"]) for row in recovery]
+    assert rates == sorted(rates, reverse=True)  # the ladder rungs' bits per pixel fall as the CRF rises
     assert (out / "ladder" / "manifest.csv").is_file() and (out / "experiment.png").is_file()
+
+
+def test_demo_codecs_are_checked_before_any_work(tmp_path, run_cli):
+    status, _, err = run_cli("demo", "--codecs", "webp,nope", "--out", tmp_path / "demo")
+    assert status == 2 and "config key 'codecs': unknown codec 'nope'" in err
+    assert not (tmp_path / "demo").exists()

@@ -30,7 +30,7 @@ from codecloop.trainers.commands import opened_run
 from codecloop.trainers.config import Config, level_spec, sweep_levels
 from codecloop.trainers.loop import build_batches, channels_last
 from codecloop.trainers.protocol import make_task, run_experiment
-from codecloop.trainers.report import markdown_table
+from codecloop.trainers.report import markdown_table, read_csv
 
 HOLDOUT_CLIP = "bigbuckbunny"
 DEMO_CONFIG = dict(
@@ -89,20 +89,22 @@ def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache
     return {split: (indexes[split].files, outputs[split]) for split in indexes}
 
 
-def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled", codec: str = "jpeg") -> list[dict]:
+def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled", codec: str = "jpeg",
+             codecs: str | None = None) -> list[dict]:
     """Build the dataset (and the CRF ladder), sweep the teacher, fine-tune on compressed images, sweep,
-    report recovery."""
+    report recovery; `codecs` (comma-separated) are swept besides `codec`, for the equal-rate table."""
     started = time.perf_counter()
     out = Path(out)
     if codec not in DEMO_CODECS:
         raise ValueError(f"the demo runs {' or '.join(DEMO_CODECS)}, not {codec!r}")
     on_ladder = get_codec(codec).ladder_clean_rung is not None
+    settings = {**DEMO_CONFIG, **DEMO_CODECS[codec]}
+    config = Config(**settings, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
+                    out=str(out), wandb=wandb, codec=codec,
+                    codecs=",".join(dict.fromkeys([codec, *codecs.split(",")])) if codecs else None).validate()
     dataset = write_demo_dataset(out / "data", holdout_clip=HOLDOUT_CLIP, layout="sequences" if on_ladder else "images")
     print(f"demo data: {dataset.count('train')} train images, {dataset.count('val')} held-out frames "
           f"({', '.join(dataset.sources('val'))}) in {out / 'data'}")
-    settings = {**DEMO_CONFIG, **DEMO_CODECS[codec]}
-    config = Config(**settings, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
-                    out=str(out), wandb=wandb, codec=codec)
     if on_ladder:
         # a keyframe every 5 frames: a random frame costs the CPU decoder 3 frames on average, not 8
         built = out / "ladder" / "ladder.json"
@@ -125,5 +127,8 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
         print(f"\nagreement with the teacher's clean-image top-1, before and after fine-tuning on "
               f"{codec_title(codec)}:\n")
         print(markdown_table(recovery))
+        if (run_dir / "equal_rate.csv").is_file() and config.codecs:
+            print("\nagreement at equal bitrate (bits per pixel), interpolated per codec:\n")
+            print(markdown_table(read_csv(run_dir / "equal_rate.csv")))
         print(f"\ndemo finished in {minutes:.1f} min; report: {run_dir / 'report.md'}, plot: {run_dir / 'experiment.png'}")
     return recovery

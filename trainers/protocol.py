@@ -68,12 +68,15 @@ def make_task(config: Config) -> Task:
         raise ValueError("config key 'data': a dataset root is required (--data DIR)")
     task_class = get_task_class(config.task)
     check_task_keys(config.task, given_keys(config))
-    codec, ladder = config_codec(config), bool(config.ladder)
-    if not codec.serves(task_class.media, ladder):
-        where = "clips from a ladder" if task_class.media == "clips" or ladder else "single images"
-        able = [name for name in codec_names() if get_codec(name).serves(task_class.media, ladder)]
-        raise ValueError(f"config key 'codec': task {config.task!r} compresses {where}, which codec {codec.name!r} "
-                         f"cannot (it runs: {', '.join(codec.runs)}); codecs that can: {', '.join(able)}")
+    ladder = bool(config.ladder)
+    for key, names in (("codec", [config.codec]), ("codecs", sweep_codec_names(config))):
+        for codec in map(get_codec, names):
+            if not codec.serves(task_class.media, ladder):
+                where = "clips from a ladder" if task_class.media == "clips" or ladder else "single images"
+                able = [name for name in codec_names() if get_codec(name).serves(task_class.media, ladder)]
+                raise ValueError(f"config key {key!r}: task {config.task!r} compresses {where}, which codec "
+                                 f"{codec.name!r} cannot (it runs: {', '.join(codec.runs)}); codecs that can: "
+                                 f"{', '.join(able)}")
     return task_class(**task_options(config, task_class))
 
 
