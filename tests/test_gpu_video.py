@@ -60,16 +60,15 @@ def test_nvdec_decodes_every_rung_like_pyav(real_ladder):
         encoded = fn.external_source(source=lambda: [np.fromfile(path, np.uint8)], batch=True)
         return fn.decoders.video(encoded, device="mixed", frames=list(frames))
 
-    for clip, rungs in real_ladder.rungs.items():
-        for crf, rung in rungs.items():
-            frames = [0, 7, rung.frames // 2, rung.frames - 1]
-            pipe = nvdec(str(real_ladder.path(clip, crf)), frames)
-            pipe.build()
-            (decoded,) = pipe.run()
-            gpu = np.array(decoded.as_cpu()[0])
-            cpu = decode_frames(real_ladder.path(clip, crf), frames, rung.fps)
-            assert gpu.shape == cpu.shape, (clip, crf)
-            assert psnr(cpu, gpu) > NVDEC_MIN_PSNR, f"{clip} CRF {crf}: NVDEC vs PyAV {psnr(cpu, gpu):.1f} dB"
+    for rung in real_ladder.all_rungs():
+        frames = [0, 7, rung.frames // 2, rung.frames - 1]
+        pipe = nvdec(str(real_ladder.root / rung.path), frames)
+        pipe.build()
+        (decoded,) = pipe.run()
+        gpu = np.array(decoded.as_cpu()[0])
+        cpu = decode_frames(real_ladder.root / rung.path, frames, rung.fps)
+        assert gpu.shape == cpu.shape, rung.path
+        assert psnr(cpu, gpu) > NVDEC_MIN_PSNR, f"{rung.path}: NVDEC vs PyAV {psnr(cpu, gpu):.1f} dB"
 
 
 def test_gpu_video_batches_live_on_the_device(real_ladder):
@@ -111,12 +110,13 @@ def test_nvdec_frame_past_the_end_fails_naming_the_clip(real_ladder):
     from codecloop.dali_pipes.ladder import Ladder
     from codecloop.dali_pipes.video import ClipSampling, VideoBatches
 
-    rungs = {clip: {crf: dataclasses.replace(rung, frames=rung.frames + 200) if clip == "carphone" else rung
-                    for crf, rung in by_crf.items()} for clip, by_crf in real_ladder.rungs.items()}
+    rungs = {clip: {codec: {crf: dataclasses.replace(rung, frames=rung.frames + 200) if clip == "carphone" else rung
+                            for crf, rung in by_crf.items()} for codec, by_crf in by_codec.items()}
+             for clip, by_codec in real_ladder.rungs.items()}
     overstated = Ladder(real_ladder.root, real_ladder.settings, rungs)
     batches = VideoBatches(overstated, ["carphone"], runtime=PipelineRuntime(batch_size=1, device_id=0, num_threads=1),
                            training=False, spec=H264.parse_spec("28"), codec=H264,
-                           sampling=ClipSampling(2, real_ladder.rungs["carphone"][28].frames + 100, 1))  # 0 and n+100
+                           sampling=ClipSampling(2, real_ladder.rung("carphone", 28).frames + 100, 1))  # 0 and n+100
     with pytest.raises(RuntimeError, match="(?s)out-of-bounds frame.*clip 'carphone'"):
         next(iter(batches))
 

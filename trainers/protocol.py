@@ -36,6 +36,7 @@ from codecloop.tasks import Task, get_task_class
 from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
 from codecloop.trainers.config import (Config, check_task_keys, config_codec, eval_spec, given_keys, level_spec,
                                       load_yaml, retrain_changes, sweep_levels, training_spec)
+from codecloop.trainers.config import check_codec_list
 from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
@@ -61,12 +62,14 @@ def make_task(config: Config) -> Task:
         raise ValueError("config key 'data': a dataset root is required (--data DIR)")
     task_class = get_task_class(config.task)
     check_task_keys(config.task, given_keys(config))
-    codec, ladder = config_codec(config), bool(config.ladder)
-    if not codec.serves(task_class.media, ladder):
-        where = "clips from a ladder" if task_class.media == "clips" or ladder else "single images"
-        able = [name for name in codec_names() if get_codec(name).serves(task_class.media, ladder)]
-        raise ValueError(f"config key 'codec': task {config.task!r} compresses {where}, which codec {codec.name!r} "
-                         f"cannot (it runs: {', '.join(codec.runs)}); codecs that can: {', '.join(able)}")
+    ladder = bool(config.ladder)
+    for codec in check_codec_list(config):
+        if not codec.serves(task_class.media, ladder):
+            where = "clips from a ladder" if task_class.media == "clips" or ladder else "single images"
+            able = [name for name in codec_names() if get_codec(name).serves(task_class.media, ladder)]
+            raise ValueError(f"config key 'codec': task {config.task!r} compresses {where}, which codec "
+                             f"{codec.name!r} cannot (it runs: {', '.join(codec.runs)}); codecs that can: "
+                             f"{', '.join(able)}")
     return task_class(**task_options(config, task_class))
 
 
