@@ -21,7 +21,7 @@ as done only when its ``.json`` exists, so a killed transcode is simply run agai
 rungs are skipped, unfinished ones redone, and no partial rung is ever listed.
 
 Rung 0 is not x264's lossless mode: lossless H.264 needs the High 4:4:4 Predictive profile,
-which NVDEC cannot decode. It is encoded at constant QP 1 instead (High profile), well above
+which NVDEC cannot decode. It is encoded at constant QP 1 instead (High profile), above
 50 dB against the source, and so are HEVC's and AV1's CRF-0 rungs (Main profile); the manifest's
 PSNR column shows how close each rung is. A manifest written before the ``codec`` column existed
 is read as H.264.
@@ -350,7 +350,8 @@ def check_crfs(crfs: Sequence[int], codec: str = LEGACY_CODEC) -> list[int]:
     return video_encoder(codec).check_crfs(crfs)
 
 
-def ladder_plan(codecs: str | Sequence[str] = (LEGACY_CODEC,), crfs: Sequence[int] | None = None) -> dict[str, list[int]]:
+def ladder_plan(codecs: str | Sequence[str] = (LEGACY_CODEC,),
+                crfs: Sequence[int] | None = None) -> dict[str, list[int]]:
     """CRFs per codec: `crfs` for each of `codecs` (None: each codec's default ladder), checked on each scale.
 
     Every codec's encoder and decoder must be in this PyAV: a missing one stops here, before any work, with the
@@ -379,7 +380,8 @@ def _settings(src: Path, dst: Path, plan: dict[str, list[int]], preset: str, key
 
 def _settings_plan(settings: dict) -> dict[str, list[int]]:
     """CRFs per codec of a ladder.json (one written before other codecs: ``crfs``, all H.264)."""
-    return {codec: list(crfs) for codec, crfs in settings.get("codecs", {LEGACY_CODEC: settings.get("crfs", [])}).items()}
+    plan = settings.get("codecs", {LEGACY_CODEC: settings.get("crfs", [])})
+    return {codec: list(crfs) for codec, crfs in plan.items()}
 
 
 def _alive(pid: int) -> bool:
@@ -454,7 +456,8 @@ def transcode(src: Path, dst: Path, crfs: Sequence[int] | None = None, preset: s
     threads = 1 if workers > 1 else 0
     report = TranscodeReport(dst, clips=len(clips))
     rungs = [(codec, crf) for codec, codec_crfs in plan.items() for crf in codec_crfs]
-    report.skipped_existing = sum(_rung_paths(dst, c.clip, crf, codec)[1].is_file() for c in clips for codec, crf in rungs)
+    report.skipped_existing = sum(_rung_paths(dst, c.clip, crf, codec)[1].is_file()
+                                  for c in clips for codec, crf in rungs)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_exit_with,
                                initargs=(os.getpid(),))
     with pool, tqdm(total=len(clips), unit="clip", desc="transcode", disable=not progress) as bar:

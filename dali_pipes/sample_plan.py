@@ -20,7 +20,7 @@ ASPECT_RANGE = (3 / 4, 4 / 3)
 # Columns of a sample's uniform draws in [0, 1).
 CLEAN, CHOICE, FLIP, START, CROP_X, CROP_Y = range(6)
 CROP = 6  # then CROP_TRIES x (area, log aspect, left, top)
-CODEC = CROP + 4 * CROP_TRIES  # which codec of a list a ladder sample reads (added last: older columns keep their draws)
+CODEC = CROP + 4 * CROP_TRIES  # which codec of a list a ladder sample reads (last: older columns keep their draws)
 COLUMNS = CODEC + 1
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

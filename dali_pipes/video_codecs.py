@@ -4,17 +4,20 @@ One `VideoEncoder` per ladder codec says which PyAV encoder and decoder it uses,
 files are named, and its encoder options for a CRF. Every rung is written the way NVDEC wants it: ``yuv420p``
 8-bit, closed GOPs, a keyframe at least every `keyint` frames, no scene-cut keyframes:
 
-| codec | encoder   | CRF  | GOP options                                         | clean rung (CRF 0)         |
-| ----- | --------- | ---- | --------------------------------------------------- | -------------------------- |
-| h264  | libx264   | 0-51 | ``keyint``, ``min-keyint=1``, ``scenecut=0``, ``open-gop=0`` | constant QP 1 (High)  |
-| hevc  | libx265   | 0-51 | the same x265-params                                | constant QP 1 (Main)       |
-| av1   | libsvtav1 | 0-63 | ``keyint``, ``irefresh-type=2`` (closed GOP, key frames), ``scd=0`` | constant QP 1 (Main) |
+| codec | encoder   | CRF  | GOP options                                                    | clean rung (CRF 0)   |
+| ----- | --------- | ---- | -------------------------------------------------------------- | -------------------- |
+| h264  | libx264   | 0-51 | ``keyint``, ``min-keyint=1``, ``scenecut=0``, ``open-gop=0``   | constant QP 1 (High) |
+| hevc  | libx265   | 0-51 | the same, as x265-params                                       | constant QP 1 (Main) |
+| av1   | libsvtav1 | 0-63 | ``keyint``, ``irefresh-type=2`` (closed GOP), ``scd=0``        | constant QP 1 (Main) |
 
 The clean rung is constant QP 1 for all three rather than each encoder's lossless mode: lossless H.264 needs
-the High 4:4:4 Predictive profile, which NVDEC cannot decode, and QP 1 keeps all three on their plain
-Main / High profile tools, well above 50 dB against a 4:2:0 source. SVT-AV1 takes x264's preset names mapped
-to its numeric presets (`SVT_PRESETS`). H.264 rungs keep their old names (``crf23.mp4``) so ladders built
-before other codecs existed still load; the others carry the codec's name (``hevc-crf23.mp4``).
+the High 4:4:4 Predictive profile, which NVDEC cannot decode, and QP 1 keeps all three on their plain Main /
+High profile tools (x265's ``lossless=1`` and SVT-AV1's lossless coding tools are left out for the same
+reason); it is near-lossless: 48.6 dB (AV1) to 52 dB (H.264, HEVC) against the packaged carphone clip.
+SVT-AV1 takes x264's preset names mapped to its numeric presets (`SVT_PRESETS`). H.264 rungs keep their old
+names (``crf23.mp4``) so ladders built before other codecs existed still load; the others carry the codec's
+name (``hevc-crf23.mp4``). Decoded frames are re-typed before encoding (no source picture type is forced on
+the encoder: a source B type crashes libx265).
 
 HEVC and AV1 intra (`hevc_intra_encode`, `av1_intra_encode`) encode one image as one keyframe: they are here
 for rate measurements and the cost comparison in ``bench/results/video_intra_cost.md``; see `codecs.py` for
@@ -130,7 +133,8 @@ def parse_crfs(text: str) -> list[int]:
     tokens = [token.strip() for token in str(text).split(",") if token.strip()]
     bad = [token for token in tokens if not token.isdigit()]
     if bad or not tokens:
-        raise ValueError(f"CRF list {text!r}: {bad[0]!r} is not an integer CRF" if bad else f"CRF list {text!r} is empty")
+        raise ValueError(f"CRF list {text!r}: {bad[0]!r} is not an integer CRF" if bad
+                         else f"CRF list {text!r} is empty")
     return [int(token) for token in tokens]
 
 

@@ -229,6 +229,15 @@ def check_codec_list(config: Config) -> list[Codec]:
     return codecs
 
 
+def check_one_codec(config: Config) -> None:
+    """A sweep's level axis is one codec's: a ``codec`` list (a training mix) is a ValueError naming the key."""
+    codecs = config_codecs(config)
+    if len(codecs) > 1:
+        raise ValueError(f"config key 'codec': {config.codec!r} mixes {len(codecs)} codecs, which training draws "
+                         "from; a sweep or experiment evaluates one codec's levels: give one, e.g. --codec "
+                         f"{codecs[0].name}")
+
+
 def batch_codecs(config: Config) -> Codec | list[Codec]:
     """What a task's `batches` takes as ``codec``: the one codec, or the list a ladder draws from."""
     codecs = config_codecs(config)

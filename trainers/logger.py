@@ -8,7 +8,7 @@
 | ``codec/level_hist``           | their counts in 10 equal bins over the codec's range     |
 | ``codec/clean_frac``           | share of samples that passed through clean               |
 | ``codec/<name>/frac``          | with several codecs (a ladder mix): share of samples read through each |
-| ``codec/<name>/level_mean``    | with several codecs: mean level of that codec's compressed samples, on its own scale |
+| ``codec/<name>/level_mean``    | with several codecs: that codec's mean level (compressed samples)      |
 | ``throughput/samples_per_sec`` | samples per second over all processes                    |
 | ``throughput/data_wait_frac``  | share of step time spent waiting for the next batch      |
 | ``eval/<metric>``              | evaluation metrics (``eval/top1``, ``eval/top5``, ...)   |

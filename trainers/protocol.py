@@ -36,7 +36,7 @@ from codecloop.tasks import Task, get_task_class
 from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
 from codecloop.trainers.config import (Config, check_task_keys, config_codec, eval_spec, given_keys, level_spec,
                                       load_yaml, retrain_changes, sweep_levels, training_spec)
-from codecloop.trainers.config import check_codec_list
+from codecloop.trainers.config import check_codec_list, check_one_codec
 from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
@@ -175,6 +175,7 @@ def run_sweep(config: Config, task: Task, run_dir: Path, accelerator: Accelerato
               model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
     """`codecloop sweep`: one model (`model`, else the config's) over the levels; files written by the main
     process."""
+    check_one_codec(config)
     progress = RunProgress.open(run_dir, config, accelerator)
     with command_run(run_dir, config.to_dict(), accelerator.is_main_process, config.wandb, config.wandb_project,
                      progress.wandb_run_id) as logger:
@@ -196,6 +197,7 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
     trained again; an unfinished one resumes from its last checkpoint; finished sweep levels are
     not evaluated again.
     """
+    check_one_codec(config)
     baseline_dir, retrain_dir = run_dir / BASELINE, run_dir / RETRAIN_STAGE
     for stage_dir in (baseline_dir, retrain_dir):
         ensure_fresh(stage_dir, config.resume)
