@@ -159,13 +159,13 @@ H264 = register_codec(Codec(
     retrain_spec="18-51", roundtrip=h264_intra_roundtrip, ladder_clean_rung=LOSSLESS_CRF,
     missing=ENCODERS["h264"].missing,
 ))
-# HEVC runs on ladders only: one libx265 intra frame costs 4-18x an x264 one per image (500x375 and 224x224,
+# HEVC runs on ladders only: one libx265 intra frame costs 9-18x an x264 one per image (500x375 and 224x224,
 # bench/results/video_intra_cost.md), too slow for the feeder's CPU threads. Its CRF-0 rung is constant QP 1.
 HEVC = register_codec(Codec(
     name="hevc", title="HEVC", scale=LevelScale("HEVC", "CRF", 0, 51), higher_is_better=False,
     default_levels=DEFAULT_CRF_LEVELS, retrain_spec="18-51", ladder_clean_rung=0, missing=ENCODERS["hevc"].missing,
 ))
-# AV1 (SVT-AV1, CRF 0..63) also runs on single images: an intra frame costs about what an x264 one does.
+# AV1 (SVT-AV1, CRF 0..63) also runs on single images: an intra frame costs 0.6-2.1x an x264 one.
 AV1 = register_codec(Codec(
     name="av1", title="AV1", scale=LevelScale("AV1", "CRF", 0, 63), higher_is_better=False,
     default_levels=(20, 27, 35, 40, 45, 50, 55, 59, 63), retrain_spec="20-63", roundtrip=av1_intra_roundtrip,
