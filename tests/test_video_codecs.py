@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 
+from codecloop.dali_pipes import ImageBatches, ImageGeometry
 from codecloop.dali_pipes.codecs import get_codec
 from codecloop.dali_pipes.h264_intra import h264_intra_encode, h264_intra_roundtrip
 from codecloop.dali_pipes.ladder import MANIFEST, MANIFEST_COLUMNS, SETTINGS, load_ladder, transcode
@@ -188,6 +189,7 @@ def expected_rung(seed: int, epoch: int, sample: int, spec: range, clean_prob: f
 
 
 def test_mixed_codec_training_draws_every_codec_by_the_plans_law(codec_ladder):
+    """Clips (`VideoBatches`) and ladder frames (`ImageBatches`) draw (codec, CRF) by the plan's law."""
     ladder = load_ladder(codec_ladder)
     codecs = [get_codec(name) for name in ("h264", "hevc", "av1")]
     clips, seed = ["carphone"] * 6, 11
@@ -204,6 +206,13 @@ def test_mixed_codec_training_draws_every_codec_by_the_plans_law(codec_ladder):
         drawn = draws(epoch)
         assert drawn == {sample: expected_rung(seed, epoch, sample, range(20, 46), 0.2) for sample in drawn}
         assert drawn == draws(epoch)  # reproducible per (seed, epoch, sample)
+    frames = [("carphone", frame) for frame in (0, 7, 15, 22, 30, 39)]  # a classification ladder's frames
+    images = ImageBatches(frames, runtime=PipelineRuntime(batch_size=3, num_threads=1, seed=seed), ladder=ladder,
+                          training=True, spec=codecs[0].parse_spec("20-45", 0.2), codec=codecs,
+                          geometry=ImageGeometry(32, 40))
+    drawn = {index: (codec, level) for batch in images for index, codec, level in
+             zip(batch["index"].tolist(), batch["codec_index"].tolist(), batch["codec_level"].tolist())}
+    assert drawn == {sample: expected_rung(seed, 0, sample, range(20, 46), 0.2) for sample in drawn}
     shares = np.bincount([expected_rung(seed, 0, sample, range(20, 46), 0.2)[0] for sample in range(3000)],
                          minlength=3) / 3000
     assert np.abs(shares - 1 / 3).max() < 0.03
