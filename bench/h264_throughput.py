@@ -35,7 +35,8 @@ from codecloop.dali_pipes import ImageBatches, ImageGeometry
 from codecloop.dali_pipes.codecs import H264, JPEG
 from codecloop.dali_pipes.fidelity import cpu_model, write_photo_jpegs
 from codecloop.dali_pipes.h264_intra import h264_intra_roundtrip
-from codecloop.dali_pipes.ladder import DEFAULT_LADDER, SWSCALE_THREADS, transcode
+from codecloop.dali_pipes.crf import DEFAULT_LADDER
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS, transcode
 from codecloop.demo.packaged_data import packaged_clip
 
 CLIPS = ("bikes", "carphone", "bigbuckbunny")

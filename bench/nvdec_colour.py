@@ -116,8 +116,9 @@ def stand_ins(planes: dict[int, list[np.ndarray]], frames: list[int], neighbours
 def rung_psnrs(ladder: Ladder) -> dict[tuple[str, int], dict[str, float]]:
     """(a): PSNR against PyAV over frames 0, 7, n // 2, n - 1 of every rung, as the NVDEC test reads them."""
     rows = {}
-    for clip, rungs in sorted(ladder.rungs.items()):
-        for crf, rung in sorted(rungs.items()):
+    for clip in sorted(ladder.rungs):
+        for crf in ladder.crfs():
+            rung = ladder.rung(clip, crf)
             frames = [0, 7, rung.frames // 2, rung.frames - 1]
             neighbours = [f + 1 if f + 1 < rung.frames else f - 1 for f in frames]
             rgb, planes = decoded(ladder.path(clip, crf), frames + neighbours)

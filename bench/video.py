@@ -81,7 +81,7 @@ class PyAVClipDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng((torch.initial_seed() + index) % 2**63)
         clip = self.clips[index]
         crf = ladder_rung(self.spec.draw(rng, self.rungs), H264.ladder_clean_rung)
-        rung = self.ladder.rungs[clip][crf]
+        rung = self.ladder.rung(clip, crf)
         frames = decode_frames(self.ladder.path(clip, crf), self.sampling.frame_indices(rung.frames, rng.random()),
                                rung.fps)
         video = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T, C, H, W

@@ -9,11 +9,13 @@ its default sweep levels and retraining spec, and how it runs:
 | host       | `roundtrip(image, level)`: HxWx3 uint8 in and out, on CPU threads (H.264  | yes    | no    |
 |            | intra, WebP, AVIF through Pillow)                                        |        |       |
 | ladder     | clips encoded ahead at each level (`codecloop transcode`), a rung drawn  | frames | yes   |
+|            | (H.264, HEVC, AV1)                                                       |        |       |
 
 `encode(image, level)` returns the bitstream of one image, for its bits per pixel (`codecloop.dali_pipes.rates`);
-a ladder's rungs are their own bitstreams. `missing` says why this machine cannot run the codec (an encoder its libraries lack, with the install hint),
-checked before any work. `graph_tile` says the graph stage works on tiles fixed to the image's origin (JPEG:
-16x16 for 4:2:0), so that CPU training may compress only a tile-aligned window around the crop. A codec may
+a ladder's rungs are their own bitstreams. `missing` says why this machine cannot run the codec (an encoder its
+libraries lack, with the install hint), checked before any work. `graph_tile` says the graph stage works on
+tiles fixed to the image's origin (JPEG: 16x16 for 4:2:0), so that CPU training may compress only a tile-aligned
+window around the crop. A codec may
 run in several ways (H.264 runs on the host for images and as a ladder for clips). Every codec reports a
 clean sample as `CLEAN_LEVEL`. Adding a codec is one module that builds a `Codec` and passes it to `register_codec`;
 nothing on the train and sweep path names codecs.
@@ -28,10 +30,11 @@ import numpy as np
 
 from codecloop.dali_pipes.codec import JPEG_QUALITY, jpeg_stage
 from codecloop.dali_pipes.crf import CRF_SCALE, DEFAULT_CRF_LEVELS, LOSSLESS_CRF
-from codecloop.dali_pipes.h264_intra import h264_intra_roundtrip
+from codecloop.dali_pipes.h264_intra import h264_intra_encode, h264_intra_roundtrip
 from codecloop.dali_pipes.levels import LevelScale, LevelSpec
 from codecloop.dali_pipes.pillow_codecs import (avif_encode, avif_roundtrip, jpeg_encode, missing as pillow_missing,
                                                 webp_encode, webp_roundtrip)
+from codecloop.dali_pipes.video_codecs import ENCODERS, av1_intra_encode, av1_intra_roundtrip
 
 Roundtrip = Callable[[np.ndarray, int], np.ndarray]
 
@@ -136,6 +139,16 @@ def codec_title(name: str) -> str:
     return _CODECS[name].title if name in _CODECS else name
 
 
+def codec_scale(names: str | Sequence[str]) -> LevelScale:
+    """One level scale spanning the codecs `names` (``h264,av1`` or a list): a single codec's own scale, or
+    for a mix the union of their ranges (H.264 and AV1: CRF 0..63), for a histogram of mixed levels."""
+    codecs = [get_codec(name.strip()) for name in (names.split(",") if isinstance(names, str) else names)]
+    if len(codecs) == 1:
+        return codecs[0].scale
+    return LevelScale("/".join(codec.title for codec in codecs), "/".join(dict.fromkeys(c.level_name for c in codecs)),
+                      min(codec.scale.low for codec in codecs), max(codec.scale.high for codec in codecs))
+
+
 def codec_axis(name: str) -> str:
     """A plot axis for a codec's levels (see `Codec.axis_label`); ``<name> level`` when unregistered."""
     return _CODECS[name].axis_label if name in _CODECS else f"{name} level"
@@ -149,6 +162,19 @@ JPEG = register_codec(Codec(
 H264 = register_codec(Codec(
     name="h264", title="H.264", scale=CRF_SCALE, higher_is_better=False, default_levels=DEFAULT_CRF_LEVELS,
     retrain_spec="18-51", roundtrip=h264_intra_roundtrip, ladder_clean_rung=LOSSLESS_CRF,
+    encode=h264_intra_encode, missing=ENCODERS["h264"].missing,
+))
+# HEVC runs on ladders only: one libx265 intra frame costs 9-18x an x264 one per image (500x375 and 224x224,
+# bench/results/video_intra_cost.md), too slow for the feeder's CPU threads. Its CRF-0 rung is constant QP 1.
+HEVC = register_codec(Codec(
+    name="hevc", title="HEVC", scale=LevelScale("HEVC", "CRF", 0, 51), higher_is_better=False,
+    default_levels=DEFAULT_CRF_LEVELS, retrain_spec="18-51", ladder_clean_rung=0, missing=ENCODERS["hevc"].missing,
+))
+# AV1 (SVT-AV1, CRF 0..63) also runs on single images: an intra frame costs 0.6-2.1x an x264 one.
+AV1 = register_codec(Codec(
+    name="av1", title="AV1", scale=LevelScale("AV1", "CRF", 0, 63), higher_is_better=False,
+    default_levels=(20, 27, 35, 40, 45, 50, 55, 59, 63), retrain_spec="20-63", roundtrip=av1_intra_roundtrip,
+    encode=av1_intra_encode, ladder_clean_rung=0, missing=ENCODERS["av1"].missing,
 ))
 WEBP = register_codec(Codec(
     name="webp", title="WebP", scale=LevelScale("WebP", "quality", 0, 100), higher_is_better=True,

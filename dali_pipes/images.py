@@ -9,9 +9,9 @@ codec runs (`codecloop.dali_pipes.codecs`):
   bit-identical to the whole image's, and the work outside the crop is saved;
 - on the host (H.264): the image decoded and round-tripped through the codec's `roundtrip` on the
   feeder's CPU threads (there is no GPU encoder);
-- from a ladder: a ``(clip, frame)`` of a `codecloop transcode` ladder, that frame of the drawn rung:
-  on a GPU the rung file's path, read by DALI (``fn.io.file.read``) and decoded by NVDEC; on a CPU
-  decoded by PyAV.
+- from a ladder: a ``(clip, frame)`` of a `codecloop transcode` ladder, that frame of the drawn rung
+  (a codec of the list and a CRF on its scale, `RungDraw`): on a GPU the rung file's path, read by
+  DALI (``fn.io.file.read``) and decoded by NVDEC; on a CPU decoded by PyAV.
 
 Then, for all: the crop box resized to the crop size (train) or the shorter side resized and a center
 crop (eval), flip, normalize. Crop boxes, flips and levels come from the plan, so a resumed run repeats
@@ -34,12 +34,12 @@ from codecloop.dali_pipes.codecs import Codec
 from codecloop.dali_pipes.dense import image_size
 from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, nchw, path_bytes
 from codecloop.dali_pipes.ladder import Ladder
-from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec, ladder_rung
+from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelSpec
 from codecloop.dali_pipes.pipelines import (ADJUST_ORIENTATION, CODEC_PLACEMENTS, ImageGeometry, decode, normalize,
                                             on_device, split_channels)
 from codecloop.dali_pipes.runtime import PipelineRuntime
 from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, FLIP, crop_boxes
-from codecloop.dali_pipes.video import decode_frames, require_nvdec
+from codecloop.dali_pipes.video import RungDraw, codec_list, decode_frames, require_nvdec
 
 LadderFrame = tuple[str, int]
 Box = tuple[float, float, float, float]
@@ -61,17 +61,22 @@ class ImageFeeder(ShardedFeeder):
     hands DALI per codec. Outputs (by mode): ``path`` / ``window_start``, ``window_shape`` (in-graph codec),
     ``data``, ``clean`` (host codec, ladder on the CPU), ``rung_path``, ``frame_indices``, ``clean_rung_path``
     (ladder on a GPU: the rung files DALI reads), then ``roi_start``, ``roi_end`` (train; y, x pixels of the
-    decoded image or window), ``mirror``, ``level``, ``index``, ``valid``."""
+    decoded image or window), ``mirror``, ``level``, ``codec_index``, ``index``, ``valid``. On a ladder `codec`
+    may be a list of ladder codecs, one drawn per image (`RungDraw`); elsewhere it is one codec."""
 
-    def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec, min_scale: float, *,
+    def __init__(self, samples: Sequence[str | LadderFrame], spec: LevelSpec, codec: Codec | Sequence[Codec],
+                 min_scale: float, *,
                  ladder: Ladder | None = None, on_gpu: bool = False, with_clean: bool = False,
                  codec_placement: str = "native", levels: Sequence[int] = (),
                  sizes: Mapping[str, tuple[int, int]] | None = None, **sharding) -> None:
         super().__init__(len(samples), **sharding)
         if codec_placement not in CODEC_PLACEMENTS:
             raise ValueError(f"codec_placement {codec_placement!r} must be one of {CODEC_PLACEMENTS}")
-        if ladder is not None and codec.ladder_clean_rung is None:
-            raise ValueError(f"codec {codec.name!r} does not read ladders (it runs: {', '.join(codec.runs)})")
+        codecs = codec_list(codec)
+        if ladder is None and len(codecs) > 1:
+            raise ValueError(f"codecs {', '.join(c.name for c in codecs)}: only ladder frames draw a codec from a "
+                             "list; single images take one codec")
+        codec = codecs[0]
         if ladder is None and not codec.on_images:
             raise ValueError(f"codec {codec.name!r} cannot compress single images (it runs: {', '.join(codec.runs)})")
         self.mode = "ladder" if ladder is not None else "graph" if codec.graph_stage is not None else "host"
@@ -82,10 +87,9 @@ class ImageFeeder(ShardedFeeder):
         self.decode_on_gpu = self.mode == "ladder" and on_gpu
         self.windowed = (self.mode == "graph" and self.training and not on_gpu and codec_placement == "native"
                          and codec.graph_tile is not None and not spec.is_none)
-        self.rungs = ladder.crfs() if ladder is not None else None
+        self.draw = RungDraw(ladder, codecs, spec) if ladder is not None else None
         self.sizes = dict(sizes or {})  # stored (width, height) by path: the index's, else read once from the header
         if ladder is not None:
-            spec.check_ladder(self.rungs, codec.ladder_clean_rung, f"ladder {ladder.root}")
             unknown = [clip for clip, _ in self.samples if clip not in ladder.rungs]
             if unknown:
                 raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root}")
@@ -108,7 +112,7 @@ class ImageFeeder(ShardedFeeder):
         else:
             names = ["data", "clean"] if self.with_clean else ["data"]
         roi = ("roi_start", "roi_end") if self.training else ()
-        return (*names, *roi, "mirror", "level", "index", "valid")
+        return (*names, *roi, "mirror", "level", "codec_index", "index", "valid")
 
     def _size(self, index: int) -> tuple[int, int]:
         path = self.samples[index]
@@ -116,20 +120,21 @@ class ImageFeeder(ShardedFeeder):
             self.sizes[path] = image_size(path)
         return self.sizes[path]
 
-    def _ladder_frame(self, clip: str, frame: int, level: int) -> np.ndarray:
+    def _ladder_frame(self, clip: str, frame: int, codec_index: int, level: int) -> np.ndarray:
         """The rung file's name (GPU: read by DALI, decoded by NVDEC) or the frame decoded by PyAV (CPU)."""
-        rung = ladder_rung(level, self.codec.ladder_clean_rung)
-        path = self.ladder.path(clip, rung)
+        rung = self.draw.rung(clip, codec_index, level)
+        path = self.ladder.root / rung.path
         if self.decode_on_gpu:
             return path_bytes(str(path))
-        return decode_frames(path, [frame], self.ladder.rungs[clip][rung].fps)[0]
+        return decode_frames(path, [frame], rung.fps)[0]
 
     def load_batch(self, indices: list[int], draws: np.ndarray) -> list[dict[str, np.ndarray]]:
         """An in-graph codec's batch, vectorised: Python only hands DALI names, levels, boxes and flips."""
         if self.mode != "graph":
             return super().load_batch(indices, draws)
         levels, mirrors = self.spec.picks(draws[:, CLEAN], draws[:, CHOICE]), (draws[:, FLIP] < 0.5) & self.training
-        out = [{"path": path_bytes(self.samples[index]), "level": level, "mirror": np.int32(mirror)}
+        out = [{"path": path_bytes(self.samples[index]), "level": level, "mirror": np.int32(mirror),
+                "codec_index": np.int32(0)}
                for index, level, mirror in zip(indices, levels, mirrors)]
         if self.training:
             sizes = np.array([self._size(index) for index in indices], np.float64)
@@ -148,16 +153,20 @@ class ImageFeeder(ShardedFeeder):
 
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         sample = self.samples[index]
-        level = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
-        out: dict[str, np.ndarray] = {"level": np.int32(level), "mirror": np.int32(self.training and draws[FLIP] < 0.5)}
+        codec_index, level = 0, self.spec.pick(draws[CLEAN], draws[CHOICE])
+        if self.mode == "ladder":
+            codec_index, level = (int(value[0]) for value in self.draw.picks(draws[None]))
+        out: dict[str, np.ndarray] = {"level": np.int32(level), "codec_index": np.int32(codec_index),
+                                      "mirror": np.int32(self.training and draws[FLIP] < 0.5)}
         if self.mode == "ladder":
             clip, frame = sample
-            rung = self.ladder.rungs[clip][ladder_rung(level, self.codec.ladder_clean_rung)]
+            rung = self.draw.rung(clip, codec_index, level)
             width, height = rung.width, rung.height
             names = ("rung_path", "clean_rung_path") if self.decode_on_gpu else ("data", "clean")
-            out[names[0]], out["frame_indices"] = self._ladder_frame(clip, frame, level), np.array([frame], np.int32)
+            out[names[0]] = self._ladder_frame(clip, frame, codec_index, level)
+            out["frame_indices"] = np.array([frame], np.int32)
             if self.with_clean:
-                out[names[1]] = self._ladder_frame(clip, frame, CLEAN_LEVEL)
+                out[names[1]] = self._ladder_frame(clip, frame, codec_index, CLEAN_LEVEL)
         else:
             with Image.open(sample) as image:
                 clean = np.asarray(image.convert("RGB"))
@@ -197,7 +206,8 @@ def graph_images(nodes: dict, feeder: ImageFeeder):
 
 @pipeline_def(enable_conditionals=True)
 def image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, channels_last: bool = False):
-    """Images from `feeder`; outputs ``(image, index, level, valid[, clean_image])`` or, for a one-pass sweep,
+    """Images from `feeder`; outputs ``(image, index, level, codec_index, valid[, clean_image])`` or, for a one-pass
+    sweep,
     ``(index, valid, clean view, view at levels[0], ...)``; images CHW (HWC with `channels_last`)."""
     names, on_gpu = feeder.outputs(), feeder.on_gpu
     host_images = feeder.mode != "graph" and not feeder.decode_on_gpu
@@ -239,17 +249,18 @@ def image_pipeline(feeder: ImageFeeder, geometry: ImageGeometry, channels_last: 
     copies = 2 if feeder.with_clean else 1
     images = normalize(stacked, geometry, mirror=nodes["mirror"], center_crop=not feeder.training, copies=copies,
                        channels_last=channels_last)
-    level = on_device(nodes["level"], on_gpu)
+    level, codec_index = on_device(nodes["level"], on_gpu), on_device(nodes["codec_index"], on_gpu)
     if feeder.with_clean:
-        return (split_channels(images, 0, 3, channels_last), index, level, valid,
+        return (split_channels(images, 0, 3, channels_last), index, level, codec_index, valid,
                 split_channels(images, 3, 6, channels_last))
-    return images, index, level, valid
+    return images, index, level, codec_index, valid
 
 
 class ImageBatches(Batches):
-    """Epochs of ``{image, index, codec_level[, clean_image], **targets}`` batches of images at drawn levels of
-    any codec that compresses images (see the module docstring). `samples` are image files, or ``(clip, frame)``
-    pairs of `ladder`. `sizes` maps image files to their stored ``(width, height)`` where known (the scan's
+    """Epochs of ``{image, index, codec_level, codec_index[, clean_image], **targets}`` batches of images at drawn
+    levels of any codec that compresses images (see the module docstring). `samples` are image files, or
+    ``(clip, frame)`` pairs of `ladder` (`codec` may then be a list of ladder codecs; ``codec_index`` says which
+    each sample read). `sizes` maps image files to their stored ``(width, height)`` where known (the scan's
     `SampleIndex.sizes`), so training opens no file header; the rest are read once."""
 
     def __init__(
@@ -259,7 +270,7 @@ class ImageBatches(Batches):
         runtime: PipelineRuntime,
         training: bool,
         spec: LevelSpec,
-        codec: Codec,
+        codec: Codec | Sequence[Codec],
         geometry: ImageGeometry = ImageGeometry(),
         ladder: Ladder | None = None,
         targets: Mapping[str, torch.Tensor] | None = None,
@@ -273,7 +284,7 @@ class ImageBatches(Batches):
                              **runtime.feeder_options(training, checkpoint))
         if feeder.decode_on_gpu:
             require_nvdec()
-        names = ["image", "index", "codec_level", "valid"] + (["clean_image"] if with_clean else [])
+        names = ["image", "index", "codec_level", "codec_index", "valid"] + (["clean_image"] if with_clean else [])
         super().__init__(image_pipeline(feeder=feeder, geometry=geometry, channels_last=runtime.channels_last,
                                         **runtime.pipeline_options()),
                          feeder, names, targets, runtime.channels_last)

@@ -175,7 +175,7 @@ def levels_at_rates(source: RateSource, codec: Codec, low: float, high: float, *
     of the codec's scale (found by bisection, the rate being monotone in the level), or on a ladder the list of
     its rungs in range. No level in range is an error giving the rates the codec spans."""
     if source.ladder is not None:
-        rungs = source.ladder.crfs()
+        rungs = source.ladder.crfs(codec.name)
         rates = ladder_rates(source.ladder, source.clips, codec, rungs)
         inside = [level for level in rungs if low <= rates[level].bpp <= high]
         spans = [rates[level].bpp for level in rungs]

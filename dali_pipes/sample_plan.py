@@ -20,7 +20,8 @@ ASPECT_RANGE = (3 / 4, 4 / 3)
 # Columns of a sample's uniform draws in [0, 1).
 CLEAN, CHOICE, FLIP, START, CROP_X, CROP_Y = range(6)
 CROP = 6  # then CROP_TRIES x (area, log aspect, left, top)
-COLUMNS = CROP + 4 * CROP_TRIES
+CODEC = CROP + 4 * CROP_TRIES  # which codec of a list a ladder sample reads (last: older columns keep their draws)
+COLUMNS = CODEC + 1
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

@@ -1,12 +1,14 @@
-"""Video pipelines on a codec's ladder (H.264 CRFs): rung drawn per clip -> decode -> resize -> crop -> normalize.
+"""Video pipelines on a ladder (H.264, HEVC, AV1 CRFs): rung drawn per clip -> decode -> resize -> crop -> normalize.
 
-`LadderFeeder` draws per clip and epoch a rung (clean: the codec's clean rung), the frames of a clip (T frames
+`LadderFeeder` draws per clip and epoch a rung (`RungDraw`: a codec of the list, then a CRF on that codec's scale;
+clean: that codec's clean rung), the frames of a clip (T frames
 at a stride; several evenly spaced clips per video for evaluation), a crop position and a flip. On a GPU it
 hands DALI the rung file's name, read in the graph, and the frame indices, decoded by NVDEC
 (``fn.decoders.video``, device "mixed"); without one it decodes those frames with PyAV itself, since DALI's
 CPU decoder does not read H.264, and the rest of the graph is the same, so both yield identical layouts.
 A clip shorter than its span loops: frame ``i`` of the span reads frame ``i mod n``.
-`VideoBatches` yields ``{video, index, codec_level, **targets}`` with ``video`` float
+`VideoBatches` yields ``{video, index, codec_level, codec_index, **targets}`` (``codec_index``: the position of
+the sample's codec in the codec list) with ``video`` float
 ``(B, C, T, H, W)``, or ``(B, K, C, T, H, W)`` when evaluating K clips per video.
 """
 
@@ -23,10 +25,10 @@ from nvidia.dali import fn, pipeline_def, types
 
 from codecloop.dali_pipes.codecs import Codec
 from codecloop.dali_pipes.feeder import Batches, ShardedFeeder, path_bytes
-from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder
+from codecloop.dali_pipes.ladder import SWSCALE_THREADS, Ladder, Rung
 from codecloop.dali_pipes.levels import LevelSpec, ladder_rung
 from codecloop.dali_pipes.runtime import PipelineRuntime
-from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CROP_X, CROP_Y, FLIP, START
+from codecloop.dali_pipes.sample_plan import CHOICE, CLEAN, CODEC, CROP_X, CROP_Y, FLIP, START
 from codecloop.dali_pipes.pipelines import on_device
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -58,7 +60,7 @@ class ClipSampling:
 
 
 def decode_frames(path: Path | str, indices: Sequence[int], fps: float) -> np.ndarray:
-    """Frames `indices` of an H.264 rung as RGB uint8 ``(len(indices), H, W, 3)``, decoded by PyAV.
+    """Frames `indices` of a rung (H.264, HEVC or AV1) as RGB uint8 ``(len(indices), H, W, 3)``, decoded by PyAV.
 
     Seeks to the keyframe before the first wanted frame (rungs have one every <= 15 frames).
     """
@@ -90,8 +92,51 @@ def require_nvdec() -> None:
     except OSError as error:
         raise RuntimeError(
             f"NVDEC needs the NVIDIA driver's libnvcuvid.so.1, which this machine cannot load ({error}). In a "
-            "container, start it with NVIDIA_DRIVER_CAPABILITIES=compute,utility,video; without NVDEC, H.264 "
-            "can only be decoded on the CPU (PyAV), i.e. without a GPU") from error
+            "container, start it with NVIDIA_DRIVER_CAPABILITIES=compute,utility,video; without NVDEC, ladder "
+            "rungs can only be decoded on the CPU (PyAV), i.e. without a GPU") from error
+
+
+def codec_list(codec: Codec | Sequence[Codec]) -> list[Codec]:
+    """One codec or a list of them, as a list."""
+    return [codec] if isinstance(codec, Codec) else list(codec)
+
+
+class RungDraw:
+    """Which rung of `ladder` a sample reads, from its row of the plan's draws: its codec uniformly from `codecs`
+    (column `CODEC`; always the first with one codec), then its level from `spec` on that codec's scale
+    (columns `CLEAN`, `CHOICE`), snapped to that codec's rungs; a clean sample reads that codec's clean rung.
+
+    `spec` is parsed on the first codec's scale; its text is parsed again on each other codec's scale.
+    """
+
+    def __init__(self, ladder: Ladder, codecs: Codec | Sequence[Codec], spec: LevelSpec) -> None:
+        self.ladder, self.codecs = ladder, codec_list(codecs)
+        for codec in self.codecs:
+            if codec.ladder_clean_rung is None:
+                raise ValueError(f"codec {codec.name!r} does not read ladders (it runs: {', '.join(codec.runs)})")
+        self.specs = [spec] + [codec.parse_spec(spec.text, spec.clean_prob) for codec in self.codecs[1:]]
+        self.rungs = [ladder.crfs(codec.name) for codec in self.codecs]
+        for codec, codec_spec, rungs in zip(self.codecs, self.specs, self.rungs):
+            if not rungs:
+                raise ValueError(f"ladder {ladder.root} has no {codec.title} rung for every clip (it holds: "
+                                 f"{', '.join(ladder.codecs()) or 'none'}); transcode it with --codecs {codec.name}")
+            where = f"ladder {ladder.root}" + (f" for {codec.title}" if len(self.codecs) > 1 else "")
+            codec_spec.check_ladder(rungs, codec.ladder_clean_rung, where)
+
+    def picks(self, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(codec_index, level)`` int32 arrays for rows of the plan's draws (``(n, COLUMNS)``)."""
+        count = len(self.codecs)
+        chosen = np.minimum((draws[:, CODEC] * count).astype(np.int64), count - 1)
+        levels = np.empty(len(draws), np.int32)
+        for position, (spec, rungs) in enumerate(zip(self.specs, self.rungs)):
+            rows = chosen == position
+            levels[rows] = spec.picks(draws[rows, CLEAN], draws[rows, CHOICE], rungs)
+        return chosen.astype(np.int32), levels
+
+    def rung(self, clip: str, codec_index: int, level: int) -> Rung:
+        """The rung of `clip` a sample drawn (`codec_index`, `level`) reads."""
+        codec = self.codecs[codec_index]
+        return self.ladder.rung(clip, ladder_rung(level, codec.ladder_clean_rung), codec.name)
 
 
 @dataclass(frozen=True)
@@ -107,20 +152,21 @@ class VideoGeometry:
 class LadderFeeder(ShardedFeeder):
     """This rank's clips drawn from a ladder: outputs ``rung_path`` (the rung file, read by DALI for NVDEC) and
     ``frame_indices``, or, without a GPU, ``data`` (frames decoded here with PyAV, FHWC); then ``crop_x``,
-    ``crop_y``, ``mirror``, ``level``, ``index``, ``valid``."""
+    ``crop_y``, ``mirror``, ``level``, ``codec_index``, ``index``, ``valid``. `codec` is one ladder codec or a
+    list of them, drawn per clip (`RungDraw`)."""
 
-    def __init__(self, ladder: Ladder, clips: Sequence[str], spec: LevelSpec, codec: Codec, sampling: ClipSampling,
-                 *, decode_on_cpu: bool = True, **sharding) -> None:
+    def __init__(self, ladder: Ladder, clips: Sequence[str], spec: LevelSpec, codec: Codec | Sequence[Codec],
+                 sampling: ClipSampling, *, decode_on_cpu: bool = True, **sharding) -> None:
         super().__init__(len(clips), **sharding)
-        if codec.ladder_clean_rung is None:
-            raise ValueError(f"codec {codec.name!r} does not read ladders ({', '.join(codec.runs)}); clips need one")
+        for each in codec_list(codec):
+            if each.ladder_clean_rung is None:
+                raise ValueError(f"codec {each.name!r} does not read ladders ({', '.join(each.runs)}); clips need one")
         unknown = [clip for clip in clips if clip not in ladder.rungs]
         if unknown:
             raise ValueError(f"clip {unknown[0]!r} is not in the ladder {ladder.root} ({len(unknown)} missing); "
                              f"rerun: {ladder.settings.get('command', 'codecloop transcode')}")
-        self.rungs = ladder.crfs()
-        spec.check_ladder(self.rungs, codec.ladder_clean_rung, f"ladder {ladder.root}")
-        self.ladder, self.clips, self.spec, self.codec, self.sampling = ladder, list(clips), spec, codec, sampling
+        self.draw = RungDraw(ladder, codec, spec)
+        self.ladder, self.clips, self.spec, self.sampling = ladder, list(clips), spec, sampling
         self.decode_on_cpu = decode_on_cpu
 
     def describe(self, index: int) -> str:
@@ -128,15 +174,14 @@ class LadderFeeder(ShardedFeeder):
 
     def outputs(self) -> tuple[str, ...]:
         head = ("data",) if self.decode_on_cpu else ("rung_path", "frame_indices")
-        return head + ("crop_x", "crop_y", "mirror", "level", "index", "valid")
+        return head + ("crop_x", "crop_y", "mirror", "level", "codec_index", "index", "valid")
 
     def load(self, index: int, draws: np.ndarray) -> dict[str, np.ndarray]:
         clip = self.clips[index]
-        level = self.spec.pick(draws[CLEAN], draws[CHOICE], self.rungs)
-        rung_level = ladder_rung(level, self.codec.ladder_clean_rung)
-        rung = self.ladder.rungs[clip][rung_level]
+        codec_index, level = (int(value[0]) for value in self.draw.picks(draws[None]))
+        rung = self.draw.rung(clip, codec_index, level)
         frames = self.sampling.frame_indices(rung.frames, draws[START] if self.training else None)
-        path = self.ladder.path(clip, rung_level)
+        path = self.ladder.root / rung.path
         crop_x, crop_y, mirror = (draws[CROP_X], draws[CROP_Y], draws[FLIP] < 0.5) if self.training else (0.5, 0.5, 0)
         clip_data = ("data", decode_frames(path, frames, rung.fps)) if self.decode_on_cpu else (
             "rung_path", path_bytes(str(path)))
@@ -147,11 +192,12 @@ class LadderFeeder(ShardedFeeder):
             "crop_y": np.float32(crop_y),
             "mirror": np.int32(mirror),
             "level": np.int32(level),
+            "codec_index": np.int32(codec_index),
         }
 
 
 def decode_clips(encoded, frame_indices):
-    """Decode the frames `frame_indices` of each H.264 stream with NVDEC; FHWC uint8 RGB on the GPU.
+    """Decode the frames `frame_indices` of each stream (H.264, HEVC, AV1) with NVDEC; FHWC uint8 RGB on the GPU.
 
     ``pad_mode="none"``: an index past a stream's end is an error, not a silent black frame.
     """
@@ -175,17 +221,19 @@ def clip_geometry(frames, crop_x, crop_y, mirror, geometry: VideoGeometry):
 
 @pipeline_def
 def video_pipeline(feeder: LadderFeeder, geometry: VideoGeometry, on_gpu: bool):
-    """Clips from `feeder`; outputs ``(video, index, level, valid)``."""
+    """Clips from `feeder`; outputs ``(video, index, level, codec_index, valid)``."""
     names = feeder.outputs()
     nodes = dict(zip(names, fn.external_source(source=feeder, num_outputs=len(names), batch=True, batch_info=True,
                                                layout=["FHWC" if not on_gpu else ""] + [""] * (len(names) - 1))))
     frames = decode_clips(fn.io.file.read(nodes["rung_path"]), nodes["frame_indices"]) if on_gpu else nodes["data"]
     video = clip_geometry(frames, nodes["crop_x"], nodes["crop_y"], nodes["mirror"], geometry)
-    return video, on_device(nodes["index"], on_gpu), on_device(nodes["level"], on_gpu), nodes["valid"]
+    return (video, on_device(nodes["index"], on_gpu), on_device(nodes["level"], on_gpu),
+            on_device(nodes["codec_index"], on_gpu), nodes["valid"])
 
 
 class VideoBatches(Batches):
-    """Epochs of ``{video, index, codec_level, **targets}`` batches from one shard of a ladder's clips.
+    """Epochs of ``{video, index, codec_level, codec_index, **targets}`` batches from one shard of a ladder's clips
+    (`codec`: one ladder codec or a list, drawn per clip).
 
     `targets` maps a name to a tensor indexed by sample index (position in `clips`).
     ``checkpoint=`` (a `checkpoint()` value) resumes at that epoch and batch with the same draws.
@@ -199,7 +247,7 @@ class VideoBatches(Batches):
         runtime: PipelineRuntime,
         training: bool,
         spec: LevelSpec,
-        codec: Codec,
+        codec: Codec | Sequence[Codec],
         sampling: ClipSampling = ClipSampling(),
         geometry: VideoGeometry = VideoGeometry(),
         targets: Mapping[str, torch.Tensor] | None = None,
@@ -213,7 +261,7 @@ class VideoBatches(Batches):
         if on_gpu:
             require_nvdec()
         pipe = video_pipeline(feeder=feeder, geometry=geometry, on_gpu=on_gpu, **runtime.pipeline_options())
-        super().__init__(pipe, feeder, ["video", "index", "codec_level", "valid"], targets)
+        super().__init__(pipe, feeder, ["video", "index", "codec_level", "codec_index", "valid"], targets)
 
     def reshape(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``(B, K*T, C, H, W)`` frames to ``(B, C, T, H, W)`` clips, or ``(B, K, C, T, H, W)``."""

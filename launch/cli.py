@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from codecloop.dali_pipes.crf import CRF_SCALE, DEFAULT_LADDER
+from codecloop.dali_pipes.crf import DEFAULT_LADDER
+from codecloop.dali_pipes.video_codecs import AV1_LADDER, parse_crfs
 from codecloop.dali_pipes.validate import BadImageError
 from codecloop.trainers.checkpoint import DiskFullError
 from codecloop.trainers.config import Config, check_task_keys, coerce, config_keys, load_yaml, range_text, task_sections
@@ -157,17 +158,22 @@ def build_parser(task: str | None = None,
     compress.add_argument("--dst", required=True, type=Path, help="destination folder")
     compress.add_argument("--workers", type=int, default=None, help="encoding threads")
     transcode = commands.add_parser(
-        "transcode", help="build the H.264 CRF ladder cache of a video or image-sequence dataset",
+        "transcode", help="build the CRF ladder cache (H.264, HEVC, AV1) of a video or image-sequence dataset",
         description="Encode every clip under --src (video files of any codec PyAV reads, or folders of ordered "
-                    "frames) with libx264 at each CRF: yuv420p, closed GOPs, a keyframe every --keyint frames, "
-                    "as NVDEC wants. Writes DST/<clip>/crfNN.mp4 and DST/manifest.csv (frames, fps, size, bits "
-                    "per pixel, PSNR against the source). Resumable: a rerun skips finished rungs.",
+                    "frames) with each of --codecs (libx264, libx265, SVT-AV1) at each CRF: yuv420p, closed GOPs, "
+                    "a keyframe every --keyint frames, as NVDEC wants. Writes DST/<clip>/crfNN.mp4 (H.264), "
+                    "hevc-crfNN.mp4, av1-crfNN.mp4 and DST/manifest.csv (codec, frames, fps, size, bits per pixel, "
+                    "PSNR against the source). Resumable: a rerun skips finished rungs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     transcode.add_argument("--src", required=True, type=Path, help="folder of videos or of frame folders")
     transcode.add_argument("--dst", required=True, type=Path, help="ladder folder (created)")
-    transcode.add_argument("--crfs", default=",".join(map(str, DEFAULT_LADDER)), help="CRFs to encode (0..51)")
-    transcode.add_argument("--preset", default="veryfast", help="x264 preset")
+    transcode.add_argument("--codecs", default="h264", help="ladder codecs, comma-separated: h264, hevc, av1")
+    transcode.add_argument("--crfs", default=None,
+                           help="CRFs to encode for every codec, on each codec's scale (H.264 / HEVC 0..51, AV1 "
+                                f"0..63); default: H.264 / HEVC {','.join(map(str, DEFAULT_LADDER))}, AV1 "
+                                f"{','.join(map(str, AV1_LADDER))}")
+    transcode.add_argument("--preset", default="veryfast", help="x264 / x265 preset (SVT-AV1: its matching number)")
     transcode.add_argument("--keyint", type=int, default=15, help="frames between keyframes (1..15)")
     transcode.add_argument("--fps", default="25", help="frame rate given to image sequences")
     transcode.add_argument("--workers", type=int, default=None, help="clips encoded in parallel (default: cores)")
@@ -292,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "transcode":
             from codecloop.dali_pipes.ladder import transcode
 
-            result = transcode(args.src, args.dst, crfs=CRF_SCALE.parse_levels(args.crfs), preset=args.preset,
-                               keyint=args.keyint, fps=args.fps, workers=args.workers)
+            crfs = None if args.crfs is None else parse_crfs(args.crfs)
+            result = transcode(args.src, args.dst, crfs=crfs, preset=args.preset, keyint=args.keyint, fps=args.fps,
+                               workers=args.workers, codecs=args.codecs)
             for source, reason in result.failed.values():
                 print(f"skipped {source}: {reason}", file=sys.stderr)
             print(result.summary())

@@ -89,7 +89,8 @@ class Task(abc.ABC):
                 checkpoint: bytes | str | None = None) -> Iterable[dict[str, torch.Tensor]]:
         """Epochs of `index` through `codec` at the levels `spec` draws, as dict batches on the device;
         resumable from the pipeline state `checkpoint`. Every batch carries ``index`` and the sampled
-        level as ``codec_level``."""
+        level as ``codec_level``. A task reading a ladder (clips, or frames) may get a list of ladder codecs as
+        `codec` (`--codec h264,hevc,av1`): each sample draws one, and its batches carry ``codec_index``."""
 
     def sweep_batches(self, index: SampleIndex, levels: list[int], codec: Codec,
                       runtime: PipelineRuntime) -> SweepBatches | None:

@@ -56,6 +56,38 @@ def test_train_then_sweep_three_crfs(videos, tmp_path, run_cli):
     assert "# H.264 sweep" in (sweep_dir / "report.md").read_text()
 
 
+def test_training_draws_a_codec_per_clip_from_a_mixed_ladder(videos, tmp_path, run_cli):
+    root, ladder = videos
+    mixed = tmp_path / "ladder"
+    shutil.copytree(ladder, mixed)
+    status, out, err = run_cli("transcode", "--src", root, "--dst", mixed, "--codecs", "hevc,av1", "--crfs", "0,40",
+                               "--workers", "2")
+    assert status == 0 and "18 clips: 72 rungs written" in out, err
+    args = ["--data", root, "--ladder", mixed, *VIDEO_ARGS, "--codec", "h264,hevc,av1", "--level", "23-45",
+            "--clean_prob", "0.2"]
+    status, _, err = run_cli("train", *args, "--epochs", "2", "--log_every", "3", "--out", tmp_path / "train")
+    assert status == 0, err
+    steps = [record for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in (record := json.loads(line))]
+    assert len(steps) == 2
+    for record in steps:  # 12 clips per log line, each codec's share and mean CRF on its own rungs
+        shares = [record[f"codec/{name}/frac"] for name in ("h264", "hevc", "av1")]
+        assert sum(shares) == pytest.approx(1.0) and all(0 < share < 1 for share in shares), shares
+        assert record["codec/hevc/level_mean"] in (0.0, 40.0) and record["codec/av1/level_mean"] in (0.0, 40.0)
+    status, _, err = run_cli("sweep", *args, "--checkpoint", tmp_path / "train", "--levels", "40",
+                             "--out", tmp_path / "sweep")
+    assert status == 0, err  # each codec of the mix swept on its own rungs, rated by the rungs' manifest rows
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").open()))
+    assert [(row["codec"], row["level"]) for row in rows] == [("none", "clean"), ("h264", "40"), ("hevc", "40"),
+                                                             ("av1", "40")]
+    manifest = list(csv.DictReader((mixed / "manifest.csv").open()))
+    val = set(ActionTask(root, ladder=mixed, model="mc3_18").sample_index("val").files)
+    for row in rows[1:]:
+        listed = [float(m["bits_per_pixel"]) for m in manifest
+                  if m["codec"] == row["codec"] and m["crf"] == "40" and m["clip"] in val]
+        assert row["bpp_n"] == "6" and float(row["bpp"]) == pytest.approx(sum(listed) / len(listed))
+
+
 def test_ucf101_split_files(tmp_path, run_cli):
     root = write_video_dataset(tmp_path / "ucf", {"train": 2, "val": 1}, ucf_splits=True)
     ladder = tmp_path / "ladder"

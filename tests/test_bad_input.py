@@ -76,7 +76,7 @@ def test_level_outside_the_codecs_range(run_cli, tmp_path, image_folder, codec, 
 
 def test_unknown_codec_lists_the_registered_ones(run_cli, tmp_path, image_folder):
     _assert_fails(run_cli, tmp_path / "run", "train", "--data", image_folder, *TINY, "--codec", "heic",
-                  message="config key 'codec': unknown codec 'heic'; known codecs: jpeg, h264, webp, avif")
+                  message="config key 'codec': unknown codec 'heic'; known codecs: jpeg, h264, hevc, av1, webp, avif")
 
 
 def test_bad_typed_value(run_cli, tmp_path, image_folder):

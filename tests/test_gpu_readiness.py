@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from codecloop.dali_pipes.runtime import PipelineRuntime
-from codecloop.dali_pipes.codecs import H264, JPEG
+from codecloop.dali_pipes.codecs import H264, JPEG, get_codec
 from codecloop.dali_pipes import ImageBatches, ImageGeometry, SweepBatches
 from codecloop.dali_pipes.feeder import valid_count
 from tests.conftest import TINY
@@ -206,7 +206,7 @@ def small_ladder(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ladder")
     write_video(root / "src" / "clip.mp4", moving_frames(6, 64, 48))
-    transcode(root / "src", root / "ladder", crfs=(0, 40), workers=1, progress=False)
+    transcode(root / "src", root / "ladder", crfs=(0, 40), workers=1, progress=False, codecs="h264,hevc,av1")
     return load_ladder(root / "ladder")
 
 
@@ -243,14 +243,17 @@ def test_every_gpu_graph_traces_on_the_cpu(image_folder, small_ladder):
                 feeder = DenseFeeder([DenseSample(path) for path in files], layout, lambda index: {}, spec, codec,
                                      DenseGeometry(32, 32), raster_files, **sharding)
                 dense_pipeline(feeder=feeder, on_gpu=True, channels_last=training, **run)
+        mix = [get_codec(name) for name in ("h264", "hevc", "av1")]  # a (codec, CRF) rung drawn per sample
         for with_clean in (False, True):
-            for samples, ladder in (([("clip", 0), ("clip", 3)], small_ladder), (files, None)):
-                feeder = ImageFeeder(samples, H264.parse_spec("0-40"), H264, 0.5, ladder=ladder, on_gpu=True,
+            for samples, ladder, codec in (([("clip", 0), ("clip", 3)], small_ladder, H264),
+                                           ([("clip", 0), ("clip", 3)], small_ladder, mix), (files, None, H264)):
+                feeder = ImageFeeder(samples, H264.parse_spec("0-40"), codec, 0.5, ladder=ladder, on_gpu=True,
                                      with_clean=with_clean, **sharding)
                 image_pipeline(feeder=feeder, geometry=geometry, channels_last=with_clean, **run)
-        feeder = LadderFeeder(small_ladder, ["clip"], H264.parse_spec("0-40"), H264, ClipSampling(4, 1, 1),
-                              decode_on_cpu=False, **sharding)
-        video_pipeline(feeder=feeder, geometry=VideoGeometry(32, 40), on_gpu=True, **run)
+        for codec in (H264, mix):
+            feeder = LadderFeeder(small_ladder, ["clip"], H264.parse_spec("0-40"), codec, ClipSampling(4, 1, 1),
+                                  decode_on_cpu=False, **sharding)
+            video_pipeline(feeder=feeder, geometry=VideoGeometry(32, 40), on_gpu=True, **run)
     _roundtrip_pipeline(device="gpu", **run)
 
 

@@ -44,16 +44,16 @@ def test_rate_and_quality_fall_as_crf_rises(real_ladder):
     ladder = load_ladder(real_ladder)
     assert ladder.crfs() == list(CRFS)
     for clip in ("carphone", "seq"):
-        rungs = [ladder.rungs[clip][crf] for crf in CRFS]
+        rungs = [ladder.rung(clip, crf) for crf in CRFS]
         bpp = [rung.bits_per_pixel for rung in rungs]
         psnr = [rung.psnr for rung in rungs]
         assert bpp == sorted(bpp, reverse=True) and len(set(bpp)) == len(bpp), bpp
         assert psnr == sorted(psnr, reverse=True), psnr
         assert psnr[-1] < psnr[0] - 10, psnr
-    assert ladder.rungs["carphone"][0].psnr > 45  # rung 0 of a 4:2:0 source: near-lossless (QP 1)
+    assert ladder.rung("carphone", 0).psnr > 45  # rung 0 of a 4:2:0 source: near-lossless (QP 1)
     chroma_only = float(np.mean([psnr_of(frame, yuv420_roundtrip(frame)) for frame in moving_frames(12, 96, 64)]))
-    assert ladder.rungs["seq"][0].psnr == pytest.approx(chroma_only, abs=0.5)  # RGB source: 4:2:0 is all it loses
-    carphone = ladder.rungs["carphone"][28]
+    assert ladder.rung("seq", 0).psnr == pytest.approx(chroma_only, abs=0.5)  # RGB source: 4:2:0 is all it loses
+    carphone = ladder.rung("carphone", 28)
     assert (carphone.frames, carphone.width, carphone.height) == (120, 176, 144)
     assert carphone.fps == pytest.approx(30000 / 1001)
     assert ladder.frame_files("seq") == [f"frame_{i}.png" for i in range(12)]
@@ -88,11 +88,11 @@ def test_manifest_round_trip(real_ladder):
     assert tuple(rows[0]) == MANIFEST_COLUMNS and len(rows) == 2 * len(CRFS)
     ladder = load_ladder(real_ladder)
     for row in rows:
-        rung = ladder.rungs[row["clip"]][int(row["crf"])]
+        rung = ladder.rung(row["clip"], int(row["crf"]), row["codec"])
         assert rung.bytes == (real_ladder / row["path"]).stat().st_size
         assert json.loads((real_ladder / row["path"]).with_suffix(".json").read_text())["bytes"] == rung.bytes
     settings = json.loads((real_ladder / "ladder.json").read_text())
-    assert settings["crfs"] == list(CRFS) and settings["command"].startswith("codecloop transcode --src ")
+    assert settings["codecs"] == {"h264": list(CRFS)} and settings["command"].startswith("codecloop transcode --src ")
 
 
 def test_rerun_skips_finished_rungs(real_ladder, tmp_path):
@@ -109,7 +109,7 @@ def test_rerun_skips_finished_rungs(real_ladder, tmp_path):
     changed = [path.name for path, mtime in before.items() if path.stat().st_mtime_ns != mtime]
     assert changed == ["crf28.mp4"]
     assert not list(ladder.rglob(".*tmp*"))
-    assert load_ladder(ladder).rungs["carphone"][28].frames == 120
+    assert load_ladder(ladder).rung("carphone", 28).frames == 120
 
 
 def test_missing_rung_files_are_named_with_the_rebuild_command(real_ladder, tmp_path):
@@ -130,15 +130,15 @@ def test_odd_sizes_pixel_formats_and_variable_rate(tmp_path):
     report = transcode(tmp_path / "src", tmp_path / "ladder", crfs=(23,), workers=2, progress=False)
     assert report.failed == {}
     ladder = load_ladder(tmp_path / "ladder")
-    odd = ladder.rungs["odd"][23]
+    odd = ladder.rung("odd", 23)
     assert (odd.width, odd.height, odd.source_width, odd.source_height) == (64, 48, 65, 49)
     for clip in ("yuv422", "tenbit"):
         with av.open(str(ladder.path(clip, 23))) as container:
             assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
-        assert ladder.rungs[clip][23].psnr > 30
-    assert ladder.rungs["tenbit"][23].source_pix_fmt == "yuv422p10le"
-    assert ladder.rungs["vfr"][23].retimed and not ladder.rungs["yuv422"][23].retimed
-    assert ladder.rungs["vfr"][23].frames == 20
+        assert ladder.rung(clip, 23).psnr > 30
+    assert ladder.rung("tenbit", 23).source_pix_fmt == "yuv422p10le"
+    assert ladder.rung("vfr", 23).retimed and not ladder.rung("yuv422", 23).retimed
+    assert ladder.rung("vfr", 23).frames == 20
 
 
 def test_unreadable_and_empty_sources_are_skipped_and_listed(tmp_path):
@@ -190,10 +190,9 @@ def test_killed_transcode_reruns_to_a_whole_ladder(tmp_path):
     assert subprocess.run(command, capture_output=True).returncode == 0
     ladder = load_ladder(tmp_path / "ladder")
     assert sorted(ladder.rungs) == [f"clip{i}" for i in range(6)] and ladder.crfs() == [0, 23, 40]
-    for clip, rungs in ladder.rungs.items():
-        for crf, rung in rungs.items():
-            with av.open(str(ladder.path(clip, crf))) as container:
-                assert sum(1 for _ in container.decode(video=0)) == rung.frames == 60
+    for rung in ladder.all_rungs():
+        with av.open(str(ladder.root / rung.path)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == rung.frames == 60
 
 
 def test_clip_discovery_and_bad_settings(tmp_path):

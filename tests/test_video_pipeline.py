@@ -111,7 +111,7 @@ def test_decode_frames_matches_sequential_decode(ladder):
     with av.open(str(path)) as container:
         frames = [frame.to_ndarray(format="rgb24", threads=SWSCALE_THREADS) for frame in container.decode(video=0)]
     indices = [33, 17, 18, 2, 39]
-    decoded = decode_frames(path, indices, ladder.rungs["clip0"][40].fps)
+    decoded = decode_frames(path, indices, ladder.rung("clip0", 40).fps)
     np.testing.assert_array_equal(decoded, np.stack([frames[i] for i in indices]))
 
 

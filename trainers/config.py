@@ -68,7 +68,8 @@ class Config:
     pretrained: str | None = _key(None, "local weights file to start from (no hub download)", "hyper")
     num_classes: int | None = _key(None, "classifier width; default: number of class folders", "hyper", at_least=1)
     codec: str = _key("jpeg", f"codec in the loop: {', '.join(codec_names())} (its level: JPEG quality 1..100, "
-                      "H.264 CRF 0..51)", "hyper")
+                      "H.264 / HEVC CRF 0..51, AV1 CRF 0..63); on a ladder a list such as h264,hevc,av1 draws one "
+                      "per clip or frame", "hyper")
     level: str = _key("none", "training codec level spec on the codec's scale: none | 30 | 5-95 | 5,10,15 (on a "
                       "ladder, snapped to its rungs)", "hyper")
     clean_prob: float = _key(0.0, "fraction of training samples left uncompressed", "hyper", at_least=0, at_most=1)
@@ -180,18 +181,15 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every value; raise ValueError naming the key."""
-        try:
-            codec = get_codec(self.codec)
-        except ValueError as error:
-            raise ValueError(f"config key 'codec': {error}") from error
-        problem = codec.missing() if codec.missing else None
-        if problem:
-            raise ValueError(f"config key 'codec': codec {codec.name!r} cannot run: {problem}")
-        for spec_key in ("level", "eval_level", "retrain_level"):
-            try:
-                codec.parse_spec(getattr(self, spec_key))
-            except ValueError as error:
-                raise ValueError(f"config key {spec_key!r}: {error}") from error
+        for codec in check_codec_list(self):
+            problem = codec.missing() if codec.missing else None
+            if problem:
+                raise ValueError(f"config key 'codec': codec {codec.name!r} cannot run: {problem}")
+            for spec_key in ("level", "eval_level", "retrain_level"):
+                try:
+                    codec.parse_spec(getattr(self, spec_key))
+                except ValueError as error:
+                    raise ValueError(f"config key {spec_key!r}: {error}") from error
         for name in sweep_codec_names(self):
             try:
                 swept = get_codec(name)
@@ -211,6 +209,9 @@ class Config:
             if self.retrain_level is not None:
                 raise ValueError("config keys 'retrain_bpp' and 'retrain_level' both say what fine-tuning draws: "
                                  "give one")
+            if len(config_codecs(self)) > 1:
+                raise ValueError(f"config key 'retrain_bpp': a rate range maps to one codec's levels, and codec "
+                                 f"{self.codec!r} mixes several: give --retrain_level (read on each codec's scale)")
         for item in dataclasses.fields(self):
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:
@@ -231,8 +232,34 @@ class Config:
 
 
 def config_codec(config: Config) -> Codec:
-    """The registered codec ``codec`` names."""
-    return get_codec(config.codec)
+    """The registered codec ``codec`` names (the first, when it lists several for a ladder)."""
+    return config_codecs(config)[0]
+
+
+def config_codecs(config: Config) -> list[Codec]:
+    """The registered codecs ``codec`` lists (``h264,hevc,av1``; usually one), in order, duplicates dropped."""
+    names = [name.strip() for name in str(config.codec).split(",") if name.strip()]
+    try:
+        return [get_codec(name) for name in dict.fromkeys(names)] or [get_codec(str(config.codec))]
+    except ValueError as error:
+        raise ValueError(f"config key 'codec': {error}") from error
+
+
+def check_codec_list(config: Config) -> list[Codec]:
+    """`config_codecs`, refusing a list of several without a ladder: only ladder clips and frames draw a codec
+    per sample; online image codecs take one (ValueError naming the key)."""
+    codecs = config_codecs(config)
+    if len(codecs) > 1 and not config.ladder:
+        raise ValueError(f"config key 'codec': {config.codec!r} lists {len(codecs)} codecs, which only a ladder "
+                         "(--ladder, clips or frames transcoded with `codecloop transcode --codecs ...`) can mix; "
+                         "online image codecs take one codec")
+    return codecs
+
+
+def batch_codecs(config: Config) -> Codec | list[Codec]:
+    """What a task's `batches` takes as ``codec``: the one codec, or the list a ladder draws from."""
+    codecs = config_codecs(config)
+    return codecs[0] if len(codecs) == 1 else codecs
 
 
 def training_spec(config: Config) -> LevelSpec:

@@ -7,6 +7,8 @@
 | ``codec/level_mean``           | mean codec level of the compressed samples seen          |
 | ``codec/level_hist``           | their counts in 10 equal bins over the codec's range     |
 | ``codec/clean_frac``           | share of samples that passed through clean               |
+| ``codec/<name>/frac``          | with several codecs (a ladder mix): share of samples read through each |
+| ``codec/<name>/level_mean``    | with several codecs: that codec's mean level (compressed samples)      |
 | ``throughput/samples_per_sec`` | samples per second over all processes                    |
 | ``throughput/data_wait_frac``  | share of step time spent waiting for the next batch      |
 | ``eval/<metric>``              | evaluation metrics (``eval/top1``, ``eval/top5``, ...)   |
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from codecloop.dali_pipes.codecs import codec_names, get_codec
+from codecloop.dali_pipes.codecs import codec_names, codec_scale
 from codecloop.dali_pipes.levels import CLEAN_LEVEL, LevelScale
 from codecloop.trainers.report import finite_number
 
@@ -48,15 +50,25 @@ def level_edges(scale: LevelScale) -> np.ndarray:
     return np.linspace(scale.low - 0.5, scale.high + 0.5, HISTOGRAM_BINS + 1)
 
 
-def codec_metrics(levels: np.ndarray, scale: LevelScale) -> dict[str, Any]:
+def codec_metrics(levels: np.ndarray, scale: LevelScale, codec_indices: np.ndarray | None = None,
+                  names: Sequence[str] = ()) -> dict[str, Any]:
     """Mean, clean share and histogram (`level_edges`) of the batches' ``codec_level`` values; clean samples
-    (`CLEAN_LEVEL`) are left out of the mean and the histogram."""
+    (`CLEAN_LEVEL`) are left out of the mean and the histogram. With several codec `names` (a ladder mix, each
+    sample's position in `names` in `codec_indices`), also each codec's share of the samples and its mean level
+    on its own scale (the overall mean mixes scales)."""
     compressed = levels[levels != CLEAN_LEVEL]
-    return {
+    metrics = {
         "codec/level_mean": float(compressed.mean()) if compressed.size else 0.0,
         "codec/clean_frac": float((levels == CLEAN_LEVEL).mean()) if levels.size else 0.0,
         LEVEL_HISTOGRAM: np.histogram(compressed, bins=level_edges(scale))[0].tolist(),
     }
+    if len(names) > 1 and codec_indices is not None:
+        for position, name in enumerate(names):
+            mine = levels[codec_indices == position]
+            kept = mine[mine != CLEAN_LEVEL]
+            metrics[f"codec/{name}/frac"] = float(mine.size / levels.size) if levels.size else 0.0
+            metrics[f"codec/{name}/level_mean"] = float(kept.mean()) if kept.size else 0.0
+    return metrics
 
 
 def _has_wandb_key() -> bool:
@@ -118,8 +130,9 @@ class MetricsLogger:
         self._owns_run = True
         self._prefix = ""
         self.wandb_run_id = run_id
-        codec = config.get("codec")
-        self._level_edges = level_edges(get_codec(codec).scale) if codec in codec_names() else None
+        codecs = str(config.get("codec")).split(",")
+        known = all(name.strip() in codec_names() for name in codecs)
+        self._level_edges = level_edges(codec_scale(codecs)) if known else None
         if not is_main or wandb_mode == "disabled":
             return
         if _COMMAND_RUN:

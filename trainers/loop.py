@@ -25,7 +25,8 @@ from codecloop.dali_pipes import LevelScale, LevelSpec, PipelineRuntime, default
 from codecloop.tasks import SampleIndex, Task
 from codecloop.trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint,
                                  save_final_weights)
-from codecloop.trainers.config import Config, config_codec
+from codecloop.dali_pipes.codecs import codec_scale
+from codecloop.trainers.config import Config, batch_codecs, config_codecs
 from codecloop.trainers.logger import MetricsLogger, codec_metrics
 
 
@@ -47,7 +48,7 @@ def build_batches(
 ):
     """This rank's shard of `index`, through the task's pipeline, on this rank's device."""
     runtime = pipeline_runtime(config, task, accelerator, training)
-    return task.batches(index, training=training, spec=spec, codec=config_codec(config), runtime=runtime,
+    return task.batches(index, training=training, spec=spec, codec=batch_codecs(config), runtime=runtime,
                         checkpoint=checkpoint)
 
 
@@ -244,7 +245,8 @@ class Trainer:
         state.wandb_run_id = logger.wandb_run_id
         bar = tqdm(total=total_steps, initial=state.step, disable=not (accelerator.is_main_process and config.progress),
                    desc=f"train {self.run_dir.name}", dynamic_ncols=True)
-        interval = _Interval(config_codec(config).scale, first_step=state.step + 1)
+        names = [codec.name for codec in config_codecs(config)]
+        interval = _Interval(codec_scale(names), first_step=state.step + 1, names=names)
         last_saved = state.step if resume_from else -1
         with StopSignals() as stops:
             if state.batch_in_epoch >= len(train_batches):  # resumed from the checkpoint of an epoch's last step
@@ -402,11 +404,13 @@ class StopSignals:
 class _Interval:
     """Loss, codec and timing statistics accumulated between two log lines."""
 
-    def __init__(self, scale: LevelScale, first_step: int = 1) -> None:
-        self.scale = scale  # the codec's level scale, for the level histogram
+    def __init__(self, scale: LevelScale, first_step: int = 1, names: list[str] | None = None) -> None:
+        self.scale = scale  # the codecs' level scale, for the level histogram
+        self.names = names or []  # the codecs a ladder mix draws from (``codec_index`` points into it)
         self.first_step = first_step  # the first optimizer step whose losses this interval holds
         self.losses: list[torch.Tensor] = []
         self.levels: list[torch.Tensor] = []
+        self.codec_indices: list[torch.Tensor] = []
         self.samples = 0
         self.wait = 0.0
         self.started = time.perf_counter()
@@ -414,6 +418,8 @@ class _Interval:
     def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         self.losses.append(loss)
         self.levels.append(batch["codec_level"])
+        if len(self.names) > 1:
+            self.codec_indices.append(batch["codec_index"])
         self.samples += batch_size_of(batch)
 
     def flush(self, accelerator: Accelerator, lr: float) -> dict:
@@ -421,14 +427,15 @@ class _Interval:
             torch.cuda.synchronize(accelerator.device)
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         levels = torch.cat(self.levels).cpu().numpy().astype(np.int64)
+        indices = torch.cat(self.codec_indices).cpu().numpy() if self.codec_indices else None
         metrics = {
             "train/loss": torch.stack(self.losses).float().mean().item(),
             "train/lr": lr,
-            **codec_metrics(levels, self.scale),
+            **codec_metrics(levels, self.scale, indices, self.names),
             "throughput/samples_per_sec": self.samples * accelerator.num_processes / elapsed,
             "throughput/data_wait_frac": min(1.0, self.wait / elapsed),
         }
-        self.__init__(self.scale)
+        self.__init__(self.scale, names=self.names)
         return metrics
 
     def worst(self) -> torch.Tensor:

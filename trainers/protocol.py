@@ -37,9 +37,9 @@ from codecloop.dali_pipes.rates import Rate, levels_at_rates, measure_rates
 from codecloop.tasks import Task, get_task_class
 from codecloop.tasks.sample_index import SampleIndex
 from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
-from codecloop.trainers.config import (Config, bpp_list, bpp_range, check_task_keys, config_codec, eval_spec, given_keys,
-                                      level_spec, load_yaml, retrain_changes, retrain_spec_text, sweep_codec_names,
-                                      sweep_levels, training_spec)
+from codecloop.trainers.config import (Config, bpp_list, bpp_range, check_codec_list, check_task_keys, config_codec,
+                                      eval_spec, given_keys, level_spec, load_yaml, retrain_changes, retrain_spec_text,
+                                      sweep_codec_names, sweep_levels, training_spec)
 from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
@@ -69,8 +69,9 @@ def make_task(config: Config) -> Task:
     task_class = get_task_class(config.task)
     check_task_keys(config.task, given_keys(config))
     ladder = bool(config.ladder)
-    for key, names in (("codec", [config.codec]), ("codecs", sweep_codec_names(config))):
-        for codec in map(get_codec, names):
+    check_codec_list(config)
+    for key, names in (("codec", config.codec.split(",")), ("codecs", sweep_codec_names(config))):
+        for codec in map(get_codec, (name.strip() for name in names if name.strip())):
             if not codec.serves(task_class.media, ladder):
                 where = "clips from a ladder" if task_class.media == "clips" or ladder else "single images"
                 able = [name for name in codec_names() if get_codec(name).serves(task_class.media, ladder)]
