@@ -42,6 +42,7 @@ from codecloop.dali_pipes.reference import reference_jpeg_roundtrip
 
 NETWORK_SIZE = 224
 SIZES = ("224x224", "native")
+REFERENCES = {"jpeg": ("pillow-libjpeg", reference_jpeg_roundtrip)}  # a codec's usual encoder, timed beside its stage
 Measure = Callable[[list[np.ndarray], int, int, "CostSettings"], tuple[list[float], list[float]]]
 
 
@@ -165,8 +166,9 @@ def contenders(codec: Codec) -> list[tuple[str, str, Measure]] | str:
     found = []
     if codec.graph_stage is not None:
         found.append(("dali-cpu", "graph", graph_costs(codec.graph_stage)))
-        if codec.name == "jpeg":
-            found.append(("pillow-libjpeg", "reference", host_costs(reference_jpeg_roundtrip)))
+    if codec.name in REFERENCES:
+        name, roundtrip = REFERENCES[codec.name]
+        found.append((name, "reference", host_costs(roundtrip)))
     if codec.roundtrip is not None:
         found.append(("host", "host", host_costs(codec.roundtrip)))
     return found

@@ -205,8 +205,10 @@ def build_parser(task: str | None = None,
                        help="what is timed (sweep: a 9-level JPEG sweep's evaluation pipelines, one pass against "
                             "a pass per level; feeder: the sample plan alone, whole epochs of --samples samples "
                             "without reading or decoding; codecs: each registered online codec on the CPU, ms per "
-                            "image on one thread and images/s on --threads at 224x224 and native size, and its "
-                            "share of a GPU step of --gpu_images_per_sec)")
+                            "image on one thread (repeats of --iterations images after --warmup) and images/s on "
+                            "--threads (repeats of --batch_size images) at 224x224 and native size, on the packaged "
+                            "photos (--images of them) or --data, and its share of a GPU step of "
+                            "--gpu_images_per_sec)")
     bench.add_argument("--samples", type=int, default=1_000_000, help="feeder: samples per planned epoch")
     bench.add_argument("--codec", choices=("jpeg", "h264"), default="jpeg",
                        help="jpeg: image pipelines; h264: video pipelines on a CRF ladder")
