@@ -315,7 +315,7 @@ def run_bench(mode: str, *, codec: str = "jpeg", data: Path | None, images: int,
         rows.append({**base, "contender": name, "unit": unit,
                      "samples_per_sec": round(median, 2), "min": round(min(rates), 2), "max": round(max(rates), 2),
                      "ratio": round(median / statistics.median(reference), 3) if reference else ""})
-    _append(rows, out, results_stem(base["precision"]))
+    append_rows(rows, out, results_stem(base["precision"]))
     print(_markdown(rows, mode, notes))
     return rows
 
@@ -430,7 +430,7 @@ def _measure_images(settings: BenchSettings, *, files: list[str], notes: list[st
     return measured
 
 
-def _append(rows: list[dict], out: Path, stem: str) -> None:
+def append_rows(rows: list[dict], out: Path, stem: str) -> None:
     """Append to ``stem.csv`` (header once) and to the list in ``stem.json`` (rewritten whole)."""
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / f"{stem}.csv", out / f"{stem}.json"

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from codecloop.bench.gpu_rates import GPU_IMAGES_PER_SEC, GPU_SOURCE
 from codecloop.dali_pipes.crf import DEFAULT_LADDER
 from codecloop.dali_pipes.video_codecs import AV1_LADDER, parse_crfs
 from codecloop.dali_pipes.validate import BadImageError
@@ -209,10 +210,14 @@ def build_parser(task: str | None = None,
                     "<versions>.csv and .json and printed as a table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--mode", choices=("data", "model", "train", "sweep", "feeder"), default="data",
+    bench.add_argument("--mode", choices=("data", "model", "train", "sweep", "feeder", "codecs"), default="data",
                        help="what is timed (sweep: a 9-level JPEG sweep's evaluation pipelines, one pass against "
                             "a pass per level; feeder: the sample plan alone, whole epochs of --samples samples "
-                            "without reading or decoding)")
+                            "without reading or decoding; codecs: each registered online codec on the CPU, ms per "
+                            "image on one thread (repeats of --iterations images after --warmup) and images/s on "
+                            "--threads (repeats of --batch_size images) at 224x224 and native size, on the packaged "
+                            "photos (--images of them) or --data, and its share of a GPU step of "
+                            "--gpu_images_per_sec)")
     bench.add_argument("--samples", type=int, default=1_000_000, help="feeder: samples per planned epoch")
     bench.add_argument("--codec", choices=("jpeg", "h264"), default="jpeg",
                        help="jpeg: image pipelines; h264: video pipelines on a CRF ladder")
@@ -242,6 +247,12 @@ def build_parser(task: str | None = None,
     bench.add_argument("--contenders", default=None,
                        help="comma-separated data contenders (default: codecloop, dali-bare, torch-dataloader, "
                             "torchvision-nvjpeg)")
+    bench.add_argument("--level_count", type=int, default=3,
+                       help="codecs: how many of each codec's default levels (1: the middle one; 3: the most and "
+                            "least compressed and the middle one)")
+    bench.add_argument("--gpu_images_per_sec", type=float, default=GPU_IMAGES_PER_SEC,
+                       help=f"codecs: a GPU training step's rate, to which each codec's cost is compared (default: "
+                            f"{GPU_SOURCE}; give your own model's, from --mode model on the GPU)")
     bench.add_argument("--out", type=Path, default=Path("bench/results"), help="folder of the results files")
     report = commands.add_parser("report", help="rebuild tables and plots of a run directory from its CSV files")
     report.add_argument("run_dir", type=Path, help="run directory holding sweep.csv")
@@ -304,6 +315,15 @@ def main(argv: list[str] | None = None) -> int:
             for source, reason in result.failed.values():
                 print(f"skipped {source}: {reason}", file=sys.stderr)
             print(result.summary())
+        elif args.command == "bench" and args.mode == "codecs":
+            from codecloop.bench.codec_cost import run_codec_cost
+
+            if args.level or args.contenders or args.codec != "jpeg":
+                raise ValueError("bench --mode codecs times every registered codec at its own default levels "
+                                 "(--level_count); leave out --codec, --level and --contenders")
+            run_codec_cost(data=args.data, images=args.images, threads=args.threads, batch_size=args.batch_size,
+                           warmup=args.warmup, iterations=args.iterations, repeats=args.repeats,
+                           level_count=args.level_count, gpu_images_per_sec=args.gpu_images_per_sec, out=args.out)
         elif args.command == "bench":
             from codecloop.bench.throughput import run_bench
 

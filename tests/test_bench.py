@@ -166,3 +166,57 @@ def test_feeder_mode_plans_whole_epochs_and_appends_a_row(tmp_path, run_cli):
     assert all(float(row["samples_per_sec"]) > 0 for row in rows)
     status, _, err = run_cli("bench", "--mode", "feeder", "--codec", "h264", "--out", tmp_path)
     assert status != 0 and "bench --mode sweep" not in err and "feeder" in err
+
+
+@pytest.fixture
+def unrunnable_codecs():
+    """A ladder-only codec (no online image path) and a host codec whose encoder this machine lacks."""
+    from codecloop.dali_pipes import Codec, LevelScale, register_codec, unregister_codec
+
+    scale = LevelScale("Test", "level", 0, 9)
+    register_codec(Codec(name="ladder-only", title="Ladder only", scale=scale, higher_is_better=False,
+                         default_levels=(1, 5), retrain_spec="1-5", ladder_clean_rung=0))
+    register_codec(Codec(name="absent", title="Absent", scale=scale, higher_is_better=True, default_levels=(1, 5),
+                         retrain_spec="1-5", roundtrip=lambda image, level: image,
+                         missing=lambda: "no Absent encoder here: pip install absent"))
+    yield
+    unregister_codec("ladder-only")
+    unregister_codec("absent")
+
+
+def test_codecs_mode_times_every_online_codec_and_lists_the_others_as_skipped(unrunnable_codecs, tmp_path, run_cli):
+    from codecloop.dali_pipes.codecs import codec_names, get_codec
+
+    online = [name for name in codec_names() if get_codec(name).on_images and not (
+        get_codec(name).missing and get_codec(name).missing())]
+    status, out, err = run_cli("bench", "--mode", "codecs", "--images", "2", "--level_count", "1", "--warmup", "1",
+                               "--iterations", "1", "--repeats", "1", "--batch_size", "2", "--threads", "2",
+                               "--gpu_images_per_sec", "1000", "--out", tmp_path)
+    assert status == 0, err
+    assert "skipped ladder-only: no online image path (runs as: ladder)" in out
+    assert "skipped absent: no Absent encoder here: pip install absent" in out
+    assert "GPU step: 1000 images/s (given (--gpu_images_per_sec))" in out and "A share above 1 means" in out
+    (csv_path,) = tmp_path.glob("bench-codecs-*-dali*-pillow*-av*.csv")
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    timed = [row for row in rows if not row["skipped"]]
+    assert {row["codec"] for row in timed} == set(online) and {"jpeg", "h264"} <= set(online)
+    ladder_only = {name for name in codec_names() if not get_codec(name).on_images}  # hevc, the test's own
+    assert {(row["codec"], row["skipped"].split(":")[0]) for row in rows if row["skipped"]} == {
+        *((name, "no online image path (runs as") for name in ladder_only), ("absent", "no Absent encoder here")}
+    for name in online:
+        codec = get_codec(name)
+        contenders = {row["contender"] for row in timed if row["codec"] == name}
+        assert contenders == {"dali-cpu", "pillow-libjpeg"} if name == "jpeg" else {"host"}, (name, contenders)
+        assert {row["size"] for row in timed if row["codec"] == name} == {"224x224", "native"}
+        assert {int(row["level"]) for row in timed if row["codec"] == name} <= set(codec.default_levels)
+        assert f"| {name} |" in out
+    for row in timed:
+        for key in ("ms_per_image", "images_per_sec", "gpu_step_fraction"):
+            assert 0 < float(row[key]) < float("inf"), (row["codec"], key, row[key])
+        share = pytest.approx(1000 / float(row["images_per_sec"]), rel=1e-2, abs=1e-3)
+        assert float(row["gpu_step_fraction"]) == share
+        assert int(row["threads_to_keep_up"]) >= 1 and row["threads"] == "2" and row["photos"] == "2"
+    assert json.loads(csv_path.with_suffix(".json").read_text())[0]["mode"] == "codecs"
+    status, _, err = run_cli("bench", "--mode", "codecs", "--level", "5-95", "--out", tmp_path)
+    assert status == 2 and "--level_count" in err
