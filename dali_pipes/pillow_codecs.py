@@ -39,8 +39,9 @@ def webp_encode(image: np.ndarray, quality: int) -> bytes:
 
 
 def avif_encode(image: np.ndarray, quality: int) -> bytes:
-    """AVIF (libavif) at `quality`."""
-    return pillow_encode(image, quality, "AVIF")
+    """AVIF (libavif) at `quality`, on the calling thread alone: callers already run many images at once, and
+    libavif's default (a thread per core for every encode) oversubscribes their pool."""
+    return pillow_encode(image, quality, "AVIF", max_threads=1)
 
 
 def webp_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
