@@ -27,7 +27,7 @@ from codecloop.demo.teacher import DEMO_TEACHER_ARCH, packaged_efficientnet_lite
 from codecloop.tasks.classification import ClassificationTask
 from codecloop.tasks.distillation import DistillationTask, TeacherOutputs
 from codecloop.trainers.commands import opened_run
-from codecloop.trainers.config import Config, level_spec, sweep_levels
+from codecloop.trainers.config import Config, level_spec, sweep_codec_names, sweep_levels
 from codecloop.trainers.loop import build_batches, channels_last
 from codecloop.trainers.protocol import make_task, run_experiment
 from codecloop.trainers.report import markdown_table, read_csv
@@ -110,8 +110,10 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
         built = out / "ladder" / "ladder.json"
         if built.is_file() and json.loads(built.read_text()).get("keyint") != DEMO_KEYINT:
             shutil.rmtree(out / "ladder")  # from an earlier version of the demo
-        ladder = transcode(out / "data", out / "ladder", crfs=[0, *sweep_levels(config)], keyint=DEMO_KEYINT)
-        print(f"CRF ladder: {ladder.summary()}")
+        for name in sweep_codec_names(config):  # each swept codec's rungs at its own levels
+            ladder = transcode(out / "data", out / "ladder", crfs=[0, *sweep_levels(config.replace(codec=name))],
+                               keyint=DEMO_KEYINT, codecs=[name])
+            print(f"{codec_title(name)} CRF ladder: {ladder.summary()}")
         config = config.replace(ladder=str(out / "ladder"))
     if retrain_steps is not None:
         config = config.replace(retrain_max_steps=retrain_steps)
