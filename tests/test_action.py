@@ -86,6 +86,8 @@ def test_training_draws_a_codec_per_clip_from_a_mixed_ladder(videos, tmp_path, r
         listed = [float(m["bits_per_pixel"]) for m in manifest
                   if m["codec"] == row["codec"] and m["crf"] == "40" and m["clip"] in val]
         assert row["bpp_n"] == "6" and float(row["bpp"]) == pytest.approx(sum(listed) / len(listed))
+    equal_rate = list(csv.DictReader((tmp_path / "sweep" / "equal_rate.csv").open()))
+    assert {"h264_top1", "hevc_top1", "av1_top1", "best"} <= set(equal_rate[0])
 
 
 def test_ucf101_split_files(tmp_path, run_cli):

@@ -51,10 +51,11 @@ def counting(codec):
     return dataclasses.replace(codec, encode=encode), calls
 
 
-@pytest.mark.parametrize("name", ["jpeg", "webp", "avif"])
-def test_rate_and_psnr_fall_as_the_level_worsens(name, photo_files, tmp_path):
+@pytest.mark.parametrize("name, levels", [("jpeg", [10, 40, 90]), ("webp", [10, 40, 90]), ("avif", [10, 40, 90]),
+                                          ("h264", [45, 30, 18]), ("av1", [60, 40, 20])])
+def test_rate_and_psnr_fall_as_the_level_worsens(name, levels, photo_files, tmp_path):
     codec = get_codec(name)
-    levels = codec.worst_first([10, 40, 90])
+    levels = codec.worst_first(levels)
     measured = image_rates(photo_files, codec, levels, data_root=tmp_path)
     rates = [measured[level].bpp for level in levels]
     assert rates == sorted(rates) and rates[0] < rates[-1] / 2, rates
