@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
+import numpy as np
 import torch
 
 from codecloop.dali_pipes import Codec, LevelSpec, PipelineRuntime, SweepBatches
@@ -27,14 +28,18 @@ CLASS_ATTRIBUTES = ("config_keys", "default_model", "model_help", "primary_metri
 
 
 class MetricAccumulator(Protocol):
-    """Dataset-level metric state of one evaluation (COCO AP, a confusion matrix): each rank `update`s
-    with its own batches, hands `state()` over, and `compute` combines every rank's states once."""
+    """Dataset-level metric state of one evaluation (COCO AP, confusion counts): each rank `update`s
+    with its own batches, hands `state()` over, and `compute` combines every rank's states once.
+    `replicates` recomputes each metric on paired bootstrap resamples of the evaluated images
+    (`codecloop.tasks.bootstrap`), at most `resamples` of them."""
 
     def update(self, outputs: Any, batch: dict[str, torch.Tensor]) -> None: ...
 
     def state(self) -> Any: ...
 
     def compute(self, states: Sequence[Any]) -> dict[str, float]: ...
+
+    def replicates(self, states: Sequence[Any], resamples: int) -> dict[str, np.ndarray]: ...
 
 
 class Task(abc.ABC):

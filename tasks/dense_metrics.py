@@ -1,9 +1,11 @@
 """Metrics of the dense tasks: COCO box AP, COCO keypoint (OKS) AP, segmentation mIoU, KITTI depth errors.
 
 COCO AP comes from pycocotools (built in memory, its printing silenced) so numbers match published
-ones. Segmentation keeps an exact int64 confusion matrix on the tensors' device; a distributed trainer
-sums ``ConfusionMatrix.matrix`` across processes before ``compute``. Depth errors are per image (the
-dataset value is the mean over images, the Eigen/KITTI protocol).
+ones; its intervals resample pycocotools' per-image results and accumulate each resample with pycocotools.
+Segmentation counts each image's per-class true positives, labelled and predicted pixels exactly
+(`image_class_counts`): their sum is the confusion matrix's diagonal and margins, which is all mIoU and
+pixel accuracy need (`ConfusionMatrix` keeps a whole matrix). Depth errors are per image (the dataset value
+is the mean over images, the Eigen/KITTI protocol).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from codecloop.tasks.bootstrap import COCO_RESAMPLES, resample_counts
 
 COCO_KEYPOINT_SIGMAS: tuple[float, ...] = (
     0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
@@ -36,9 +40,9 @@ def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
-def _run_cocoeval(dataset: dict, results: list[dict], iou_type: str,
-                  sigmas: Sequence[float] | None = None) -> np.ndarray:
-    """COCOeval stats of ``results`` against an in-memory ground truth, pycocotools' printing suppressed."""
+def _cocoeval(dataset: dict, results: list[dict], iou_type: str, sigmas: Sequence[float] | None = None):
+    """A COCOeval of ``results`` against an in-memory ground truth, evaluated per image (not yet accumulated),
+    pycocotools' printing suppressed."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -50,20 +54,59 @@ def _run_cocoeval(dataset: dict, results: list[dict], iou_type: str,
         if sigmas is not None:
             evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         evaluator.evaluate()
+    return evaluator
+
+
+def _summary(evaluator) -> np.ndarray:
+    """COCOeval's stats of its current per-image results."""
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluator.accumulate()
         evaluator.summarize()
     return evaluator.stats
 
 
-def _stats_to_dict(stats: np.ndarray | None, names: tuple[str, str, str], has_ground_truth: bool) -> dict[str, float]:
-    """The first three COCO stats by name; COCO's -1 (nothing to match) becomes nan, no prediction 0.0."""
-    if stats is None:
-        return {name: 0.0 if has_ground_truth else math.nan for name in names}
-    return {name: math.nan if value < 0 else float(value) for name, value in zip(names, stats[:3])}
+def _resampled_stats(evaluator, resamples: int) -> np.ndarray:
+    """COCO stats on paired bootstrap resamples of the evaluated images (`codecloop.tasks.bootstrap`), at most
+    `COCO_RESAMPLES`: the per-image results of each resample (an image drawn twice counts twice) through
+    pycocotools' own accumulate and summarize. ``(resamples, stats)``."""
+    image_ids = list(evaluator.params.imgIds)
+    per_image, stats = evaluator.evalImgs, []
+    blocks = len(per_image) // max(1, len(image_ids))  # evalImgs runs category x area range x image
+    for counts in resample_counts(len(image_ids), min(resamples, COCO_RESAMPLES)):
+        for row in counts:
+            picks = np.repeat(np.arange(len(image_ids)), row)
+            evaluator.evalImgs = [per_image[block * len(image_ids) + i] for block in range(blocks) for i in picks]
+            evaluator.params.imgIds = evaluator._paramsEval.imgIds = [image_ids[i] for i in picks]
+            stats.append(np.array(_summary(evaluator)))
+    evaluator.evalImgs, evaluator.params.imgIds, evaluator._paramsEval.imgIds = per_image, image_ids, image_ids
+    return np.stack(stats) if stats else np.empty((0, 12))
+
+
+def _coco_metrics(evaluator, names: tuple[str, str, str], has_ground_truth: bool,
+                  resamples: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The first three COCO stats by name (COCO's -1, nothing to match, becomes nan; no prediction at all, no
+    evaluator, gives 0.0) and, with `resamples`, their replicates."""
+    if evaluator is None:
+        value = 0.0 if has_ground_truth else math.nan
+        resampled = min(resamples, COCO_RESAMPLES)
+        return dict.fromkeys(names, value), {name: np.full(resampled, value) for name in names} if resampled else {}
+    metrics = {name: math.nan if value < 0 else float(value) for name, value in zip(names, _summary(evaluator)[:3])}
+    if not resamples:
+        return metrics, {}
+    stats = _resampled_stats(evaluator, resamples)[:, :3]
+    return metrics, {name: np.where(stats[:, column] < 0, np.nan, stats[:, column]) for column, name in enumerate(names)}
 
 
 def coco_box_metrics(ground_truth: list[dict], predictions: list[dict]) -> dict[str, float]:
-    """COCO box mAP@[.5:.95], AP50 and AP75 of per-image xyxy predictions against per-image ground truth.
+    """COCO box mAP@[.5:.95], AP50 and AP75 of per-image xyxy predictions against per-image ground truth
+    (`coco_box_results`)."""
+    return coco_box_results(ground_truth, predictions)[0]
+
+
+def coco_box_results(ground_truth: list[dict], predictions: list[dict],
+                     resamples: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """COCO box mAP@[.5:.95], AP50 and AP75 of per-image xyxy predictions against per-image ground truth, and
+    with `resamples` their paired-bootstrap replicates over the images (`_resampled_stats`).
 
     Every image listed in either input is evaluated, so a prediction on an image without boxes is a
     false positive. A ground-truth item may flag boxes in ``iscrowd``: crowd regions, which pycocotools
@@ -104,13 +147,23 @@ def coco_box_metrics(ground_truth: list[dict], predictions: list[dict]) -> dict[
         "annotations": annotations,
         "categories": [{"id": c, "name": str(c)} for c in sorted(categories)],
     }
-    stats = _run_cocoeval(dataset, results, "bbox") if results else None
-    return _stats_to_dict(stats, ("map", "ap50", "ap75"), bool(annotations))
+    evaluator = _cocoeval(dataset, results, "bbox") if results else None
+    return _coco_metrics(evaluator, ("map", "ap50", "ap75"), bool(annotations), resamples)
 
 
 def coco_keypoint_metrics(ground_truth: list[dict], predictions: list[dict],
                           sigmas: Sequence[float] = COCO_KEYPOINT_SIGMAS) -> dict[str, float]:
-    """COCO keypoint AP (OKS@[.5:.95]), AP50 and AP75 of predicted people against ground-truth people.
+    """COCO keypoint AP (OKS@[.5:.95]), AP50 and AP75 of predicted people against ground-truth people
+    (`coco_keypoint_results`)."""
+    return coco_keypoint_results(ground_truth, predictions, sigmas)[0]
+
+
+def coco_keypoint_results(ground_truth: list[dict], predictions: list[dict],
+                          sigmas: Sequence[float] = COCO_KEYPOINT_SIGMAS, resamples: int = 0,
+                          images: Sequence[int] = ()) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """COCO keypoint AP (OKS@[.5:.95]), AP50 and AP75 of predicted people against ground-truth people, and with
+    `resamples` their paired-bootstrap replicates over the images: those of either input and `images` (every
+    image evaluated, so that the resampled set is the same whatever was predicted).
 
     One category (person) with K = len(sigmas) keypoints. A ground-truth person with no labelled
     keypoint (all v == 0) is ignored, as COCO does, and so is a crowd region (``iscrowd`` 1). No prediction
@@ -135,14 +188,14 @@ def coco_keypoint_metrics(ground_truth: list[dict], predictions: list[dict],
         results.append({"image_id": int(item["image_id"]), "category_id": 1,
                         "keypoints": keypoints.reshape(-1).tolist(), "score": float(item["score"])})
 
-    image_ids = sorted({a["image_id"] for a in annotations} | {r["image_id"] for r in results})
+    image_ids = sorted({a["image_id"] for a in annotations} | {r["image_id"] for r in results} | set(map(int, images)))
     dataset = {
         "images": [{"id": i} for i in image_ids],
         "annotations": annotations,
         "categories": [{"id": 1, "name": "person"}],
     }
-    stats = _run_cocoeval(dataset, results, "keypoints", sigmas) if results else None
-    return _stats_to_dict(stats, ("oks_ap", "oks_ap50", "oks_ap75"), bool(annotations))
+    evaluator = _cocoeval(dataset, results, "keypoints", sigmas) if results else None
+    return _coco_metrics(evaluator, ("oks_ap", "oks_ap50", "oks_ap75"), bool(annotations), resamples)
 
 
 class ConfusionMatrix:
@@ -182,14 +235,43 @@ class ConfusionMatrix:
 
     def compute(self) -> dict[str, float]:
         """Mean IoU over classes present in target or prediction, and pixel accuracy (nan when empty)."""
-        matrix = self.matrix.double()
-        true_positive = matrix.diagonal()
-        union = matrix.sum(0) + matrix.sum(1) - true_positive
-        present = union > 0
-        total = matrix.sum()
-        miou = (true_positive[present] / union[present]).mean().item() if present.any() else math.nan
-        pixel_acc = (true_positive.sum() / total).item() if total > 0 else math.nan
-        return {"miou": miou, "pixel_acc": pixel_acc}
+        matrix = self.matrix.double().cpu().numpy()
+        metrics = class_count_metrics(np.stack([matrix.diagonal(), matrix.sum(1), matrix.sum(0)]))
+        return {name: float(value) for name, value in metrics.items()}
+
+
+def image_class_counts(prediction: torch.Tensor, target: torch.Tensor, num_classes: int,
+                       ignore_index: int = 255) -> torch.Tensor:
+    """Each image's per-class true positives, labelled and predicted pixels of class-id maps (B, H, W):
+    ``(B, 3, num_classes)`` int64, pixels whose target is ``ignore_index`` skipped. The rows of a confusion
+    matrix's diagonal, row sums and column sums, per image: what mIoU and pixel accuracy need."""
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
+    images = target.shape[0]
+    labelled = target != ignore_index
+    image = torch.arange(images, device=target.device).view(-1, *[1] * (target.dim() - 1)).expand_as(target)
+    target, prediction, image = target[labelled].long(), prediction[labelled].long(), image[labelled]
+    if bool(((target < 0) | (target >= num_classes) | (prediction < 0) | (prediction >= num_classes)).any()):
+        raise ValueError(f"class ids must lie in [0, {num_classes}) or equal ignore_index {ignore_index}")
+    size = images * num_classes
+    truth, predicted = image * num_classes + target, image * num_classes + prediction
+    counts = [torch.bincount(truth[target == prediction], minlength=size), torch.bincount(truth, minlength=size),
+              torch.bincount(predicted, minlength=size)]
+    return torch.stack([count.view(images, num_classes) for count in counts], dim=1)
+
+
+def class_count_metrics(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """mIoU over the classes present in target or prediction, and pixel accuracy, from summed class counts
+    ``(..., 3, classes)`` (`image_class_counts`); one value per leading index, nan where nothing is labelled."""
+    counts = np.asarray(counts, np.float64)
+    true_positive, labelled, predicted = counts[..., 0, :], counts[..., 1, :], counts[..., 2, :]
+    union = labelled + predicted - true_positive
+    present = union > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(present, true_positive / np.where(present, union, 1.0), 0.0)
+        miou = iou.sum(-1) / present.sum(-1)
+        pixel_acc = true_positive.sum(-1) / labelled.sum(-1)
+    return {"miou": miou, "pixel_acc": pixel_acc}
 
 
 def depth_errors(prediction: torch.Tensor, target: torch.Tensor, *, min_depth: float = 1e-3,

@@ -24,7 +24,7 @@ from codecloop.dali_pipes.dense import DenseLayout
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
 from codecloop.tasks.coco import boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
 from codecloop.tasks.dense_common import DenseTask, to_device
-from codecloop.tasks.dense_metrics import coco_box_metrics
+from codecloop.tasks.dense_metrics import coco_box_results
 from codecloop.tasks.dense_models import check_model_name, model_names, create_detection_model
 from codecloop.tasks.layout_errors import choose_format
 from codecloop.tasks.weights import load_pretrained
@@ -53,7 +53,15 @@ class BoxAccumulator:
         return self.ground_truth, self.predictions
 
     def compute(self, states: Sequence[tuple[list, list]]) -> dict[str, float]:
-        return coco_box_metrics([g for truth, _ in states for g in truth], [p for _, found in states for p in found])
+        return coco_box_results(*_merged(states))[0]
+
+    def replicates(self, states: Sequence[tuple[list, list]], resamples: int) -> dict[str, np.ndarray]:
+        return coco_box_results(*_merged(states), resamples=resamples)[1]
+
+
+def _merged(states: Sequence[tuple[list, list]]) -> tuple[list, list]:
+    """Every rank's ground truth and predictions, one list each."""
+    return [g for truth, _ in states for g in truth], [p for _, found in states for p in found]
 
 
 @register_task("detection")

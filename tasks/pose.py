@@ -28,7 +28,7 @@ from codecloop.dali_pipes.dense import DenseLayout
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
 from codecloop.tasks.coco import CocoSplit, boxes_from_corners, boxes_of, checked_images, has_annotation_file, read_coco
 from codecloop.tasks.dense_common import DenseTask, to_device
-from codecloop.tasks.dense_metrics import COCO_KEYPOINT_SIGMAS, coco_keypoint_metrics
+from codecloop.tasks.dense_metrics import COCO_KEYPOINT_SIGMAS, coco_keypoint_results
 from codecloop.tasks.dense_models import check_model_name, model_names, create_pose_model
 from codecloop.tasks.layout_errors import choose_format
 from codecloop.tasks.registry import register_task
@@ -81,9 +81,10 @@ class KeypointAccumulator:
     """Ground-truth people and predictions of one evaluation, in original image coordinates."""
 
     def __init__(self, sigmas: Sequence[float]) -> None:
-        self.sigmas, self.ground_truth, self.predictions = list(sigmas), [], []
+        self.sigmas, self.ground_truth, self.predictions, self.images = list(sigmas), [], [], set()
 
     def update(self, people: list[dict[str, np.ndarray]], batch: dict[str, torch.Tensor]) -> None:
+        self.images.update(batch["image_id"].tolist())
         for sample, image_id in enumerate(batch["image_id"].tolist()):
             for person in range(int(batch["gt_count"][sample])):
                 self.ground_truth.append({"image_id": image_id,
@@ -93,12 +94,20 @@ class KeypointAccumulator:
                                           "iscrowd": int(batch["gt_crowd"][sample, person])})
         self.predictions += people
 
-    def state(self) -> tuple[list, list]:
-        return self.ground_truth, self.predictions
+    def state(self) -> tuple[list, list, set]:
+        return self.ground_truth, self.predictions, self.images
 
-    def compute(self, states: Sequence[tuple[list, list]]) -> dict[str, float]:
-        return coco_keypoint_metrics([g for truth, _ in states for g in truth],
-                                     [p for _, found in states for p in found], self.sigmas)
+    def compute(self, states: Sequence[tuple[list, list, set]]) -> dict[str, float]:
+        return self._results(states, 0)[0]
+
+    def replicates(self, states: Sequence[tuple[list, list, set]], resamples: int) -> dict[str, np.ndarray]:
+        return self._results(states, resamples)[1]
+
+    def _results(self, states: Sequence[tuple[list, list, set]], resamples: int):
+        """OKS AP of every rank's people, over every image evaluated (`coco_keypoint_results`)."""
+        return coco_keypoint_results([g for truth, _, _ in states for g in truth],
+                                     [p for _, found, _ in states for p in found], self.sigmas, resamples,
+                                     sorted(set().union(*(images for _, _, images in states))))
 
 
 @register_task("pose")

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from codecloop.dali_pipes.dense import DenseLayout, RasterFiles
 from codecloop.dali_pipes.validate import DEFAULT_MAX_IMAGE_PIXELS, ScanPolicy
 from codecloop.tasks.dense_common import DenseTask, scan_pairs
-from codecloop.tasks.dense_metrics import ConfusionMatrix
+from codecloop.tasks.bootstrap import resample_counts
+from codecloop.tasks.dense_metrics import class_count_metrics, image_class_counts
 from codecloop.tasks.dense_models import check_model_name, model_names, create_segmentation_model
 from codecloop.tasks.layout_errors import choose_format
 from codecloop.tasks.registry import register_task
@@ -52,21 +53,39 @@ def read_mask(path: str, num_classes: int, table: LabelTable | None = None) -> n
 
 
 class ConfusionAccumulator:
-    """Confusion matrix of one evaluation; `state` is what each rank hands to `compute`."""
+    """Per-image class counts of one evaluation (`image_class_counts`), by sample index: their sum gives mIoU and
+    pixel accuracy, their resamples the intervals."""
 
     def __init__(self, num_classes: int) -> None:
-        self.matrix = ConfusionMatrix(num_classes, IGNORE_INDEX)
+        self.num_classes = num_classes
+        self.indices: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
 
     def update(self, logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
-        self.matrix.update(logits.argmax(dim=1), batch["mask"].long())
+        self.indices.append(batch["index"].reshape(-1))
+        self.counts.append(image_class_counts(logits.argmax(dim=1), batch["mask"].long(), self.num_classes,
+                                              IGNORE_INDEX))
 
-    def state(self) -> torch.Tensor:
-        return self.matrix.matrix.cpu()
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.indices:
+            return np.empty(0, np.int64), np.empty((0, 3, self.num_classes), np.int64)
+        return torch.cat(self.indices).cpu().numpy(), torch.cat(self.counts).cpu().numpy()
 
-    def compute(self, states: Sequence[torch.Tensor]) -> dict[str, float]:
-        total = ConfusionMatrix(self.matrix.num_classes, IGNORE_INDEX)
-        total.matrix = sum(states)
-        return total.compute()
+    def _ordered(self, states: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Every rank's per-image counts in sample-index order."""
+        indices = np.concatenate([index for index, _ in states])
+        return np.concatenate([counts for _, counts in states])[np.argsort(indices, kind="stable")]
+
+    def compute(self, states: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+        return {name: float(value) for name, value in class_count_metrics(self._ordered(states).sum(0)).items()}
+
+    def replicates(self, states: Sequence[tuple[np.ndarray, np.ndarray]], resamples: int) -> dict[str, np.ndarray]:
+        counts = self._ordered(states)
+        flat = counts.reshape(len(counts), -1).astype(np.float64)
+        parts = [class_count_metrics((weights @ flat).reshape(len(weights), 3, self.num_classes))
+                 for weights in resample_counts(len(counts), resamples)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in ("miou", "pixel_acc")} if parts \
+            else {}
 
 
 @register_task("segmentation")

@@ -14,7 +14,8 @@ import yaml
 
 from tests.conftest import TINY
 
-SWEEP_COLUMNS = ["codec", "level", "bpp", "bpp_std", "bpp_n", "model", "top1", "top5", "loss", "n"]
+SWEEP_COLUMNS = ["codec", "level", "bpp", "bpp_std", "bpp_n", "model", "top1", "top1_lo", "top1_hi", "top5", "top5_lo",
+                 "top5_hi", "loss", "loss_lo", "loss_hi", "n", "ci_resamples"]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -91,7 +92,7 @@ def test_experiment_and_report(dirty_folder, tmp_path, run_cli):
         assert (out / name).exists(), name
     recovery = _rows(out / "recovery.csv")
     assert list(recovery[0]) == ["codec", "level", "bpp", "clean_top1", "baseline_top1", "retrained_top1",
-                                 "recovery_pct"]
+                                 "recovery_pct", "recovery_pct_lo", "recovery_pct_hi", "significance"]
     assert [row["level"] for row in recovery] == ["10", "50"]
     assert {row["model"] for row in _rows(out / "sweep.csv")} == {"baseline", "retrained"}
     (out / "report.md").unlink()

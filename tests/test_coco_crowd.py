@@ -159,7 +159,7 @@ def test_pose_crowd_regions_are_ignored_as_pycocotools_does(tmp_path):
     in_crowd = np.zeros((17, 3), np.float32)
     in_crowd[:, 0], in_crowd[:, 1], in_crowd[:, 2] = np.linspace(4, 20, 17), np.linspace(4, 30, 17), 1
     accumulator.predictions.append({"image_id": crowd_image, "keypoints": in_crowd, "score": 2.0})
-    truth, predictions = accumulator.state()
+    truth, predictions, images = accumulator.state()
     assert sum(person["iscrowd"] for person in truth) == 1
     found = accumulator.compute([accumulator.state()])
     results = [{"image_id": p["image_id"], "category_id": 1, "keypoints": np.asarray(p["keypoints"]).ravel().tolist(),
@@ -171,5 +171,5 @@ def test_pose_crowd_regions_are_ignored_as_pycocotools_does(tmp_path):
         evaluation.accumulate()
         evaluation.summarize()
     assert found["oks_ap"] == pytest.approx(float(evaluation.stats[0]), abs=1e-6)
-    without_crowd = accumulator.compute([([p for p in truth if not p["iscrowd"]], predictions)])
+    without_crowd = accumulator.compute([([p for p in truth if not p["iscrowd"]], predictions, images)])
     assert without_crowd["oks_ap"] < found["oks_ap"] - 0.01

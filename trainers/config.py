@@ -140,6 +140,9 @@ class Config:
                               "each at --levels, else at its own default levels (default: the codec)", "hyper")
     rate_images: int = _key(256, "sweep: val images whose encoded size gives each level's bits per pixel, evenly "
                             "spaced (0: all; clips: every clip's rung)", "hyper", at_least=0)
+    bootstrap: int = _key(1000, "sweep: paired bootstrap resamples over the evaluation images (videos) behind each "
+                          "metric's 95-percent interval and recovery's (COCO AP: at most 200; 0: no intervals)", "hyper",
+                          at_least=0)
     at_bpp: str | None = _key(None, "report: bits per pixel at which each codec's metric is interpolated, "
                               "comma-separated (default with several codecs: 0.1,0.25,0.5,1,2)", "runtime")
     retrain_clean_prob: float = _key(0.1, "experiment: clean share while fine-tuning", "hyper", at_least=0, at_most=1)

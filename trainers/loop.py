@@ -2,8 +2,8 @@
 
 Model, optimizer and scheduler go through `accelerator.prepare`; the DALI iterator does not:
 each process reads its own shard (``process_index`` / ``num_processes``) on its own GPU
-(the one ``accelerator.device`` names). Evaluation sums each rank's per-sample metrics (the pipelines drop
-their padding) and gathers the sums once, so every sample counts once.
+(the one ``accelerator.device`` names). Evaluation keeps each rank's per-sample metrics (the pipelines drop
+their padding) and gathers them once, so every sample counts once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from codecloop.dali_pipes import LevelScale, LevelSpec, PipelineRuntime, default_num_threads
 from codecloop.tasks import SampleIndex, Task
+from codecloop.tasks.bootstrap import interval, mean_replicates
 from codecloop.trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_fresh, load_checkpoint, save_checkpoint,
                                  save_final_weights)
 from codecloop.dali_pipes.codecs import codec_scale
@@ -135,53 +136,82 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
 
 
 class Evaluation:
-    """Running sums of one evaluation: the task's per-sample metrics and its dataset-level
-    `metric_accumulator` (COCO AP, confusion matrices) when it has one.
+    """One evaluation: the task's per-sample metrics by sample index and its dataset-level
+    `metric_accumulator` (COCO AP, confusion counts) when it has one.
 
-    Each rank adds its own samples (the pipelines drop their padding); `result` gathers the sums
-    and accumulator states once, so every sample counts exactly once. A per-sample value that is
-    NaN (say, an image without valid depth) is left out of that metric's mean.
+    Each rank adds its own samples (the pipelines drop their padding); `result` gathers the per-sample
+    values and accumulator states once, so every sample counts exactly once. A per-sample value that is
+    NaN (say, an image without valid depth) is left out of that metric's mean. With `resamples`, every
+    metric also gets its 95% paired-bootstrap interval (``<metric>_lo``, ``<metric>_hi``; see
+    `codecloop.tasks.bootstrap`), and `replicates` holds its values on each resample after `result`.
     """
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, resamples: int = 0) -> None:
         self.task = task
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
+        self.resamples = resamples
+        self.indices: list[torch.Tensor] = []
+        self.values: dict[str, list[torch.Tensor]] = {}
         self.samples = 0
         self.accumulator = task.metric_accumulator()
+        self.replicates: dict[str, np.ndarray] = {}
 
     def add(self, outputs, batch: dict[str, torch.Tensor]) -> None:
-        """Count one batch's predictions."""
+        """Count one batch's predictions (kept on the device until `result`: no host sync per batch)."""
         self.samples += batch_size_of(batch)
         if self.accumulator is not None:
             self.accumulator.update(outputs, batch)
-        for name, values in self.task.sample_metrics(outputs, batch).items():
-            values = values.float()
-            self.sums[name] = self.sums.get(name, 0) + values.nan_to_num(0.0).sum()
-            self.counts[name] = self.counts.get(name, 0) + (~values.isnan()).sum()
+        metrics = self.task.sample_metrics(outputs, batch)
+        if metrics:
+            self.indices.append(batch["index"].reshape(-1))
+        for name, values in metrics.items():
+            self.values.setdefault(name, []).append(values.detach().float().reshape(-1))
 
     def result(self, accelerator: Accelerator) -> dict[str, float]:
-        """Dataset means and dataset-level metrics over every rank; adds ``n``."""
-        local = ({name: (float(self.sums[name]), int(self.counts[name])) for name in self.sums}, self.samples,
+        """Dataset means and dataset-level metrics over every rank, with their intervals when resampling;
+        adds ``n`` (and ``ci_resamples``, the fewest resamples behind an interval)."""
+        local = (torch.cat(self.indices).cpu().numpy() if self.indices else np.empty(0, np.int64),
+                 {name: torch.cat(parts).cpu().numpy() for name, parts in self.values.items()}, self.samples,
                  self.accumulator.state() if self.accumulator is not None else None)
         shards = gather_object([local]) if accelerator.num_processes > 1 else [local]
+        names = list(dict.fromkeys(name for _, values, _, _ in shards for name in values))
+        order = np.argsort(np.concatenate([indices for indices, _, _, _ in shards]), kind="stable")
+        table = np.stack([np.concatenate([values[name] for _, values, _, _ in shards])[order] for name in names],
+                         axis=1) if names else np.empty((0, 0))
         result: dict[str, float] = {}
-        for name in dict.fromkeys(name for totals, _, _ in shards for name in totals):
-            total = sum(totals[name][0] for totals, _, _ in shards if name in totals)
-            count = sum(totals[name][1] for totals, _, _ in shards if name in totals)
-            result[name] = total / count if count else float("nan")
+        for column, name in enumerate(names):
+            finite = table[:, column][np.isfinite(table[:, column])]
+            result[name] = float(finite.mean()) if finite.size else math.nan
+        if self.resamples and names:
+            self.replicates = dict(zip(names, mean_replicates(table, self.resamples).T))
         if self.accumulator is not None:
-            result.update(self.accumulator.compute([state for _, _, state in shards]))
-        result["n"] = sum(count for _, count, _ in shards)
+            states = [state for _, _, _, state in shards]
+            result.update(self.accumulator.compute(states))
+            if self.resamples:
+                self.replicates.update(self.accumulator.replicates(states, self.resamples))
+        result["n"] = sum(count for _, _, count, _ in shards)
+        if self.replicates:
+            return {**with_intervals(result, self.replicates),
+                    "ci_resamples": min(len(values) for values in self.replicates.values())}
         return result
+
+
+def with_intervals(metrics: dict[str, float], replicates: dict[str, np.ndarray]) -> dict[str, float]:
+    """`metrics` with ``<name>_lo`` and ``<name>_hi`` after each metric that has `replicates`."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        out[name] = value
+        if name in replicates:
+            out[f"{name}_lo"], out[f"{name}_hi"] = interval(replicates[name])
+    return out
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, batches, accelerator: Accelerator,
-             use_channels_last: bool = False) -> dict[str, float]:
-    """The task's metrics over `batches` (see `Evaluation`), every sample counted once; adds ``n``."""
+             use_channels_last: bool = False, evaluation: Evaluation | None = None) -> dict[str, float]:
+    """The task's metrics over `batches` (see `Evaluation`; a fresh one without intervals unless given), every
+    sample counted once; adds ``n``."""
     model.eval()
-    evaluation = Evaluation(task)
+    evaluation = evaluation if evaluation is not None else Evaluation(task)
     for batch in batches:
         if batch_size_of(batch) == 0:
             continue

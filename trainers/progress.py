@@ -2,25 +2,29 @@
 
 ``RUN/progress.json`` holds the metrics of every sweep level evaluated (per model label), the
 training stages finished, the command's W&B run id and the settings those results depend on (a
-resume with other settings is refused, naming the keys that changed). The main process rewrites
-it after each finished unit (temporary file + rename, so it is always whole); every process
-reads the same content (the main process's copy, broadcast). Without ``--resume`` a command
-starts afresh and overwrites it.
+resume with other settings is refused, naming the keys that changed); ``RUN/bootstrap.npz`` holds each
+evaluated level's bootstrap replicates per metric (`codecloop.tasks.bootstrap`), from which recovery
+gets its interval. The main process rewrites both after each finished unit (temporary file + rename,
+so each is always whole); every process reads the same content (the main process's copy, broadcast).
+Without ``--resume`` a command starts afresh and overwrites them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from codecloop.trainers.config import Config, config_keys, run_keys
-from codecloop.trainers.report import CLEAN, write_text
+from codecloop.trainers.report import Replicates, level_key, write_text
 
 PROGRESS_FILE = "progress.json"
+BOOTSTRAP_FILE = "bootstrap.npz"
 
 
 def result_settings(config: Config) -> dict[str, Any]:
@@ -31,9 +35,28 @@ def result_settings(config: Config) -> dict[str, Any]:
             if (keys[name].metadata["group"] == "hyper" and name not in ("levels", "codecs")) or name == "checkpoint"}
 
 
-def level_key(level: int | None, codec: str = "") -> str:
-    """The JSON key of a sweep level: ``clean``, or the codec and the quality / CRF (``webp 30``)."""
-    return CLEAN if level is None else f"{codec} {level}".strip()
+def load_replicates(run_dir: Path) -> Replicates:
+    """The bootstrap replicates of a run directory by (model label, `level_key`) and metric (none without
+    ``bootstrap.npz``)."""
+    path = Path(run_dir) / BOOTSTRAP_FILE
+    if not path.is_file():
+        return {}
+    out: Replicates = {}
+    with np.load(path) as stored:
+        for name in stored.files:
+            label, key, metric = name.split("|", 2)
+            out.setdefault((label, key), {})[metric] = stored[name]
+    return out
+
+
+def save_replicates(run_dir: Path, replicates: Replicates) -> None:
+    """Write `replicates` to ``bootstrap.npz`` atomically."""
+    path = Path(run_dir) / BOOTSTRAP_FILE
+    temporary = path.with_name(".tmp-" + path.name)
+    with temporary.open("wb") as handle:
+        np.savez(handle, **{f"{label}|{key}|{metric}": values for (label, key), metrics in replicates.items()
+                            for metric, values in metrics.items()})
+    temporary.replace(path)
 
 
 class RunProgress:
@@ -43,6 +66,7 @@ class RunProgress:
         self.path = Path(path)
         self.state = {"sweeps": {}, "stages": [], "wandb_run_id": None, "settings": {}, **state}
         self.is_main = is_main
+        self.replicates: Replicates = {}
 
     @classmethod
     def open(cls, run_dir: Path, config: Config, accelerator: Accelerator) -> "RunProgress":
@@ -65,18 +89,26 @@ class RunProgress:
             raise ValueError(f"{path}: --resume with changed config key(s) {', '.join(changed)}; rerun the "
                              "interrupted command unchanged, or choose another --out")
         progress = cls(path, {**state, "settings": settings}, accelerator.is_main_process)
-        if not config.resume:
-            progress._save()
+        if config.resume:
+            replicates = [load_replicates(path.parent) if accelerator.is_main_process else None]
+            if accelerator.num_processes > 1:
+                broadcast_object_list(replicates)
+            progress.replicates = replicates[0]
+        else:
+            progress._save(with_replicates=True)
         return progress
 
     def finished_levels(self, label: str) -> dict[str, dict[str, float]]:
         """Metrics of the levels of sweep `label` already evaluated, by `level_key`."""
         return dict(self.state["sweeps"].get(label, {}))
 
-    def add_level(self, label: str, level: int | None, metrics: dict[str, float], codec: str = "") -> None:
-        """Record one evaluated level of `codec` in sweep `label`."""
+    def add_level(self, label: str, level: int | None, metrics: dict[str, float], codec: str = "",
+                  replicates: Mapping[str, np.ndarray] | None = None) -> None:
+        """Record one evaluated level of `codec` in sweep `label`, with its bootstrap `replicates` by metric."""
         self.state["sweeps"].setdefault(label, {})[level_key(level, codec)] = metrics
-        self._save()
+        if replicates:
+            self.replicates[(label, level_key(level, codec))] = dict(replicates)
+        self._save(with_replicates=bool(replicates))
 
     def stage_finished(self, name: str) -> bool:
         """Whether training stage `name` ran to its end."""
@@ -99,7 +131,9 @@ class RunProgress:
             self.state["wandb_run_id"] = run_id
             self._save()
 
-    def _save(self) -> None:
+    def _save(self, with_replicates: bool = False) -> None:
         if not self.is_main:
             return
+        if with_replicates:
+            save_replicates(self.path.parent, self.replicates)
         write_text(self.path, json.dumps(self.state, indent=1))

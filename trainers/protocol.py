@@ -6,9 +6,10 @@ Each command writes into one run directory:
 | --------------- | ----------------- | ------------------------------------------------------ |
 | ``config.yaml`` | every command     | the resolved configuration                             |
 | ``metrics.jsonl``| train stages     | training / evaluation metrics per step                 |
-| ``sweep.csv``   | sweep, experiment | codec, level, model, every metric, sample count        |
+| ``sweep.csv``   | sweep, experiment | codec, level, model, every metric and its interval, n  |
 | ``sweep.png``   | sweep             | primary metric against the level, clean dashed          |
 | ``recovery.csv``| experiment        | per level: clean, baseline, retrained, recovery (%)    |
+| ``bootstrap.npz``| sweep, experiment| each level's metrics on every bootstrap resample       |
 | ``experiment.png`` | experiment     | baseline and retrained curves on one plot              |
 | ``report.md``   | sweep, experiment | the tables above in Markdown                           |
 | ``progress.json``| sweep, experiment | levels and stages finished, for ``--resume``          |
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
@@ -43,14 +45,15 @@ from codecloop.trainers.config import (Config, bpp_list, bpp_range, check_codec_
 from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
-from codecloop.trainers.progress import RunProgress, level_key
+from codecloop.trainers.progress import RunProgress, load_replicates
+from codecloop.trainers.report import level_key
 from codecloop.trainers.report import (CLEAN, equal_rate_rows, markdown_table, plot_levels, read_csv, recovery_rows,
                                       write_csv, write_text)
 
 BASELINE, RETRAINED = "baseline", "retrained"
 RETRAIN_STAGE = "retrain"
-REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "equal_rate.csv", "sweep.png", "experiment.png",
-                "config.yaml")
+REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "equal_rate.csv", "bootstrap.npz", "sweep.png",
+                "experiment.png", "config.yaml")
 DEFAULT_AT_BPP = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -136,10 +139,11 @@ def sweep(
         if memory_last:
             model = model.to(memory_format=torch.channels_last)
         for name, levels in groups.items():
-            def record(level: int | None, metrics: dict[str, float], name: str = name) -> None:
+            def record(level: int | None, metrics: dict[str, float], replicates: dict[str, np.ndarray],
+                       name: str = name) -> None:
                 results[(None if level is None else name, level)] = metrics
                 if progress is not None:
-                    progress.add_level(label, level, metrics, name)
+                    progress.add_level(label, level, metrics, name, replicates)
 
             sweep_codec(config.replace(codec=name), task, model, index, levels, accelerator, memory_last, label, record)
     return [{"codec": name or "none", "level": CLEAN if level is None else level, "model": label,
@@ -148,22 +152,25 @@ def sweep(
 
 def sweep_codec(config: Config, task: Task, model: torch.nn.Module, index: SampleIndex, levels: list[int | None],
                 accelerator: Accelerator, memory_last: bool, label: str,
-                record: Callable[[int | None, dict[str, float]], None]) -> None:
-    """`record` the metrics of `model` at each of `levels` (None: clean) of the config's codec as soon as they
-    are known: in one pass for an in-graph codec with ``one_pass_sweep``, else one evaluation per level."""
+                record: Callable[[int | None, dict[str, float], dict[str, np.ndarray]], None]) -> None:
+    """`record` the metrics of `model` and their bootstrap replicates (``bootstrap`` resamples) at each of
+    `levels` (None: clean) of the config's codec as soon as they are known: in one pass for an in-graph codec
+    with ``one_pass_sweep``, else one evaluation per level."""
     compressed = [level for level in levels if level is not None]
     codec = config_codec(config)
     if compressed and config.one_pass_sweep and codec.graph_stage is not None:
         one_pass = task.sweep_batches(index, compressed, codec, pipeline_runtime(config, task, accelerator, False))
         if one_pass is not None:
-            passed = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label)
+            passed = sweep_one_pass(model, task, one_pass, accelerator, memory_last, config.progress, label,
+                                    config.bootstrap)
             for level in levels:
-                record(level, passed[level])
+                record(level, passed[level].result(accelerator), passed[level].replicates)
             return
     for level in tqdm(levels, desc=f"sweep {label} {codec.name}",
                       disable=not (accelerator.is_main_process and config.progress)):
         batches = build_batches(config, task, index, accelerator, False, level_spec(config, level))
-        record(level, evaluate(model, task, batches, accelerator, memory_last))
+        evaluation = Evaluation(task, config.bootstrap)
+        record(level, evaluate(model, task, batches, accelerator, memory_last, evaluation), evaluation.replicates)
 
 
 def sweep_rates(config: Config, task: Task, index: SampleIndex, accelerator: Accelerator) -> dict[tuple[str, int], Rate]:
@@ -200,10 +207,11 @@ def with_rates(rows: list[dict[str, Any]], rates: dict[tuple[str, int], Rate]) -
 
 @torch.no_grad()
 def sweep_one_pass(model: torch.nn.Module, task: Task, batches, accelerator: Accelerator, memory_last: bool,
-                   progress: bool, label: str) -> dict[int | None, dict[str, float]]:
-    """Metrics per level of an in-graph codec from batches holding every level's view (`SweepBatches`)."""
+                   progress: bool, label: str, resamples: int = 0) -> dict[int | None, Evaluation]:
+    """The evaluation of each level of an in-graph codec from batches holding every level's view
+    (`SweepBatches`)."""
     model.eval()
-    evaluations = {level: Evaluation(task) for level in batches.levels}
+    evaluations = {level: Evaluation(task, resamples) for level in batches.levels}
     for batch in tqdm(batches, desc=f"sweep {label} (one pass)", disable=not (accelerator.is_main_process and progress)):
         views = batch.pop("views")
         if len(batch["index"]) == 0:
@@ -215,7 +223,7 @@ def sweep_one_pass(model: torch.nn.Module, task: Task, batches, accelerator: Acc
                 view = channels_last(view)
             with accelerator.autocast():
                 evaluations[level].add(task.predict(model, view), view)
-    return {level: evaluation.result(accelerator) for level, evaluation in evaluations.items()}
+    return evaluations
 
 
 def report_targets(config_text: str | None, rows: Sequence[dict[str, Any]]) -> list[float]:
@@ -248,7 +256,8 @@ def write_sweep(rows: list[dict[str, Any]], run_dir: Path, metric: str, higher_i
     plot_levels({rows[0]["model"]: rows}, metric, run_dir / "sweep.png")
     table, section = equal_rate_section(rows, metric, higher_is_better, targets, run_dir)
     write_text(run_dir / "report.md", "\n\n".join(part for part in [
-        f"# {codecs_title(rows)} sweep", markdown_table(rows), section, "![sweep](sweep.png)"] if part) + "\n")
+        f"# {codecs_title(rows)} sweep", interval_note(rows), markdown_table(rows), section, "![sweep](sweep.png)"]
+        if part) + "\n")
     return table
 
 
@@ -303,7 +312,7 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
         )
         retrained = train_stage(retrain_config, task, retrain_dir, accelerator, progress, model=copy.deepcopy(baseline))
         retrained_rows = with_rates(sweep(config, task, retrained, accelerator, RETRAINED, progress, index), rates)
-        recovery = recovery_rows(baseline_rows, retrained_rows, task.primary_metric)
+        recovery = recovery_rows(baseline_rows, retrained_rows, task.primary_metric, progress.replicates)
         if accelerator.is_main_process:
             table = write_experiment(run_dir, baseline_rows, retrained_rows, recovery, task.primary_metric,
                                      retrain_config, task.higher_is_better,
@@ -385,14 +394,28 @@ def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: lis
     return "\n\n".join(part for part in [
         f"# {codecs_title(baseline_rows)} codec experiment",
         how,
+        interval_note(baseline_rows),
         "## Recovery\n\nrecovery = (retrained - baseline) / (clean - baseline) x 100, "
-        "clean = baseline model on uncompressed input; empty where the baseline lost nothing.",
+        "clean = baseline model on uncompressed input; empty where the baseline lost nothing. Its interval comes "
+        "from the same resamples of the clean, baseline and retrained evaluations; `not significant`: it holds 0.",
         markdown_table(recovery),
         "## Sweeps",
         markdown_table(baseline_rows + retrained_rows),
         equal_rate,
         "![experiment](experiment.png)",
     ] if part) + "\n"
+
+
+def interval_note(rows: Sequence[dict[str, Any]]) -> str:
+    """What the bracketed intervals of the tables are (nothing when the rows carry none)."""
+    resamples = [row.get("ci_resamples") for row in rows if str(row.get("ci_resamples") or "")]
+    if not resamples:
+        return ""
+    counts = sorted({int(float(count)) for count in resamples})
+    samples = max(int(float(row["n"])) for row in rows if str(row.get("n") or ""))
+    return (f"Brackets: 95% percentile-bootstrap interval over the {samples} evaluation samples "
+            f"({' or '.join(map(str, counts))} resamples, the same at every level and for every model, so "
+            f"differences pair).")
 
 
 def codecs_title(rows: Sequence[dict[str, Any]]) -> str:
@@ -427,7 +450,7 @@ def rebuild_report(run_dir: Path, metric: str | None = None, at_bpp: str | None 
     higher = task_class.metric_higher_is_better(metric)
     by_model = {model: [row for row in rows if row["model"] == model] for model in dict.fromkeys(r["model"] for r in rows)}
     if set(by_model) >= {BASELINE, RETRAINED}:
-        recovery = recovery_rows(by_model[BASELINE], by_model[RETRAINED], metric)
+        recovery = recovery_rows(by_model[BASELINE], by_model[RETRAINED], metric, load_replicates(run_dir))
         write_experiment(run_dir, by_model[BASELINE], by_model[RETRAINED], recovery, metric, None, higher, targets)
     else:
         write_sweep(rows, run_dir, metric, higher, targets)

@@ -3,7 +3,12 @@
 Recovery at level L (DESIGN.md): ``(retrained(L) - baseline(L)) / (clean - baseline(L)) * 100``
 with ``clean`` the baseline model on uncompressed input. The ratio is the same for error
 metrics (all signs flip), so one formula serves both. Where the baseline lost less than
-`MIN_DROP` at a level, recovery is not defined there and reported empty.
+`MIN_DROP` at a level, recovery is not defined there and reported empty. Its 95% interval comes
+from the paired bootstrap replicates of the three evaluations (`codecloop.tasks.bootstrap`): recovery
+computed on each resample; an interval that includes 0 is marked "not significant".
+
+A metric column ``m`` with ``m_lo`` and ``m_hi`` beside it shows as ``m [lo, hi]`` in Markdown tables
+and as error bars in the plots.
 """
 
 from __future__ import annotations
@@ -15,14 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from codecloop.dali_pipes.codecs import codec_axis, codec_title  # noqa: E402
+from codecloop.tasks.bootstrap import interval, ratio_replicates  # noqa: E402
 
 CLEAN = "clean"
 MIN_DROP = 1e-6
+NOT_SIGNIFICANT = "not significant"
+Replicates = dict[tuple[str, str], dict[str, np.ndarray]]  # (model label, `level_key`) -> metric -> replicates
+
+
+def level_key(level: int | str | None, codec: str = "") -> str:
+    """The key of a sweep level: ``clean``, or the codec and the quality / CRF (``webp 30``)."""
+    return CLEAN if level is None or str(level) == CLEAN else f"{codec} {level}".strip()
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -54,24 +68,47 @@ def finite_number(value: Any) -> float | None:
 
 
 def recovery_rows(
-    baseline: Sequence[dict[str, Any]], retrained: Sequence[dict[str, Any]], metric: str
+    baseline: Sequence[dict[str, Any]], retrained: Sequence[dict[str, Any]], metric: str,
+    replicates: Replicates | None = None,
 ) -> list[dict[str, Any]]:
-    """Per compressed codec level: its bits per pixel, clean, baseline, retrained metric and recovery in percent."""
+    """Per compressed codec level: its bits per pixel, clean, baseline, retrained metric and recovery in percent;
+    with the `replicates` of both sweeps (by model label and `level_key`, then metric), recovery's 95% interval
+    (``recovery_pct_lo``, ``recovery_pct_hi``) and ``significance``."""
     clean = float(next(row[metric] for row in baseline if str(row["level"]) == CLEAN))
-    retrained_at = {(str(row["codec"]), str(row["level"])): float(row[metric]) for row in retrained}
+    retrained_at = {(str(row["codec"]), str(row["level"])): row for row in retrained}
+    labels = (str(baseline[0]["model"]), str(retrained[0]["model"])) if baseline and retrained else ("", "")
     rows = []
     for row in baseline:
         level = str(row["level"])
         if level == CLEAN:
             continue
-        base, tuned = float(row[metric]), retrained_at[(str(row["codec"]), level)]
+        tuned_row = retrained_at[(str(row["codec"]), level)]
+        base, tuned = float(row[metric]), float(tuned_row[metric])
         drop = clean - base
         recovery = (tuned - base) / drop * 100.0 if abs(drop) > MIN_DROP else None
-        rows.append({
-            "codec": row["codec"], "level": level, "bpp": finite_number(row.get("bpp")), f"clean_{metric}": clean,
-            f"baseline_{metric}": base, f"retrained_{metric}": tuned, "recovery_pct": recovery,
-        })
+        out = {"codec": row["codec"], "level": level, "bpp": finite_number(row.get("bpp")),
+               f"clean_{metric}": clean, f"baseline_{metric}": base, f"retrained_{metric}": tuned,
+               "recovery_pct": recovery}
+        rows.append({**out, **recovery_interval(replicates, labels, level_key(level, str(row["codec"])), metric,
+                                                recovery)})
     return rows
+
+
+def recovery_interval(replicates: Replicates | None, labels: tuple[str, str], key: str, metric: str,
+                      recovery: float | None) -> dict[str, Any]:
+    """Recovery's interval at level `key` from the clean, baseline and retrained replicates of `metric`, and
+    whether it excludes 0; nothing where a replicate set is missing or the sets differ in length."""
+    try:
+        clean = replicates[(labels[0], CLEAN)][metric]
+        base, tuned = replicates[(labels[0], key)][metric], replicates[(labels[1], key)][metric]
+    except (KeyError, TypeError):
+        return {}
+    if recovery is None or not len(clean) == len(base) == len(tuned):
+        return {"recovery_pct_lo": None, "recovery_pct_hi": None, "significance": ""}
+    low, high = interval(ratio_replicates(tuned - base, clean - base, 100.0, MIN_DROP))
+    significant = math.isfinite(low) and (low > 0 or high < 0)
+    return {"recovery_pct_lo": low, "recovery_pct_hi": high,
+            "significance": "significant" if significant else NOT_SIGNIFICANT if math.isfinite(low) else ""}
 
 
 def curves_by_codec(curves: dict[str, Sequence[dict[str, Any]]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -98,17 +135,20 @@ def plot_levels(curves: dict[str, Sequence[dict[str, Any]]], metric: str, path: 
     for (label, codec), rows in series.items():
         style = dict(color=colors[labels.index(label) % len(colors)], marker=markers[codecs.index(codec) % len(markers)])
         name = label if len(codecs) == 1 else f"{label}, {codec_title(codec)}"
-        points = sorted((int(row["level"]), float(row[metric])) for row in rows)
-        axes[0][0].plot([p[0] for p in points], [p[1] for p in points], label=name, **style)
+        _plot_points(axes[0][0], [(int(row["level"]), row) for row in rows], metric, name, style)
         if with_rate:
-            rated = sorted((finite_number(row.get("bpp")), float(row[metric])) for row in rows if finite_number(row.get("bpp")))
-            axes[0][1].plot([p[0] for p in rated], [p[1] for p in rated], label=name, **style)
+            _plot_points(axes[0][1], [(finite_number(row.get("bpp")), row) for row in rows
+                                      if finite_number(row.get("bpp"))], metric, name, style)
     for label, rows in curves.items():
-        clean = [float(row[metric]) for row in rows if str(row["level"]) == CLEAN]
+        clean = [row for row in rows if str(row["level"]) == CLEAN]
         for axis in axes[0]:
             if clean:
-                axis.axhline(clean[0], linestyle="--", color=colors[labels.index(label) % len(colors)], alpha=0.6,
+                color = colors[labels.index(label) % len(colors)]
+                axis.axhline(float(clean[0][metric]), linestyle="--", color=color, alpha=0.6,
                              label=f"{label}, clean input")
+                low, high = (finite_number(clean[0].get(f"{metric}_{end}")) for end in ("lo", "hi"))
+                if low is not None and high is not None:
+                    axis.axhspan(low, high, color=color, alpha=0.08)
     axes[0][0].set_xlabel(codec_axis(codecs[0]) if len(codecs) == 1 else "level, on each codec's own scale")
     if with_rate:
         axes[0][1].set_xscale("log")
@@ -122,6 +162,19 @@ def plot_levels(curves: dict[str, Sequence[dict[str, Any]]], metric: str, path: 
     figure.savefig(temporary, format="png")
     plt.close(figure)
     temporary.replace(path)
+
+
+def _plot_points(axis, points: list[tuple[float, dict[str, Any]]], metric: str, name: str, style: dict) -> None:
+    """One curve of `metric` against x, with error bars where the rows carry ``<metric>_lo`` and ``_hi``."""
+    points = sorted(points, key=lambda point: point[0])
+    xs, ys = [x for x, _ in points], [float(row[metric]) for _, row in points]
+    bounds = [(finite_number(row.get(f"{metric}_lo")), finite_number(row.get(f"{metric}_hi"))) for _, row in points]
+    if points and all(low is not None and high is not None for low, high in bounds):
+        errors = [[max(0.0, y - low) for y, (low, _) in zip(ys, bounds)],
+                  [max(0.0, high - y) for y, (_, high) in zip(ys, bounds)]]
+        axis.errorbar(xs, ys, yerr=errors, capsize=2.5, label=name, **style)
+    else:
+        axis.plot(xs, ys, label=name, **style)
 
 
 def metric_at_bpp(points: Sequence[tuple[float, float]], bpp: float) -> float | None:
@@ -159,11 +212,19 @@ def equal_rate_rows(rows: Sequence[dict[str, Any]], metric: str, targets: Sequen
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table of `rows`; floats with 4 decimals, missing values empty."""
+    """A Markdown table of `rows`; floats with 4 decimals, missing values empty, a column with ``_lo`` and
+    ``_hi`` columns beside it shown as ``value [lo, hi]``."""
     columns = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    bounded = [column for column in columns if f"{column}_lo" in columns and f"{column}_hi" in columns]
+    shown = [column for column in columns if column not in {f"{c}_{end}" for c in bounded for end in ("lo", "hi")}]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(column)) for column in columns) + " |")
+        cells = []
+        for column in shown:
+            cell = _cell(row.get(column))
+            low, high = (_cell(row.get(f"{column}_{end}")) for end in ("lo", "hi"))
+            cells.append(f"{cell} [{low}, {high}]" if column in bounded and cell and low and high else cell)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
