@@ -142,6 +142,8 @@ def build_parser(task: str | None = None,
     demo.add_argument("--out", default=None, help="run directory (default: runs/demo, or runs/demo-h264)")
     demo.add_argument("--retrain_steps", type=int, default=None, help="fine-tuning steps (default: the demo's own)")
     demo.add_argument("--wandb", choices=("online", "offline", "disabled"), default="disabled", help="W&B mode")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the fine-tuning's crops, levels and order (the data and held-out set stay)")
     for name, help_text in CONFIG_COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if name == "experiment":
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
             out = args.out or ("runs/demo" if args.codec == "jpeg" else f"runs/demo-{args.codec}")
             run_demo(Path(out), retrain_steps=args.retrain_steps, wandb=args.wandb, codec=args.codec,
-                     codecs=args.codecs)
+                     codecs=args.codecs, seed=args.seed)
         elif args.command == "compress":
             from codecloop.dali_pipes.compress import compress_dataset
 

@@ -15,11 +15,18 @@ def test_demo_runs_offline(tmp_path, run_cli):
     assert len(rows) == 18 and {row["model"] for row in rows} == {"baseline", "retrained"}
     baseline = {row["level"]: row for row in rows if row["model"] == "baseline"}
     assert float(baseline["clean"]["top1"]) == 1.0  # the teacher agrees with itself on clean input
-    assert all(row["n"] == "100" for row in rows)
+    with (out / "data" / "holdout.csv").open() as handle:
+        holdout = list(csv.DictReader(handle))
+    kept = [row for row in holdout if row["kept"] == "1"]
+    assert all(float(row["margin"]) >= 0.15 for row in kept) and all(float(row["margin"]) < 0.15 for row in holdout
+                                                                     if row["kept"] == "0")
+    assert len(kept) >= 300 and len({row["source"] for row in kept}) >= 3
+    assert all(row["n"] == str(len(kept)) for row in rows)
+    assert float(baseline["5"]["top1_hi"]) < float(baseline["95"]["top1_lo"])  # intervals apart
     assert float(baseline["95"]["top1"]) > float(baseline["5"]["top1"])  # compression hurts
     assert float(baseline["5"]["kl"]) > float(baseline["95"]["kl"])
     rates = [float(baseline[level]["bpp"]) for level in ("5", "10", "15", "20", "30", "50", "75", "95")]
-    assert rates == sorted(rates) and baseline["5"]["bpp_n"] == "100"  # the rate axis: JPEG bpp of the frames
+    assert rates == sorted(rates) and baseline["5"]["bpp_n"] == "256"  # the rate axis: JPEG bpp of the images
     with (out / "recovery.csv").open() as handle:
         recovery = list(csv.DictReader(handle))
     assert [row["level"] for row in recovery] == ["5", "10", "15", "20", "30", "50", "75", "95"]

