@@ -18,8 +18,8 @@ def test_demo_runs_offline(tmp_path, run_cli):
     with (out / "data" / "holdout.csv").open() as handle:
         holdout = list(csv.DictReader(handle))
     kept = [row for row in holdout if row["kept"] == "1"]
-    assert all(float(row["margin"]) >= 0.15 for row in kept) and all(float(row["margin"]) < 0.15 for row in holdout
-                                                                     if row["kept"] == "0")
+    assert all(float(row["margin"]) >= 0.15 for row in kept)  # margins written to 4 decimals
+    assert all(float(row["margin"]) <= 0.15 for row in holdout if row["kept"] == "0")
     assert len(kept) >= 300 and len({row["source"] for row in kept}) >= 3
     assert all(row["n"] == str(len(kept)) for row in rows)
     assert float(baseline["5"]["top1_hi"]) < float(baseline["95"]["top1_lo"])  # intervals apart
