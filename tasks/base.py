@@ -58,6 +58,8 @@ class Task(abc.ABC):
     | `memory_format`    | ``torch.channels_last`` for image models that want it, else None       |
     | `name`             | the registered name (set by `register_task`)                           |
     | `lower_is_better`  | metrics (besides a lower-is-better primary) where lower is better      |
+    | `clean_view`       | whether `batches(..., with_clean=True)` adds ``clean_image``, each      |
+    |                    | view without the codec (feature restoration, distillation need it)     |
 
     Every task instance keeps its dataset folder as `root`.
     """
@@ -71,6 +73,7 @@ class Task(abc.ABC):
     media: ClassVar[Literal["images", "clips"]]
     memory_format: ClassVar[torch.memory_format | None] = None
     lower_is_better: ClassVar[tuple[str, ...]] = ()
+    clean_view: ClassVar[bool] = False
     root: Path
 
     @classmethod

@@ -57,6 +57,7 @@ class ClassificationTask(Task):
     primary_metric = "top1"
     higher_is_better = True
     memory_format = torch.channels_last
+    clean_view = True
     media = "images"  # what the codec compresses: single images, or clips from a ladder
     model_help = "any timm model name (timm.list_models()), e.g. resnet50, efficientnet_lite0, vit_small_patch16_224"
     default_model = "resnet50"

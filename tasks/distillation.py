@@ -41,6 +41,7 @@ class DistillationTask(Task):
     higher_is_better = ClassificationTask.higher_is_better
     media = ClassificationTask.media
     memory_format = ClassificationTask.memory_format
+    clean_view = True
 
     def __init__(self, student: ClassificationTask, teacher: torch.nn.Module, outputs: TeacherOutputs) -> None:
         self.student, self.outputs, self.root = student, outputs, student.root
@@ -56,10 +57,11 @@ class DistillationTask(Task):
         return SampleIndex(split, files, {"label": probs.argmax(dim=1), "soft_label": probs})
 
     def batches(self, index: SampleIndex, *, training: bool, spec: LevelSpec, codec: Codec, runtime: PipelineRuntime,
-                checkpoint: bytes | str | None = None) -> ImageBatches:
-        """The student's batches; training ones also carry the clean view (``clean_image``) for the teacher."""
+                checkpoint: bytes | str | None = None, with_clean: bool = False) -> ImageBatches:
+        """The student's batches; training ones (and any with `with_clean`) also carry the clean view
+        (``clean_image``) for the teacher."""
         return self.student.batches(index, training=training, spec=spec, codec=codec, runtime=runtime,
-                                    checkpoint=checkpoint, with_clean=training)
+                                    checkpoint=checkpoint, with_clean=training or with_clean)
 
     def sweep_batches(self, index: SampleIndex, levels: list[int], codec: Codec,
                       runtime: PipelineRuntime) -> SweepBatches | None:

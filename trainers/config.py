@@ -150,6 +150,13 @@ class Config:
     retrain_max_steps: int | None = _key(None, "experiment: fine-tuning step cap; default: max_steps", "hyper",
                                          at_least=1)
     retrain_lr: float | None = _key(None, "experiment: fine-tuning learning rate; default: lr / 10", "hyper", above=0)
+    retrain_loss: str = _key("task", "experiment: what fine-tuning minimises: the task's own loss on its labels "
+                             "(task), or the error between the output of --retrain_layer on the compressed view and the "
+                             "original network's on the clean view (features: no labels used, only that layer and "
+                             "the ones before it train; classification)", "hyper", ("task", "features"))
+    retrain_layer: str | None = _key(None, "experiment, --retrain_loss features: the module whose output is restored, "
+                                     "by dotted name (e.g. blocks.2 of a timm EfficientNet, layer2 of a ResNet)",
+                                     "hyper")
     # --- runtime settings ---
     out: str | None = _key(None, "run directory; default: runs/<command>-<time>", "runtime")
     checkpoint: str | None = _key(None, "model checkpoint (run or checkpoint dir, or weights file) to evaluate / "
@@ -215,6 +222,9 @@ class Config:
             if len(config_codecs(self)) > 1:
                 raise ValueError(f"config key 'retrain_bpp': a rate range maps to one codec's levels, and codec "
                                  f"{self.codec!r} mixes several: give --retrain_level (read on each codec's scale)")
+        if self.retrain_loss == "features" and not self.retrain_layer:
+            raise ValueError("config key 'retrain_layer': --retrain_loss features restores one module's output: "
+                             "name it (e.g. blocks.2)")
         for item in dataclasses.fields(self):
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:

@@ -29,6 +29,7 @@ from codecloop.trainers.checkpoint import (TrainState, checkpoint_dirs, ensure_f
 from codecloop.dali_pipes.codecs import codec_scale
 from codecloop.trainers.config import Config, batch_codecs, config_codecs
 from codecloop.trainers.logger import MetricsLogger, codec_metrics
+from codecloop.trainers.restoration import FeatureRestoration
 
 
 def make_accelerator(config: Config) -> Accelerator:
@@ -46,11 +47,16 @@ def build_batches(
     training: bool,
     spec: LevelSpec,
     checkpoint: bytes | str | None = None,
+    with_clean: bool = False,
 ):
-    """This rank's shard of `index`, through the task's pipeline, on this rank's device."""
+    """This rank's shard of `index`, through the task's pipeline, on this rank's device; with `with_clean`,
+    batches also carry ``clean_image``, each view without the codec (tasks whose ``clean_view`` is set)."""
     runtime = pipeline_runtime(config, task, accelerator, training)
+    if with_clean and not task.clean_view:
+        raise ValueError(f"the {task.name} task's pipeline gives no clean copy of its views, which this "
+                         f"objective needs (classification gives one)")
     return task.batches(index, training=training, spec=spec, codec=batch_codecs(config), runtime=runtime,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, **({"with_clean": True} if with_clean else {}))
 
 
 def pipeline_runtime(config: Config, task: Task, accelerator: Accelerator, training: bool) -> PipelineRuntime:
@@ -228,8 +234,9 @@ class Trainer:
     def __init__(
         self, config: Config, task: Task, run_dir: Path, accelerator: Accelerator,
         spec: LevelSpec, eval_spec: LevelSpec, model: torch.nn.Module | None = None,
+        objective: FeatureRestoration | None = None,
     ) -> None:
-        self.config, self.task, self.accelerator = config, task, accelerator
+        self.config, self.task, self.accelerator, self.objective = config, task, accelerator, objective
         self.run_dir = Path(run_dir)
         ensure_fresh(self.run_dir, config.resume)
         self.spec, self.eval_spec = spec, eval_spec
@@ -259,6 +266,8 @@ class Trainer:
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
         freeze_all_but(self.model, config.train_layers)
+        if self.objective is not None:
+            self.objective.prepare(self.model)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(config, self.model)
@@ -269,7 +278,8 @@ class Trainer:
         if resume_from:
             state, dali_state = load_checkpoint(accelerator, resume_from[0])
             accelerator.print(f"resuming from {resume_from[0]} (step {state.step}, epoch {state.epoch})")
-        train_batches = build_batches(config, self.task, self.train_index, accelerator, True, self.spec, dali_state)
+        train_batches = build_batches(config, self.task, self.train_index, accelerator, True, self.spec, dali_state,
+                                      with_clean=self.objective is not None)
         logger = MetricsLogger(self.run_dir, config.to_dict(), accelerator.is_main_process,
                                config.wandb, config.wandb_project, state.wandb_run_id)
         state.wandb_run_id = logger.wandb_run_id
@@ -292,7 +302,7 @@ class Trainer:
                     state.batch_in_epoch += 1
                     sync = state.batch_in_epoch % config.grad_accum == 0 or state.batch_in_epoch == batches_in_epoch
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                        loss = self.task.forward(model, batch)["loss"]
+                        loss = (self.objective or self.task.forward)(model, batch)["loss"]
                         accelerator.backward(loss / config.grad_accum)
                     if config.skip_nonfinite and not all_finite(accelerator, loss):
                         optimizer.zero_grad(set_to_none=True)

@@ -46,6 +46,7 @@ from codecloop.trainers.logger import MetricsLogger, command_run
 from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channels_last, evaluate, pipeline_runtime,
                            uses_channels_last)
 from codecloop.trainers.progress import RunProgress, load_replicates
+from codecloop.trainers.restoration import FeatureRestoration
 from codecloop.trainers.report import level_key
 from codecloop.trainers.report import (CLEAN, equal_rate_rows, markdown_table, plot_levels, read_csv, recovery_rows,
                                       write_csv, write_text)
@@ -92,14 +93,17 @@ def load_model(config: Config, task: Task) -> torch.nn.Module:
     return model
 
 
-def train(config: Config, task: Task, run_dir: Path, accelerator: Accelerator, model=None) -> torch.nn.Module:
-    """Train with the config's codec spec into `run_dir`; returns the trained model."""
-    trainer = Trainer(config, task, run_dir, accelerator, training_spec(config), eval_spec(config), model=model)
+def train(config: Config, task: Task, run_dir: Path, accelerator: Accelerator, model=None,
+          objective: FeatureRestoration | None = None) -> torch.nn.Module:
+    """Train with the config's codec spec into `run_dir` (on `objective`, else the task's loss); returns the
+    trained model."""
+    trainer = Trainer(config, task, run_dir, accelerator, training_spec(config), eval_spec(config), model=model,
+                      objective=objective)
     return trainer.run()
 
 
 def train_stage(config: Config, task: Task, stage_dir: Path, accelerator: Accelerator, progress: RunProgress,
-                model: torch.nn.Module | None = None) -> torch.nn.Module:
+                model: torch.nn.Module | None = None, objective: FeatureRestoration | None = None) -> torch.nn.Module:
     """Train one experiment stage into `stage_dir`; a stage that `progress` records as finished is not
     trained again (a resumed experiment): its final weights are loaded instead."""
     if progress.stage_finished(stage_dir.name):
@@ -107,7 +111,7 @@ def train_stage(config: Config, task: Task, stage_dir: Path, accelerator: Accele
         load_model_weights(model, stage_dir)
         accelerator.print(f"{stage_dir.name}: finished before, weights loaded from {stage_dir}")
         return model
-    model = train(config, task, stage_dir, accelerator, model=model)
+    model = train(config, task, stage_dir, accelerator, model=model, objective=objective)
     progress.finish_stage(stage_dir.name)
     return model
 
@@ -292,6 +296,9 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
     baseline_dir, retrain_dir = run_dir / BASELINE, run_dir / RETRAIN_STAGE
     for stage_dir in (baseline_dir, retrain_dir):
         ensure_fresh(stage_dir, config.resume)
+    if config.retrain_loss == "features" and not task.clean_view:
+        raise ValueError(f"config key 'retrain_loss': features needs the clean copy of each training view, which "
+                         f"the {task.name} task's pipeline does not give (classification does)")
     progress = RunProgress.open(run_dir, config, accelerator)
     with command_run(run_dir, config.to_dict(), accelerator.is_main_process, config.wandb, config.wandb_project,
                      progress.wandb_run_id) as logger:
@@ -301,6 +308,7 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
         else:
             baseline = train_stage(config.replace(level="none", clean_prob=0.0), task, baseline_dir,
                                    accelerator, progress)
+        objective = FeatureRestoration(baseline, config.retrain_layer) if config.retrain_loss == "features" else None
         index = task.sample_index("val")
         rates = sweep_rates(config, task, index, accelerator)
         baseline_rows = with_rates(sweep(config, task, baseline, accelerator, BASELINE, progress, index), rates)
@@ -310,7 +318,8 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
             max_steps=config.retrain_max_steps if config.retrain_max_steps is not None else config.max_steps,
             lr=config.retrain_lr if config.retrain_lr is not None else config.lr / 10,
         )
-        retrained = train_stage(retrain_config, task, retrain_dir, accelerator, progress, model=copy.deepcopy(baseline))
+        retrained = train_stage(retrain_config, task, retrain_dir, accelerator, progress, model=copy.deepcopy(baseline),
+                                objective=objective)
         retrained_rows = with_rates(sweep(config, task, retrained, accelerator, RETRAINED, progress, index), rates)
         recovery = recovery_rows(baseline_rows, retrained_rows, task.primary_metric, progress.replicates)
         if accelerator.is_main_process:
@@ -389,8 +398,10 @@ def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: lis
         codec = config_codec(retrain_config)
         chosen = f" (the levels whose mean rate is {retrain_config.retrain_bpp} bits per pixel)" \
             if retrain_config.retrain_bpp else ""
+        loss = (f", restoring the original network's `{retrain_config.retrain_layer}` output on the clean view"
+                if retrain_config.retrain_loss == "features" else "")
         how = (f"Retrained on {codec.title} {codec.level_name} `{retrain_config.level}`{chosen} with clean "
-               f"share {retrain_config.clean_prob:g}, lr {retrain_config.lr:g}.")
+               f"share {retrain_config.clean_prob:g}, lr {retrain_config.lr:g}{loss}.")
     return "\n\n".join(part for part in [
         f"# {codecs_title(baseline_rows)} codec experiment",
         how,
