@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import csv
 
+import torch
+from safetensors.torch import load_file
+
+from codecloop.demo.teacher import packaged_efficientnet_lite0_path
+from codecloop.tasks.classification import ClassificationTask
+
 
 def test_demo_runs_offline(tmp_path, run_cli):
     out = tmp_path / "demo"
@@ -33,6 +39,12 @@ def test_demo_runs_offline(tmp_path, run_cli):
     for name in ("report.md", "experiment.png", "config.yaml", "data/sources.csv", "data/teacher_outputs.pt",
                  "retrain/model.safetensors"):
         assert (out / name).exists(), name
+    tuned = load_file(out / "retrain" / "model.safetensors")
+    teacher = ClassificationTask(out / "data", model="tf_efficientnet_lite0", num_classes=1000,
+                                 pretrained=str(packaged_efficientnet_lite0_path())).create_model().state_dict()
+    changed = {name for name in tuned if not torch.equal(tuned[name], teacher[name])}
+    front = ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2.")
+    assert changed and all(name.startswith(front) for name in changed)  # feature restoration: only the front end
     status, _, err = run_cli("demo", "--out", out, "--retrain_steps", "1")  # data and teacher cache reused
     assert status == 0, err
 

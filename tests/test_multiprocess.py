@@ -250,3 +250,17 @@ def test_pipeline_gpu_is_the_accelerator_device():
     runtimes = [pipeline_runtime(config, task, accelerator, True) for accelerator in ranks]
     assert [runtime.device_id for runtime in runtimes] == [0, 2, None]
     assert all(runtime.channels_last for runtime in runtimes) == config.channels_last
+
+
+@pytest.mark.multiprocess
+def test_two_process_feature_restoration_trains_only_the_front_end(uneven_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    result = _torchrun("experiment", "--data", uneven_folder, *TRAIN_ARGS, "--levels", "10", "--bootstrap", "0",
+                       "--retrain_max_steps", "2", "--retrain_lr", "0.05", "--retrain_loss", "features",
+                       "--retrain_layer", "blocks.0", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before, after = load_file(out / "baseline" / "model.safetensors"), load_file(out / "retrain" / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("conv_stem", "bn1", "blocks.0")) for name in changed), changed
