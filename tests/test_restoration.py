@@ -72,6 +72,9 @@ def test_features_need_a_layer_and_a_clean_view(image_folder, tmp_path, run_cli)
     status, _, err = run_cli("experiment", "--data", image_folder, *TINY, "--retrain_loss", "features",
                              "--retrain_layer", "head", "--out", tmp_path / "b")
     assert status != 0 and "no module 'head'" in err
+    status, _, err = run_cli("experiment", "--data", image_folder, *TINY, "--retrain_layer", "blocks.0",
+                             "--out", tmp_path / "c")
+    assert status != 0 and "only --retrain_loss features restores" in err
 
 
 def test_features_refused_for_a_task_without_clean_view(tmp_path):

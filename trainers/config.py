@@ -225,6 +225,9 @@ class Config:
         if self.retrain_loss == "features" and not self.retrain_layer:
             raise ValueError("config key 'retrain_layer': --retrain_loss features restores one module's output: "
                              "name it (e.g. blocks.2)")
+        if self.retrain_layer and self.retrain_loss != "features":
+            raise ValueError("config key 'retrain_layer': only --retrain_loss features restores a layer's output "
+                             f"(retrain_loss is {self.retrain_loss!r})")
         for item in dataclasses.fields(self):
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:

@@ -8,7 +8,7 @@ original's. Only the parameters registered up to that module train; everything a
 so a perfectly restored front end gives the original's predictions, and the loss needs no labels. Compared
 with the task's own loss on labels or the KL divergence to a teacher, each image gives a target per position
 and channel rather than one per image, which is what lets a few hundred fine-tuning steps learn to undo the
-codec without moving the network's decisions on clean input.
+codec while moving few of the network's decisions on clean input.
 """
 
 from __future__ import annotations
