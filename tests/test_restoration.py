@@ -40,6 +40,9 @@ def test_only_the_front_end_trains():
     assert objective.front_end(model) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     objective.prepare(model)
     assert [name for name, p in model.named_parameters() if p.requires_grad] == objective.front_end(model)
+    model.train()
+    objective.fixed_in_eval()
+    assert [module.training for module in model] == [True, True, True, False, False]
     objective(model, {"image": torch.rand(2, 3, 6, 6), "clean_image": torch.rand(2, 3, 6, 6)})["loss"].backward()
     assert model[0].weight.grad is not None and model[4].weight.grad is None
 

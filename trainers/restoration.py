@@ -38,6 +38,7 @@ class FeatureRestoration:
                              f"modules: {top}; nested ones by dotted name, e.g. blocks.2)")
         self.layer = layer
         self.reference = copy.deepcopy(reference).eval().requires_grad_(False)
+        self.fixed: list[torch.nn.Module] = []
 
     def front_end(self, model: torch.nn.Module) -> list[str]:
         """Names of the parameters registered up to and including `layer`: the ones that train."""
@@ -48,11 +49,21 @@ class FeatureRestoration:
         return names[:inside[-1] + 1]
 
     def prepare(self, model: torch.nn.Module) -> None:
-        """Freeze every parameter of `model` after the restored module (before the optimizer and DDP see it)."""
+        """Freeze every parameter of `model` after the restored module (before the optimizer and DDP see it),
+        and note the modules registered after it (kept in eval mode while training)."""
         trained = set(self.front_end(model))
         for name, parameter in model.named_parameters():
             if name not in trained:
                 parameter.requires_grad_(False)
+        modules = list(model.named_modules())
+        last = max(i for i, (name, _) in enumerate(modules) if name == self.layer or name.startswith(self.layer + "."))
+        self.fixed = [module for _, module in modules[last + 1:]]
+
+    def fixed_in_eval(self) -> None:
+        """Put the modules after the restored one in eval mode: under DDP the forward runs through them, and
+        in train mode their BatchNorm statistics would drift from the original's."""
+        for module in self.fixed:
+            module.eval()
 
     def features(self, model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
         """`model`'s output of the restored module on `image`. A plain module stops there; a DDP-wrapped one
@@ -85,5 +96,6 @@ class FeatureRestoration:
         self.reference.to(clean.device, memory_format=layout)
         with torch.no_grad():
             target = self.features(self.reference, clean).float()
+        self.fixed_in_eval()
         restored = self.features(model, batch["image"]).float()
         return {"loss": (restored - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)}
