@@ -52,9 +52,6 @@ def build_batches(
     """This rank's shard of `index`, through the task's pipeline, on this rank's device; with `with_clean`,
     batches also carry ``clean_image``, each view without the codec (tasks whose ``clean_view`` is set)."""
     runtime = pipeline_runtime(config, task, accelerator, training)
-    if with_clean and not task.clean_view:
-        raise ValueError(f"the {task.name} task's pipeline gives no clean copy of its views, which this "
-                         f"objective needs (classification gives one)")
     return task.batches(index, training=training, spec=spec, codec=batch_codecs(config), runtime=runtime,
                         checkpoint=checkpoint, **({"with_clean": True} if with_clean else {}))
 
@@ -267,7 +264,7 @@ class Trainer:
             total_steps = min(total_steps, config.max_steps)
         freeze_all_but(self.model, config.train_layers)
         if self.objective is not None:
-            self.objective.prepare(self.model)
+            self.objective.prepare(self.model, self.accelerator.device, self.channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(config, self.model)

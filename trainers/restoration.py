@@ -28,8 +28,6 @@ class FeatureRestoration:
     """The training objective: restore `reference`'s output of module `layer` on clean input (a frozen copy is
     kept) from the compressed input, in a model of the same architecture."""
 
-    needs_clean = True
-
     def __init__(self, reference: torch.nn.Module, layer: str) -> None:
         modules = dict(reference.named_modules())
         if not layer or layer not in modules:
@@ -48,9 +46,11 @@ class FeatureRestoration:
             raise ValueError(f"config key 'retrain_layer': module {self.layer!r} has no parameter to fine-tune")
         return names[:inside[-1] + 1]
 
-    def prepare(self, model: torch.nn.Module) -> None:
+    def prepare(self, model: torch.nn.Module, device: torch.device | str = "cpu", channels_last: bool = False) -> None:
         """Freeze every parameter of `model` after the restored module (before the optimizer and DDP see it),
-        and note the modules registered after it (kept in eval mode while training)."""
+        note the modules registered after it (kept in eval mode while training), and put the reference on
+        the training `device` in the images' memory format, once."""
+        self.reference.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         trained = set(self.front_end(model))
         for name, parameter in model.named_parameters():
             if name not in trained:
@@ -62,15 +62,16 @@ class FeatureRestoration:
     def fixed_in_eval(self) -> None:
         """Put the modules after the restored one in eval mode: under DDP the forward runs through them, and
         in train mode their BatchNorm statistics would drift from the original's."""
-        for module in self.fixed:
-            module.eval()
+        if any(module.training for module in self.fixed):  # the loop sets train mode at each epoch's start
+            for module in self.fixed:
+                module.eval()
 
     def features(self, model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
         """`model`'s output of the restored module on `image`. A plain module stops there; a DDP-wrapped one
         runs to the end (stopping inside DDP's forward would skip its gradient synchronisation)."""
-        inner = model.module if isinstance(model, DistributedDataParallel) else model
-        captured: list[torch.Tensor] = []
         stop = not isinstance(model, DistributedDataParallel)
+        inner = model if stop else model.module
+        captured: list[torch.Tensor] = []
 
         def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
             captured.append(output)
@@ -90,12 +91,8 @@ class FeatureRestoration:
         """The normalized squared error of the restored module's output (``loss``), per batch."""
         if "clean_image" not in batch:
             raise ValueError("feature restoration needs the clean copy of each training view (clean_image)")
-        clean = batch["clean_image"]
-        channels_last = clean.is_contiguous(memory_format=torch.channels_last)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.reference.to(clean.device, memory_format=layout)
         with torch.no_grad():
-            target = self.features(self.reference, clean).float()
+            target = self.features(self.reference, batch["clean_image"]).float()
         self.fixed_in_eval()
         restored = self.features(model, batch["image"]).float()
         return {"loss": (restored - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)}
