@@ -34,6 +34,7 @@ for run in "${RUNS[@]}"; do
   # shellcheck disable=SC2206
   options=($extra)
   dir="$OUT/$task-$model"
+  [ -f "$dir/jpeg/recovery.csv" ] && [ -f "$dir/h264/recovery.csv" ] && continue
   if [ ! -f "$dir/baseline/model.safetensors" ]; then
     rm -rf "$dir/baseline"
     python -m codecloop train "${base[@]}" "${options[@]}" --epochs "$epochs" --out "$dir/baseline"
@@ -46,20 +47,4 @@ for run in "${RUNS[@]}"; do
   done
 done
 
-python - "$OUT" <<'EOF'
-import csv, sys
-from pathlib import Path
-
-rows = []
-for recovery in sorted(Path(sys.argv[1]).glob("*/*/recovery.csv")):
-    run, codec = recovery.parent.parent.name, recovery.parent.name
-    for row in csv.DictReader(recovery.open()):
-        metric = next(key.removeprefix("clean_") for key in row if key.startswith("clean_"))
-        rows.append((run, codec, metric, row))
-print("| run | codec | metric | clean | level | baseline | retrained | recovery % |")
-print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-for run, codec, metric, row in rows:
-    recovery = f"{float(row['recovery_pct']):.0f}" if row["recovery_pct"] else "-"
-    print(f"| {run} | {codec} | {metric} | {float(row['clean_' + metric]):.3f} | {row['level']} | "
-          f"{float(row['baseline_' + metric]):.3f} | {float(row['retrained_' + metric]):.3f} | {recovery} |")
-EOF
+python "$(dirname "$0")/dense_table.py" "$OUT"

@@ -45,6 +45,9 @@ def test_demo_runs_offline(tmp_path, run_cli):
     changed = {name for name in tuned if not torch.equal(tuned[name], teacher[name])}
     front = ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2.")
     assert changed and all(name.startswith(front) for name in changed)  # feature restoration: only the front end
+    mixed = load_file(out / "mixed" / "model.safetensors")  # the midpoint of the teacher and the fine-tuned copy
+    assert all(torch.allclose(mixed[name], (teacher[name] + tuned[name]) / 2) for name in changed)
+    assert all(torch.equal(mixed[name], teacher[name]) for name in mixed if name not in changed)
     status, _, err = run_cli("demo", "--out", out, "--retrain_steps", "1")  # data and teacher cache reused
     assert status == 0, err
 

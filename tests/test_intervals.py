@@ -148,3 +148,48 @@ def test_sweep_and_experiment_files_carry_intervals(run_cli, tmp_path, image_fol
     plain = tmp_path / "plain"
     assert run_cli("sweep", "--data", image_folder, *TINY, "--levels", "50", "--bootstrap", "0", "--out", plain)[0] == 0
     assert "top1_lo" not in read_csv(plain / "sweep.csv")[0]
+
+
+def _dense_run(root, model: str, clean: np.ndarray, compressed: np.ndarray) -> None:
+    """A depth experiment directory as `codecloop experiment` leaves it: abs rel per resample at clean and
+    JPEG 5 (the point estimate is the first resample's value)."""
+    from codecloop.trainers.progress import save_replicates
+    from codecloop.trainers.report import write_csv
+
+    directory = root / f"depth-{model}" / "jpeg"
+    directory.mkdir(parents=True)
+    write_csv([{"codec": "none", "level": "clean", "model": "baseline", "abs_rel": clean[0]},
+               {"codec": "jpeg", "level": "5", "model": "baseline", "abs_rel": compressed[0]},
+               {"codec": "none", "level": "clean", "model": "retrained", "abs_rel": clean[0]},
+               {"codec": "jpeg", "level": "5", "model": "retrained", "abs_rel": compressed[0]}],
+              directory / "sweep.csv")
+    write_csv([{"codec": "jpeg", "level": "5", "clean_abs_rel": clean[0], "baseline_abs_rel": compressed[0],
+                "retrained_abs_rel": compressed[0], "recovery_pct": 0.0}], directory / "recovery.csv")
+    save_replicates(directory, {("baseline", "clean"): {"abs_rel": clean},
+                                ("baseline", "jpeg 5"): {"abs_rel": compressed}})
+
+
+def test_dense_table_shares_and_family_difference_match_a_hand_computation(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("dense_table", Path(__file__).parents[1] / "bench" / "dense_table.py")
+    dense_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dense_table)
+    rng = np.random.default_rng(0)
+    clean = 0.2 + 0.01 * rng.random(400)
+    unet, plain = clean * (1.25 + 0.05 * rng.random(400)), clean * (2.0 + 0.1 * rng.random(400))
+    _dense_run(tmp_path, "unet_resnet18", clean, unet)
+    _dense_run(tmp_path, "plain_resnet18", clean, plain)
+    experiments = {}
+    for directory in sorted(tmp_path.glob("*-*/*")):
+        experiment = dense_table.Experiment(directory)
+        experiments[(experiment.task, experiment.model)] = {"jpeg": experiment}
+    point, resampled = experiments[("depth", "unet_resnet18")]["jpeg"].kept(["5"])
+    assert point == pytest.approx(clean[0] / unet[0])  # an error metric: clean / level, so 80% kept is 0.8
+    assert np.allclose(resampled, clean / unet)
+    low, high = np.percentile(100 * (clean / unet - clean / plain), [2.5, 97.5])
+    row = next(line for line in dense_table.family_differences(experiments) if "| JPEG |" in line)
+    assert f"[{low:+.0f}, {high:+.0f}]" in row and "encoder-decoder more resilient" in row
+    table = "\n".join(dense_table.resilience_table(experiments))
+    assert f"{100 * clean[0] / plain[0]:.0f}% [" in table

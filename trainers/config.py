@@ -157,6 +157,13 @@ class Config:
     retrain_layer: str | None = _key(None, "experiment, --retrain_loss features: the module whose output is restored, "
                                      "by dotted name (e.g. blocks.2 of a timm EfficientNet, layer2 of a ResNet)",
                                      "hyper")
+    retrain_mix: float | None = _key(None, "experiment: keep original + retrain_mix x (fine-tuned - original) as the "
+                                     "retrained weights (WiSE-FT weight interpolation; default 1: the fine-tuned ones)",
+                                     "hyper", at_least=0, at_most=1)
+    retrain_mix_split: str | None = _key(None, "experiment: choose retrain_mix on this split of the dataset (not val, "
+                                         "not train, e.g. a folder calib): the largest of 1, 0.9, ..., 0.1 whose "
+                                         "clean-input metric there is at least the original network's, else 0",
+                                         "hyper")
     # --- runtime settings ---
     out: str | None = _key(None, "run directory; default: runs/<command>-<time>", "runtime")
     checkpoint: str | None = _key(None, "model checkpoint (run or checkpoint dir, or weights file) to evaluate / "
@@ -228,6 +235,11 @@ class Config:
         if self.retrain_layer and self.retrain_loss != "features":
             raise ValueError("config key 'retrain_layer': only --retrain_loss features restores a layer's output "
                              f"(retrain_loss is {self.retrain_loss!r})")
+        if self.retrain_mix is not None and self.retrain_mix_split is not None:
+            raise ValueError("config keys 'retrain_mix' and 'retrain_mix_split' both set the weight mix: give one")
+        if self.retrain_mix_split in ("train", "val"):
+            raise ValueError(f"config key 'retrain_mix_split': the mix is chosen on a split that is neither trained on "
+                             f"nor reported (the sweep's), not {self.retrain_mix_split!r}")
         for item in dataclasses.fields(self):
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:

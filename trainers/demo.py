@@ -11,7 +11,9 @@ is the images of the held-out sources on which the teacher is decided: its top-1
 the eye, and agreement measures noise). The fine-tuned copy learns feature restoration (``--retrain_loss
 features``): its stem and first three stages (``blocks.2``, stride 8) learn to give, from the compressed copy of
 each randomly cropped training view, the output the teacher's give on its clean copy; the rest of the network
-stays the teacher's, with BatchNorm statistics frozen and a clean share.
+stays the teacher's, with BatchNorm statistics frozen and a clean share. The retrained network is the
+midpoint between the teacher's weights and the fine-tuned ones (``--retrain_mix 0.5``, WiSE-FT's default),
+which keeps the teacher's clean-image decisions.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ DEMO_CONFIG = dict(
     retrain_lr=3e-3,
     retrain_loss="features",
     retrain_layer="blocks.2",
+    retrain_mix=0.5,
     checkpoint_every=0,
     log_every=10,
     eval_every=0,

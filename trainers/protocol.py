@@ -38,7 +38,7 @@ from codecloop.dali_pipes.levels import CLEAN_LEVEL
 from codecloop.dali_pipes.rates import Rate, levels_at_rates, measure_rates
 from codecloop.tasks import Task, get_task_class
 from codecloop.tasks.sample_index import SampleIndex
-from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights
+from codecloop.trainers.checkpoint import WEIGHTS_NAMES, ensure_fresh, load_model_weights, save_final_weights
 from codecloop.trainers.config import (Config, bpp_list, bpp_range, check_codec_list, check_task_keys, config_codec,
                                       eval_spec, given_keys, level_spec, load_yaml, retrain_changes, retrain_spec_text,
                                       sweep_codec_names, sweep_levels, training_spec)
@@ -47,12 +47,14 @@ from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channel
                            uses_channels_last)
 from codecloop.trainers.progress import RunProgress, load_replicates
 from codecloop.trainers.restoration import FeatureRestoration
+from codecloop.trainers.weight_mix import choose_mix, mix_weights
 from codecloop.trainers.report import level_key
 from codecloop.trainers.report import (CLEAN, equal_rate_rows, markdown_table, plot_levels, read_csv, recovery_rows,
                                       write_csv, write_text)
 
 BASELINE, RETRAINED = "baseline", "retrained"
 RETRAIN_STAGE = "retrain"
+MIXED = "mixed"  # RUN/mixed: the weights of --retrain_mix / --retrain_mix_split
 REPORT_FILES = ("report.md", "sweep.csv", "recovery.csv", "equal_rate.csv", "bootstrap.npz", "sweep.png",
                 "experiment.png", "config.yaml")
 DEFAULT_AT_BPP = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -299,6 +301,9 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
     if config.retrain_loss == "features" and not task.clean_view:
         raise ValueError(f"config key 'retrain_loss': features needs the clean copy of each training view, which "
                          f"the {task.name} task's pipeline does not give (classification does)")
+    if config.retrain_mix_split is not None and not task.has_split(config.retrain_mix_split):
+        raise ValueError(f"config key 'retrain_mix_split': the dataset has no split {config.retrain_mix_split!r} (for "
+                         f"an image folder: a folder {config.retrain_mix_split}/ beside train/ and val/)")
     progress = RunProgress.open(run_dir, config, accelerator)
     with command_run(run_dir, config.to_dict(), accelerator.is_main_process, config.wandb, config.wandb_project,
                      progress.wandb_run_id) as logger:
@@ -320,14 +325,48 @@ def run_experiment(config: Config, task: Task, run_dir: Path, accelerator: Accel
         )
         retrained = train_stage(retrain_config, task, retrain_dir, accelerator, progress, model=copy.deepcopy(baseline),
                                 objective=objective)
+        retrained, mixed = apply_mix(config, task, baseline, retrained, accelerator, run_dir)
         retrained_rows = with_rates(sweep(config, task, retrained, accelerator, RETRAINED, progress, index), rates)
         recovery = recovery_rows(baseline_rows, retrained_rows, task.primary_metric, progress.replicates)
         if accelerator.is_main_process:
             table = write_experiment(run_dir, baseline_rows, retrained_rows, recovery, task.primary_metric,
                                      retrain_config, task.higher_is_better,
-                                     report_targets(config.at_bpp, baseline_rows))
+                                     report_targets(config.at_bpp, baseline_rows), mixed)
             log_results(logger, run_dir, baseline_rows + retrained_rows, recovery, task.primary_metric, table)
     return recovery
+
+
+def apply_mix(config: Config, task: Task, baseline: torch.nn.Module, retrained: torch.nn.Module,
+              accelerator: Accelerator, run_dir: Path) -> tuple[torch.nn.Module, str]:
+    """`retrained` interpolated towards `baseline` (``retrain_mix``, or the mix chosen on ``retrain_mix_split``,
+    whose tries go to ``mix.csv``), saved in ``RUN/mixed``; and the report's sentence on it ('' without a mix)."""
+    if config.retrain_mix is None and config.retrain_mix_split is None:
+        return retrained, ""
+    metric = task.primary_metric
+    if config.retrain_mix is not None:
+        mix, chosen = config.retrain_mix, ""
+    else:
+        index = task.sample_index(config.retrain_mix_split)
+        memory_last = uses_channels_last(config, task)
+
+        def clean_metric(mix: float) -> float:
+            model = mix_weights(baseline, retrained, mix).to(accelerator.device)
+            if memory_last:
+                model = model.to(memory_format=torch.channels_last)
+            batches = build_batches(config, task, index, accelerator, False, level_spec(config, None))
+            return evaluate(model, task, batches, accelerator, memory_last)[metric]
+
+        mix, tried = choose_mix(clean_metric, task.higher_is_better)
+        if accelerator.is_main_process:
+            write_csv([{**row, "chosen": row["mix"] == mix} for row in tried], run_dir / "mix.csv")
+        better = "at least" if task.higher_is_better else "at most"
+        chosen = (f", the largest mix whose clean-input {metric} on split `{config.retrain_mix_split}` ({len(index)} "
+                  f"samples) is {better} the original's, {tried[0]['metric']:.4f} (tried, `mix.csv`: "
+                  + ", ".join(f"{row['mix']:g}: {row['metric']:.4f}" for row in tried[1:]) + ")")
+    mixed = mix_weights(baseline, retrained, mix)
+    save_final_weights(accelerator, mixed, run_dir / MIXED)
+    accelerator.print(f"retrained weights mixed with the original's: mix {mix:g}")
+    return mixed, f"Weights: original + {mix:g} x (fine-tuned - original){chosen}; saved in `{MIXED}/`."
 
 
 def retrain_level_text(config: Config, task: Task, index: SampleIndex) -> str:
@@ -370,13 +409,13 @@ def log_results(logger: MetricsLogger, run_dir: Path, rows: list[dict[str, Any]]
         logger.log_table("equal_rate", list(equal_rate))
     logger.log_summary(summary)
     logger.log_artifact("report", "report", [run_dir / name for name in REPORT_FILES], run_dir)
-    weights = [run_dir / stage / name for stage in (BASELINE, RETRAIN_STAGE) for name in WEIGHTS_NAMES]
+    weights = [run_dir / stage / name for stage in (BASELINE, RETRAIN_STAGE, MIXED) for name in WEIGHTS_NAMES]
     logger.log_artifact("model", "model", weights, run_dir, copy=False)
 
 
 def write_experiment(
     run_dir: Path, baseline_rows: list, retrained_rows: list, recovery: list, metric: str,
-    retrain_config: Config | None, higher_is_better: bool = True, targets: Sequence[float] = (),
+    retrain_config: Config | None, higher_is_better: bool = True, targets: Sequence[float] = (), mixed: str = "",
 ) -> list[dict[str, Any]]:
     """``sweep.csv``, ``recovery.csv``, ``experiment.png``, ``equal_rate.csv`` (with `targets`) and ``report.md``
     of an experiment; returns the equal-rate rows."""
@@ -385,14 +424,14 @@ def write_experiment(
     plot_levels({BASELINE: baseline_rows, RETRAINED: retrained_rows}, metric, run_dir / "experiment.png")
     table, section = equal_rate_section(baseline_rows + retrained_rows, metric, higher_is_better, targets, run_dir)
     write_text(run_dir / "report.md", experiment_markdown(baseline_rows, retrained_rows, recovery, retrain_config,
-                                                          section))
+                                                          section, mixed))
     return table
 
 
 def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: list, retrain_config: Config | None,
-                        equal_rate: str = "") -> str:
-    """The experiment's ``report.md``: how it retrained, recovery table, both sweeps, the equal-rate table, the
-    plot."""
+                        equal_rate: str = "", mixed: str = "") -> str:
+    """The experiment's ``report.md``: how it retrained (and `mixed` the weights), recovery table, both sweeps, the
+    equal-rate table, the plot."""
     how = ""
     if retrain_config:
         codec = config_codec(retrain_config)
@@ -405,6 +444,7 @@ def experiment_markdown(baseline_rows: list, retrained_rows: list, recovery: lis
     return "\n\n".join(part for part in [
         f"# {codecs_title(baseline_rows)} codec experiment",
         how,
+        mixed,
         interval_note(baseline_rows),
         "## Recovery\n\nrecovery = (retrained - baseline) / (clean - baseline) x 100, "
         "clean = baseline model on uncompressed input; empty where the baseline lost nothing. Its interval comes "
