@@ -3,7 +3,8 @@
 # generated dataset (64 train / 16 val images of 96x128), then the experiment protocol from that
 # baseline with JPEG (qualities 5..95) and with H.264 (CRFs 18..51), and one table of everything.
 # Each task pairs an encoder-decoder with a model on the same encoder that has no decoder
-# (tasks/dense_models.py); segmentation adds torchvision's FCN.
+# (tasks/dense_models.py); segmentation adds torchvision's FCN. Depth, the least telling at this size, and
+# the FCN run last.
 # Usage: bench/dense_study.sh [OUT]   (default runs/dense-study; reruns skip finished runs)
 set -euo pipefail
 OUT=${1:-runs/dense-study}
@@ -17,12 +18,12 @@ SGD="--optimizer sgd --weight_decay 1e-4 --warmup_steps 20"
 RUNS=(
   "segmentation unet_resnet18 96x128 25 10"
   "segmentation plain_resnet18 96x128 25 10"
-  "depth unet_resnet18 96x128 25 10"
-  "depth plain_resnet18 96x128 25 10"
   "pose simplebaseline_resnet18 128x96 25 10"
   "pose plain_resnet18 128x96 25 10"
   "detection fasterrcnn_c4_tf_efficientnet_lite0 128 20 5 --pretrained $LITE0 $SGD --lr 0.01"
   "detection fasterrcnn_tf_efficientnet_lite0 128 20 5 --pretrained $LITE0 $SGD --lr 0.01"
+  "depth unet_resnet18 96x128 25 10"
+  "depth plain_resnet18 96x128 25 10"
   "segmentation fcn_resnet50 96x128 25 10"
 )
 
