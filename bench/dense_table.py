@@ -8,13 +8,18 @@ the sweeps' bootstrap replicates: resample ``b`` draws the same validation image
 model on the same data (`codecloop.tasks.bootstrap`), so a share (level / clean) and a difference between two
 models are computed on each resample.
 
-Usage: python bench/dense_table.py OUT > bench/results/dense_cpu.md.part
+``--keep DIR`` also copies what the tables read into ``DIR/<task>-<model>/<codec>/`` (the bootstrap replicates
+trimmed to the baseline's primary metric, a few dozen KB per experiment), so that the tables can be rebuilt from
+DIR and a rerun of the study that starts from a copy of DIR skips the runs it holds.
+
+Usage: python bench/dense_table.py OUT [--keep DIR] > bench/results/dense_cpu.md.part
 """
 
 from __future__ import annotations
 
 import csv
 import platform
+import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +28,7 @@ import numpy as np
 
 from codecloop.tasks.bootstrap import interval
 from codecloop.tasks.registry import get_task_class
-from codecloop.trainers.progress import load_replicates
+from codecloop.trainers.progress import load_replicates, save_replicates
 
 # model name -> family; the study pairs each encoder-decoder with a model on the same encoder without a decoder
 FAMILIES = {
@@ -52,6 +57,7 @@ class Experiment:
             self.sweep = [row for row in csv.DictReader(handle)]
         with (directory / "recovery.csv").open(newline="") as handle:
             self.recovery = list(csv.DictReader(handle))
+        self.directory = directory
         self.replicates = load_replicates(directory)
         self.levels = [row["level"] for row in self.sweep if row["model"] == "baseline" and row["codec"] != "none"]
 
@@ -188,7 +194,20 @@ def versions() -> str:
     return f"{machine}; " + ", ".join(found)
 
 
-def main(out: Path) -> None:
+def keep(experiments: dict[tuple[str, str], dict[str, Experiment]], target: Path) -> None:
+    """Copy each experiment's ``sweep.csv`` and ``recovery.csv``, and its baseline's primary-metric replicates,
+    to ``target/<task>-<model>/<codec>/``."""
+    for by_codec in experiments.values():
+        for experiment in by_codec.values():
+            destination = target / experiment.directory.parent.name / experiment.codec
+            destination.mkdir(parents=True, exist_ok=True)
+            for name in ("sweep.csv", "recovery.csv"):
+                shutil.copyfile(experiment.directory / name, destination / name)
+            save_replicates(destination, {key: {experiment.metric: metrics[experiment.metric]}
+                                          for key, metrics in experiment.replicates.items() if key[0] == "baseline"})
+
+
+def main(out: Path, keep_dir: Path | None = None) -> None:
     experiments: dict[tuple[str, str], dict[str, Experiment]] = {}
     for directory in sorted(out.glob("*-*/*")):
         if (directory / "recovery.csv").is_file() and (directory / "bootstrap.npz").is_file():
@@ -203,9 +222,12 @@ def main(out: Path) -> None:
     print("\n".join(family_differences(experiments)))
     print("\n## Each run\n")
     print("\n".join(run_tables(experiments)))
+    if keep_dir is not None:
+        keep(experiments, keep_dir)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    arguments = sys.argv[1:]
+    if len(arguments) not in (1, 3) or (len(arguments) == 3 and arguments[1] != "--keep"):
         sys.exit(__doc__.split("\n\n")[-1])
-    main(Path(sys.argv[1]))
+    main(Path(arguments[0]), Path(arguments[2]) if len(arguments) == 3 else None)

@@ -193,3 +193,8 @@ def test_dense_table_shares_and_family_difference_match_a_hand_computation(tmp_p
     assert f"[{low:+.0f}, {high:+.0f}]" in row and "encoder-decoder more resilient" in row
     table = "\n".join(dense_table.resilience_table(experiments))
     assert f"{100 * clean[0] / plain[0]:.0f}% [" in table
+    dense_table.keep(experiments, tmp_path / "kept")  # what the tables read, enough to rebuild them
+    kept = {key: {"jpeg": dense_table.Experiment(tmp_path / "kept" / f"{key[0]}-{key[1]}" / "jpeg")}
+            for key in experiments}
+    assert dense_table.family_differences(kept) == dense_table.family_differences(experiments)
+    assert dense_table.resilience_table(kept) == dense_table.resilience_table(experiments)
