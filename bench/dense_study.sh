@@ -29,13 +29,13 @@ RUNS=(
 
 for run in "${RUNS[@]}"; do
   read -r task model size epochs retrain_epochs extra <<<"$run"
+  dir="$OUT/$task-$model"
+  [ -f "$dir/jpeg/recovery.csv" ] && [ -f "$dir/h264/recovery.csv" ] && continue
   data="$OUT/data/$task"
   [ -d "$data" ] || python -m codecloop make-synthetic --task "$task" --out "$data" --train 64 --val 16
   base=(--task "$task" --model "$model" --data "$data" --input_size "$size" "${COMMON[@]}")
   # shellcheck disable=SC2206
   options=($extra)
-  dir="$OUT/$task-$model"
-  [ -f "$dir/jpeg/recovery.csv" ] && [ -f "$dir/h264/recovery.csv" ] && continue
   if [ ! -f "$dir/baseline/model.safetensors" ]; then
     rm -rf "$dir/baseline"
     python -m codecloop train "${base[@]}" "${options[@]}" --epochs "$epochs" --out "$dir/baseline"
