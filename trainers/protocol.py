@@ -47,10 +47,10 @@ from codecloop.trainers.loop import (Evaluation, Trainer, build_batches, channel
                            uses_channels_last)
 from codecloop.trainers.progress import RunProgress, load_replicates
 from codecloop.trainers.restoration import FeatureRestoration
-from codecloop.trainers.weight_mix import choose_mix, mix_weights
 from codecloop.trainers.report import level_key
 from codecloop.trainers.report import (CLEAN, equal_rate_rows, markdown_table, plot_levels, read_csv, recovery_rows,
                                       write_csv, write_text)
+from codecloop.trainers.weight_mix import choose_mix, mix_weights
 
 BASELINE, RETRAINED = "baseline", "retrained"
 RETRAIN_STAGE = "retrain"
